@@ -1,0 +1,209 @@
+//! Files attached to simulated objects: their names, storage keys and bytes.
+//!
+//! A key is `import/<Entity-Type>/<internal id>/<name>`, the way OpenCTI names
+//! uploaded files. The internal id of a pool object is reversible (see
+//! [`crate::hash::permute62`]), so a key can be checked against the model
+//! without keeping a table of every file: that keeps memory flat for any
+//! history length. File bytes are a pure function of `(seed, key)`.
+
+use crate::hash::{h, h2, mix, SplitMix};
+use crate::model::{Model, Obj};
+
+/// Content-type of each file extension the simulator uses.
+const KINDS: [(&str, &str); 4] = [
+    (".txt", "text/plain"),
+    (".json", "application/json"),
+    (".pdf", "application/pdf"),
+    (".png", "image/png"),
+];
+const STEMS: [&str; 5] = ["analysis", "report", "sample-notes", "ioc-list", "screenshot"];
+
+const T_NFILES: u64 = 0xf11e_0001;
+const T_FANCY: u64 = 0xf11e_0002;
+const T_STEM: u64 = 0xf11e_0003;
+const T_KIND: u64 = 0xf11e_0004;
+const T_INLINE: u64 = 0xf11e_0005;
+const T_BYTES: u64 = 0xf11e_0006;
+
+/// Smallest and largest file size, bytes.
+pub const MIN_FILE: usize = 1024;
+pub const MAX_FILE: usize = 20 * 1024;
+
+/// One entry of an object's file list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    pub name: String,
+    pub mime: &'static str,
+    /// The entry already carries its content as base64 (`uri: "unknown"`), as
+    /// newer servers send it; it has no storage key to fetch.
+    pub inline: bool,
+}
+
+/// The files of a pool object that carries files (empty otherwise).
+pub fn entries(m: &Model, obj: &Obj) -> Vec<FileEntry> {
+    if !obj.files {
+        return Vec::new();
+    }
+    let seed = m.params().seed;
+    let n = 1 + h(seed, T_NFILES, obj.key) % 2;
+    // About 1 in 50 objects with files has a name with a space and non-ASCII
+    // letters, which a client must percent-encode in the request path.
+    let fancy = h(seed, T_FANCY, obj.key) % 50 == 0;
+    (0..n)
+        .map(|f| {
+            let (name, mime) = if fancy && f == 0 {
+                (format!("rapport été-{}.pdf", f + 1), "application/pdf")
+            } else {
+                let stem = STEMS[(h2(seed, T_STEM, obj.key, f) % STEMS.len() as u64) as usize];
+                let (ext, mime) = KINDS[(h2(seed, T_KIND, obj.key, f) % KINDS.len() as u64) as usize];
+                (format!("{stem}-{}{ext}", f + 1), mime)
+            };
+            FileEntry {
+                name,
+                mime,
+                inline: h2(seed, T_INLINE, obj.key, f) % 20 == 0,
+            }
+        })
+        .collect()
+}
+
+/// The storage key of a file of `obj`.
+pub fn key(obj: &Obj, name: &str) -> String {
+    let mut id = Vec::with_capacity(36);
+    crate::jsonw::uuid(&mut id, obj.iid.0, obj.iid.1);
+    format!(
+        "import/{}/{}/{}",
+        obj.ty.entity,
+        String::from_utf8(id).expect("ascii"),
+        name
+    )
+}
+
+/// The bytes of the file stored under `key` (1 to 20 KiB).
+pub fn content(seed: u64, key: &str) -> Vec<u8> {
+    let mut k = mix(seed ^ 0x6669_6c65);
+    for &b in key.as_bytes() {
+        k = mix(k ^ u64::from(b));
+    }
+    let len = MIN_FILE + (h(seed, T_BYTES, k) % (MAX_FILE - MIN_FILE + 1) as u64) as usize;
+    let mut rng = SplitMix::new(k);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The bytes served for a storage key, or `None` if no object of the model
+/// references that key (inline entries have no key).
+pub fn lookup(m: &Model, key: &str) -> Option<Vec<u8>> {
+    let mut parts = key.splitn(4, '/');
+    let (root, entity, id, name) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if root != "import" {
+        return None;
+    }
+    let obj = m.object_by_internal_id(id)?;
+    if obj.ty.entity != entity {
+        return None;
+    }
+    entries(m, &obj)
+        .iter()
+        .find(|e| e.name == name && !e.inline)
+        .map(|_| content(m.params().seed, key))
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard padded base64, no line breaks.
+pub fn base64(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(B64[(n >> 18) as usize & 63]);
+        out.push(B64[(n >> 12) as usize & 63]);
+        out.push(if chunk.len() > 1 {
+            B64[(n >> 6) as usize & 63]
+        } else {
+            b'='
+        });
+        out.push(if chunk.len() > 2 {
+            B64[n as usize & 63]
+        } else {
+            b'='
+        });
+    }
+    String::from_utf8(out).expect("ascii")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Params;
+
+    #[test]
+    fn base64_matches_rfc_4648_vectors() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, enc) in cases {
+            assert_eq!(base64(plain.as_bytes()), enc);
+        }
+    }
+
+    #[test]
+    fn content_is_deterministic_and_sized() {
+        let a = content(1, "import/Report/x/a.pdf");
+        assert_eq!(a, content(1, "import/Report/x/a.pdf"));
+        assert_ne!(a, content(2, "import/Report/x/a.pdf"));
+        assert_ne!(a, content(1, "import/Report/x/b.pdf"));
+        for i in 0..200 {
+            let len = content(7, &format!("k{i}")).len();
+            assert!((MIN_FILE..=MAX_FILE).contains(&len), "{len}");
+        }
+    }
+
+    #[test]
+    fn every_referenced_key_is_served_and_others_are_not() {
+        let m = Model::new(Params {
+            files_ratio: 0.5,
+            events: 3000,
+            ..Params::default()
+        });
+        let mut served = 0;
+        let mut fancy = 0;
+        for k in 0..m.objects() {
+            let obj = m.pool_object(k);
+            for e in entries(&m, &obj) {
+                let key = key(&obj, &e.name);
+                let got = lookup(&m, &key);
+                assert_eq!(got.is_some(), !e.inline, "{key}");
+                if got.is_some() {
+                    served += 1;
+                }
+                if e.name.contains(' ') {
+                    fancy += 1;
+                }
+                let wrong_type = key.replacen("import/", "import/X", 1);
+                assert!(lookup(&m, &wrong_type).is_none());
+                let wrong_name = format!("{key}.bak");
+                assert!(lookup(&m, &wrong_name).is_none());
+            }
+        }
+        assert!(served > 300, "{served}");
+        assert!(fancy > 0);
+        assert!(lookup(&m, "import/Report/not-a-uuid/a.pdf").is_none());
+        assert!(lookup(&m, "").is_none());
+    }
+}

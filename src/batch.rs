@@ -1,0 +1,378 @@
+//! Ordered batching: lines in stream order → batch files with limits.
+//!
+//! A batch is cut when the oldest buffered event reaches the age limit, or
+//! when the next line would take it past the byte or event limit. Batches end
+//! on id-group boundaries: OpenCTI gives an event's dependencies the same id,
+//! so an id is *complete* only once a message with a greater id has arrived
+//! (a data event or a heartbeat). Each batch carries the greatest complete id
+//! it holds, the cursor the committer may save once the file is stored.
+//! An open group only goes into a batch early when it alone fills one, or at
+//! the end of the run; the cursor then stays before it, so after a restart
+//! the group is sent again (duplicated, never lost).
+//!
+//! Pure: no I/O, the clock is passed in.
+
+use std::time::Instant;
+
+use crate::config::BatchLimits;
+use crate::id::EventId;
+
+/// A malformed event kept aside with the reason it was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The SSE id as received, if any.
+    pub id: Option<String>,
+    /// The SSE event name.
+    pub event: String,
+    /// Why it could not be exported.
+    pub reason: String,
+    /// The data bytes as received (capped for oversized events).
+    pub raw: Vec<u8>,
+    /// Size of the data as received, in bytes.
+    pub size: usize,
+}
+
+/// What the batcher receives, in stream order.
+#[derive(Debug)]
+pub enum Item {
+    /// A line for the file.
+    Line {
+        /// Its SSE id.
+        id: EventId,
+        /// The JSON line, ending with `\n`.
+        bytes: Vec<u8>,
+    },
+    /// A refused event; `id` is its position when it had a valid one.
+    Dead {
+        /// Its position in the stream, when known.
+        id: Option<EventId>,
+        /// The record to keep.
+        letter: DeadLetter,
+    },
+    /// A heartbeat (or any control frame with an id): proves every id below
+    /// it complete.
+    Mark {
+        /// The frame's id.
+        id: EventId,
+    },
+}
+
+/// A batch ready to be stored and committed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// The file body: JSON lines.
+    pub body: Vec<u8>,
+    /// Lines in `body`.
+    pub events: u64,
+    /// Id of the first line.
+    pub first_id: Option<EventId>,
+    /// Id of the last line.
+    pub last_id: Option<EventId>,
+    /// Greatest id whose whole group is in this batch or before it: the
+    /// cursor to save once the batch is stored. `None`: keep the old cursor.
+    pub cursor: Option<EventId>,
+    /// Dead letters to keep before the cursor is saved.
+    pub dead: Vec<DeadLetter>,
+}
+
+impl Batch {
+    /// True when there is neither a line nor a dead letter.
+    pub fn is_empty(&self) -> bool {
+        self.events == 0 && self.dead.is_empty()
+    }
+}
+
+/// The end of the last complete group inside the current batch.
+#[derive(Debug, Default, Clone, Copy)]
+struct Boundary {
+    bytes: usize,
+    events: u64,
+    dead: usize,
+    /// Id of the last line before the boundary.
+    last_line: Option<EventId>,
+    /// The complete id the boundary stands for.
+    cursor: Option<EventId>,
+}
+
+/// Accumulates items into batches.
+#[derive(Debug)]
+pub struct Batcher {
+    limits: BatchLimits,
+    cur: Batch,
+    boundary: Boundary,
+    /// Greatest id seen so far: the open group's id.
+    open: Option<EventId>,
+    /// First line id after the boundary.
+    tail_first: Option<EventId>,
+    /// When the batch's first item arrived.
+    oldest: Option<Instant>,
+    /// When the first item after the boundary arrived.
+    tail_oldest: Option<Instant>,
+    /// Events whose id was lower than one seen before.
+    backwards: u64,
+}
+
+impl Batcher {
+    /// An empty batcher with these limits.
+    pub fn new(limits: BatchLimits) -> Self {
+        Batcher {
+            limits,
+            cur: Batch::default(),
+            boundary: Boundary::default(),
+            open: None,
+            tail_first: None,
+            oldest: None,
+            tail_oldest: None,
+            backwards: 0,
+        }
+    }
+
+    /// Events seen with an id lower than an earlier one (kept in stream order).
+    pub fn backwards(&self) -> u64 {
+        self.backwards
+    }
+
+    /// Adds one item; returns a batch when a size limit was reached.
+    pub fn push(&mut self, item: Item, now: Instant) -> Option<Batch> {
+        match item {
+            Item::Mark { id } => {
+                self.see(id);
+                None
+            }
+            Item::Line { id, bytes } => {
+                self.see(id);
+                let full = self.cur.body.len() + bytes.len() > self.limits.max_bytes
+                    || self.cur.events as usize >= self.limits.max_events;
+                let out = if self.cur.events > 0 && full { self.cut(false) } else { None };
+                self.note_arrival(now);
+                self.cur.first_id.get_or_insert(id);
+                self.tail_first.get_or_insert(id);
+                self.cur.last_id = Some(id);
+                self.cur.body.extend_from_slice(&bytes);
+                self.cur.events += 1;
+                out
+            }
+            Item::Dead { id, letter } => {
+                if let Some(id) = id {
+                    self.see(id);
+                }
+                self.note_arrival(now);
+                self.cur.dead.push(letter);
+                None
+            }
+        }
+    }
+
+    /// Cuts at the last complete group if the oldest event reached the age limit.
+    pub fn tick(&mut self, now: Instant) -> Option<Batch> {
+        let old = self.oldest.is_some_and(|t| now.duration_since(t) >= self.limits.max_age);
+        if old && !self.cur.is_empty() {
+            return self.cut(true);
+        }
+        None
+    }
+
+    /// When the next [`tick`](Self::tick) may cut, if anything is buffered.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.oldest.filter(|_| !self.cur.is_empty()).map(|t| t + self.limits.max_age)
+    }
+
+    /// Everything buffered, open group included (end of run). The cursor
+    /// stays before an open group.
+    pub fn finish(&mut self) -> Option<Batch> {
+        let mut batch = std::mem::take(&mut self.cur);
+        batch.cursor = self.boundary.cursor;
+        self.boundary = Boundary::default();
+        self.tail_first = None;
+        self.oldest = None;
+        self.tail_oldest = None;
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    fn note_arrival(&mut self, now: Instant) {
+        self.oldest.get_or_insert(now);
+        self.tail_oldest.get_or_insert(now);
+    }
+
+    fn see(&mut self, id: EventId) {
+        match self.open {
+            Some(open) if id > open => {
+                // Everything buffered has an id <= open: all of it is complete.
+                self.boundary = Boundary {
+                    bytes: self.cur.body.len(),
+                    events: self.cur.events,
+                    dead: self.cur.dead.len(),
+                    last_line: self.cur.last_id,
+                    cursor: Some(open),
+                };
+                self.tail_first = None;
+                self.tail_oldest = None;
+                self.open = Some(id);
+            }
+            Some(open) if id < open => self.backwards += 1,
+            Some(_) => {}
+            None => self.open = Some(id),
+        }
+    }
+
+    /// Cuts at the boundary. With no complete group buffered: nothing when
+    /// `only_complete`, else everything (one group fills a whole batch).
+    fn cut(&mut self, only_complete: bool) -> Option<Batch> {
+        let b = self.boundary;
+        if b.events == 0 && b.dead == 0 {
+            if only_complete {
+                return None;
+            }
+            return self.finish();
+        }
+        let mut batch = std::mem::take(&mut self.cur);
+        let tail = Batch {
+            body: batch.body.split_off(b.bytes),
+            events: batch.events - b.events,
+            first_id: self.tail_first,
+            last_id: if batch.events > b.events { batch.last_id } else { None },
+            cursor: None,
+            dead: batch.dead.split_off(b.dead),
+        };
+        batch.events = b.events;
+        batch.last_id = b.last_line;
+        if batch.events == 0 {
+            batch.first_id = None;
+        }
+        batch.cursor = b.cursor;
+        self.boundary = Boundary::default();
+        self.oldest = if tail.is_empty() { None } else { self.tail_oldest };
+        self.cur = tail;
+        Some(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn id(ms: u64, seq: u64) -> EventId {
+        EventId { ms, seq }
+    }
+
+    fn line(ms: u64, seq: u64) -> Item {
+        Item::Line { id: id(ms, seq), bytes: format!("{{\"id\":\"{ms}-{seq}\"}}\n").into_bytes() }
+    }
+
+    fn limits(events: usize) -> BatchLimits {
+        BatchLimits { max_age: Duration::from_secs(10), max_events: events, max_bytes: 1 << 20 }
+    }
+
+    fn ids(batch: &Batch) -> Vec<String> {
+        String::from_utf8(batch.body.clone())
+            .unwrap()
+            .lines()
+            .map(|l| l.trim_start_matches("{\"id\":\"").trim_end_matches("\"}").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn cursor_covers_only_complete_groups() {
+        let t = Instant::now();
+        let mut b = Batcher::new(limits(4));
+        assert!(b.push(line(1, 0), t).is_none());
+        assert!(b.push(line(2, 0), t).is_none());
+        assert!(b.push(line(2, 0), t).is_none()); // dependency: same id
+        assert!(b.push(line(2, 0), t).is_none());
+        // The fifth line would pass the limit: cut before group 2, which is still open.
+        let batch = b.push(line(2, 0), t).unwrap();
+        assert_eq!(ids(&batch), ["1-0"]);
+        assert_eq!(batch.cursor, Some(id(1, 0)));
+        assert_eq!((batch.first_id, batch.last_id), (Some(id(1, 0)), Some(id(1, 0))));
+        // Group 2 completes when 3-0 arrives; the batch is full, so it is cut whole.
+        let batch = b.push(line(3, 0), t).unwrap();
+        assert!(b.push(line(4, 0), t).is_none());
+        assert_eq!(ids(&batch), ["2-0", "2-0", "2-0", "2-0"]);
+        assert_eq!(batch.cursor, Some(id(2, 0)));
+        let rest = b.finish().unwrap();
+        assert_eq!(ids(&rest), ["3-0", "4-0"]);
+        // 4-0 is still open at the end: the cursor stays at 3-0.
+        assert_eq!(rest.cursor, Some(id(3, 0)));
+    }
+
+    #[test]
+    fn a_group_larger_than_a_batch_is_cut_whole_without_moving_the_cursor() {
+        let t = Instant::now();
+        let mut b = Batcher::new(limits(2));
+        b.push(line(5, 0), t);
+        b.push(line(5, 0), t);
+        let batch = b.push(line(5, 0), t).unwrap();
+        assert_eq!(ids(&batch), ["5-0", "5-0"]);
+        assert_eq!(batch.cursor, None);
+        b.push(Item::Mark { id: id(6, 0) }, t);
+        let rest = b.finish().unwrap();
+        assert_eq!(ids(&rest), ["5-0"]);
+        assert_eq!(rest.cursor, Some(id(5, 0)));
+    }
+
+    #[test]
+    fn age_limit_cuts_complete_groups_and_waits_for_the_open_one() {
+        let t = Instant::now();
+        let mut b = Batcher::new(limits(100));
+        b.push(line(1, 0), t);
+        assert_eq!(b.deadline(), Some(t + Duration::from_secs(10)));
+        assert!(b.tick(t + Duration::from_secs(11)).is_none(), "1-0 is not known complete yet");
+        b.push(Item::Mark { id: id(1, 0) }, t); // same id: proves nothing
+        assert!(b.tick(t + Duration::from_secs(11)).is_none());
+        b.push(Item::Mark { id: id(9, 0) }, t);
+        let batch = b.tick(t + Duration::from_secs(11)).unwrap();
+        assert_eq!(batch.cursor, Some(id(1, 0)));
+        assert!(b.finish().is_none());
+    }
+
+    #[test]
+    fn tail_keeps_its_own_age() {
+        let t = Instant::now();
+        let mut b = Batcher::new(limits(100));
+        b.push(line(1, 0), t);
+        b.push(line(2, 0), t + Duration::from_secs(8));
+        let batch = b.tick(t + Duration::from_secs(10)).unwrap();
+        assert_eq!(ids(&batch), ["1-0"]);
+        assert_eq!(b.deadline(), Some(t + Duration::from_secs(18)));
+    }
+
+    #[test]
+    fn byte_limit_cuts_before_the_line_that_would_pass_it() {
+        let t = Instant::now();
+        let mut b = Batcher::new(BatchLimits { max_age: Duration::from_secs(10), max_events: 100, max_bytes: 40 });
+        b.push(line(1, 0), t); // 13 bytes
+        b.push(line(2, 0), t);
+        b.push(line(3, 0), t);
+        let batch = b.push(line(4, 0), t).unwrap();
+        assert_eq!(ids(&batch), ["1-0", "2-0", "3-0"]);
+        assert!(batch.body.len() <= 40);
+    }
+
+    #[test]
+    fn dead_letters_travel_with_their_position() {
+        let t = Instant::now();
+        let mut b = Batcher::new(limits(100));
+        let letter = DeadLetter { id: Some("2-0".into()), event: "create".into(), reason: "bad".into(), raw: vec![1], size: 1 };
+        b.push(line(1, 0), t);
+        b.push(Item::Dead { id: Some(id(2, 0)), letter: letter.clone() }, t);
+        b.push(Item::Mark { id: id(3, 0) }, t);
+        let batch = b.tick(t + Duration::from_secs(10)).unwrap();
+        assert_eq!(batch.dead, vec![letter]);
+        assert_eq!(batch.cursor, Some(id(2, 0)));
+        assert_eq!(batch.last_id, Some(id(1, 0)));
+    }
+
+    #[test]
+    fn ids_going_backwards_stay_in_stream_order_and_never_lower_the_cursor() {
+        let t = Instant::now();
+        let mut b = Batcher::new(limits(100));
+        b.push(line(5, 0), t);
+        b.push(line(3, 0), t);
+        b.push(line(6, 0), t);
+        assert_eq!(b.backwards(), 1);
+        let batch = b.finish().unwrap();
+        assert_eq!(ids(&batch), ["5-0", "3-0", "6-0"]);
+        assert_eq!(batch.cursor, Some(id(5, 0)));
+    }
+}

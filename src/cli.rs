@@ -1,0 +1,123 @@
+//! Command-line definitions. Their doc comments are the `--help` text and
+//! the man pages (`man/`), and the completions (`completions/`) are
+//! generated from them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Follow an OpenCTI live stream and export it, in ordered batches of
+/// newline-delimited JSON, to MinIO/S3 or a local directory, for the
+/// `stream-importer` of a second OpenCTI to read.
+///
+/// Configuration comes from a YAML file (`--config`, else `./config.yml`),
+/// the environment variables of the reference stream-exporter (they win over
+/// the file), and flags (they win over both). See config.example.yml.
+#[derive(Debug, Parser)]
+#[command(name = "opencti-stream-exporter", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// YAML configuration file [default: ./config.yml when present]
+    #[arg(short, long, global = true, value_name = "PATH", env = "OPENCTI_STREAM_EXPORTER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// State file [default: `state.path`, else next to the config file]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub state: Option<PathBuf>,
+
+    /// Print only warnings and errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Print more (-v: debug, -vv: trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Export the live stream: follow it, write batch files, save the cursor
+    ///
+    /// Without --once or --until it runs until stopped. SIGINT or SIGTERM
+    /// stops reading, stores and commits what was received, and exits 0; a
+    /// second signal exits 130 at once, keeping only what was committed.
+    Run(RunArgs),
+    /// Show or reset the saved state (cursor, file count)
+    #[command(subcommand)]
+    State(StateCommand),
+    /// Check the configuration, OpenCTI, the stream and the storage, item by item
+    CheckStream(CheckArgs),
+}
+
+/// Options of `run`.
+#[derive(Debug, Args, Default)]
+pub struct RunArgs {
+    /// Start after this position on a first run: an ISO date with a zone, epoch milliseconds, or `<ms>-<seq>`
+    ///
+    /// Only valid when there is no saved state (use `state reset` first, or
+    /// `--state` for a separate backfill). Turns off recovery: the retained
+    /// live events are exported, not a snapshot.
+    #[arg(long, value_name = "POSITION")]
+    pub from: Option<String>,
+
+    /// Stop once the stream has passed this position (a date, epoch ms, `<ms>-<seq>`, or `now`)
+    #[arg(long, value_name = "POSITION")]
+    pub until: Option<String>,
+
+    /// Stop once caught up with the stream head announced at connection
+    #[arg(long, conflicts_with = "until")]
+    pub once: bool,
+
+    /// Write to this directory instead of the configured destination
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+
+    /// Worker threads that turn events into lines [default: `connector.consumer_count`]
+    #[arg(long, value_name = "N")]
+    pub consumer_count: Option<String>,
+}
+
+/// `state` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Print the saved state: cursor, next file number, pending upload, last run
+    Show(ShowArgs),
+    /// Go back to a first run, optionally with a given cursor and file number
+    Reset(ResetArgs),
+}
+
+/// Options of `state show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Print JSON for scripts
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `state reset`.
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// Do not ask for confirmation
+    #[arg(short, long)]
+    pub yes: bool,
+
+    /// Resume after this position: an ISO date with a zone, epoch milliseconds, or `<ms>-<seq>`
+    #[arg(long, value_name = "POSITION")]
+    pub start_from: Option<String>,
+
+    /// Number of the last file the importer has read (the next file is N+1)
+    #[arg(long, value_name = "N")]
+    pub file_count: Option<u64>,
+}
+
+/// Options of `check-stream`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Print JSON for machines
+    #[arg(long)]
+    pub json: bool,
+}

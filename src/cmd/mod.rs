@@ -1,0 +1,75 @@
+//! One module per subcommand; [`dispatch`] picks one.
+
+pub mod check_stream;
+pub mod run;
+pub mod state;
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command, StateCommand};
+use crate::config::{self, Config, Overrides};
+use crate::dest::dir::DirDestination;
+use crate::dest::s3::S3Destination;
+use crate::dest::Destination;
+
+/// Runs the chosen subcommand; returns the exit status.
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    let file = config::find_file(cli.config.as_deref())?;
+    let mut overrides = Overrides { state_path: cli.state.clone(), ..Overrides::default() };
+    if let Command::Run(args) = &cli.command {
+        overrides.output_dir = args.output_dir.clone();
+        overrides.consumer_count = args.consumer_count.clone();
+    }
+    let cfg = config::load(file.as_deref(), &overrides)?;
+    crate::logging::apply_config_level(cfg.log_level);
+    match cli.command {
+        Command::Run(args) => run::run(&cfg, &args, cli.quiet),
+        Command::State(StateCommand::Show(args)) => state::show(&cfg, &args),
+        Command::State(StateCommand::Reset(args)) => state::reset(&cfg, &args),
+        Command::CheckStream(args) => check_stream::check(&cfg, &args),
+    }
+}
+
+/// The destinations of a config: files, dead letters, and the importer's
+/// done bucket when configured.
+pub struct Destinations {
+    /// Where batch files go.
+    pub files: Box<dyn Destination>,
+    /// Where dead letters go.
+    pub dead: Box<dyn Destination>,
+    /// The importer's done bucket.
+    pub done: Option<Box<dyn Destination>>,
+}
+
+/// Builds the destinations the config names.
+pub fn destinations(cfg: &Config) -> Result<Destinations> {
+    Ok(match cfg.output()? {
+        config::Output::Directory { root, dead_letter_root } => Destinations {
+            files: Box::new(DirDestination::new(root)),
+            dead: Box::new(DirDestination::new(dead_letter_root)),
+            done: None,
+        },
+        config::Output::S3 { settings, bucket_done, dead_letter_bucket } => {
+            let files = S3Destination::new(settings.clone())?;
+            let mut dl = settings.clone();
+            dl.bucket = dead_letter_bucket.clone();
+            let dead = S3Destination::new(dl)?;
+            let done = match bucket_done {
+                Some(b) => {
+                    let mut d = settings.clone();
+                    d.bucket = b.clone();
+                    Some(Box::new(S3Destination::new(d)?) as Box<dyn Destination>)
+                }
+                None => None,
+            };
+            Destinations { files: Box::new(files), dead: Box::new(dead), done }
+        }
+    })
+}
+
+/// `path` as shown to operators.
+pub fn show_path(path: &Path) -> String {
+    path.display().to_string()
+}

@@ -1,0 +1,192 @@
+//! `run`: export the stream until stopped, caught up (`--once`) or past `--until`.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use crate::cli::RunArgs;
+use crate::commit::Committer;
+use crate::config::{Config, ConfigError, Recover};
+use crate::id::{self, EventId};
+use crate::pipeline::{self, PipelineSettings, Stats, StopRule};
+use crate::state::{self, RunSummary, State};
+use crate::stream::client::{Start, StreamClient};
+use crate::transform::{FileFetcher, NoFiles};
+use crate::{exit, http};
+
+fn flag_error(flag: &str, message: String) -> ConfigError {
+    ConfigError { key: flag.to_string(), origin: "command line".into(), message }
+}
+
+/// Runs the export; returns the exit status.
+pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
+    cfg.check_for_run()?;
+    let opencti = cfg.opencti()?;
+    let stream = cfg.stream()?;
+    let from = args.from.as_deref().map(|s| id::parse_position(s).map_err(|e| flag_error("--from", e))).transpose()?;
+    let until = match args.until.as_deref() {
+        None => None,
+        Some("now") => Some(EventId::at_ms(id::now_ms())),
+        Some(s) => Some(id::parse_position(s).map_err(|e| flag_error("--until", e))?),
+    };
+    if let (Some(f), Some(u)) = (from, until) {
+        if u <= f {
+            return Err(flag_error("--until", format!("`{u}` is not after `--from` `{f}`: the window is empty")).into());
+        }
+    }
+
+    let _lock = state::lock(&cfg.state_path)?;
+    let saved = state::load(&cfg.state_path)?;
+    let state = match saved {
+        Some(s) => {
+            if from.is_some() {
+                return Err(flag_error(
+                    "--from",
+                    format!(
+                        "a saved state exists at `{}`: `--from` only applies to a first run; run `opencti-stream-exporter state reset --start-from ...`, or give a separate `--state` for a backfill",
+                        cfg.state_path.display()
+                    ),
+                )
+                .into());
+            }
+            if let Some(sid) = &s.stream_id {
+                if sid != &stream.live_stream_id {
+                    return Err(flag_error(
+                        "connector.live_stream_id",
+                        format!(
+                            "the state at `{}` belongs to stream `{sid}`, not `{}`: use another `--state`, or `state reset` to start over",
+                            cfg.state_path.display(),
+                            stream.live_stream_id
+                        ),
+                    )
+                    .into());
+                }
+            }
+            s
+        }
+        None => first_state(cfg, from)?,
+    };
+    let start = Start {
+        after: state.cursor().map_err(anyhow::Error::msg)?.or(if state.start_from.is_none() { first_start(cfg, from) } else { None }),
+        recover_until_ms: state.recover_until.as_deref().and_then(|d| id::parse_iso_ms(d).ok()),
+    };
+
+    let dests = super::destinations(cfg)?;
+    let abort = Arc::new(AtomicBool::new(false));
+    let mut committer = Committer::new(cfg.state_path.clone(), state, cfg.folder.clone(), dests.files, dests.dead, dests.done, abort);
+    let started_at = id::ms_to_iso(id::now_ms());
+    committer.start()?;
+    committer.update_state(|s| {
+        s.last_run = Some(RunSummary { started_at: started_at.clone(), outcome: "running".into(), ..RunSummary::default() });
+    })?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, exit::INTERRUPTED, stop.clone()).context("installing signal handlers")?;
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+
+    let client = StreamClient::new(opencti, stream, stop.clone())?;
+    let files: Arc<dyn FileFetcher + Send> = if cfg.fetch_files {
+        Arc::new(http::OpenCtiFiles::new(opencti, cfg.file_retries)?)
+    } else {
+        Arc::new(NoFiles)
+    };
+    log::info!(
+        "exporting `{}` to {} under `{}/` starting after `{}`{}",
+        client.url(),
+        committer_describe(cfg),
+        cfg.folder,
+        start.after.map(|a| a.to_string()).unwrap_or_else(|| "now".into()),
+        start.recover_until_ms.map(|ms| format!(" with a snapshot up to {}", id::ms_to_iso(ms))).unwrap_or_default()
+    );
+    let settings = PipelineSettings {
+        stream: stream.clone(),
+        start,
+        stop_rule: StopRule { once: args.once, until },
+        workers: cfg.consumer_count,
+        queue_size: cfg.queue_size,
+        limits: cfg.batch,
+    };
+    let stats = Arc::new(Stats::default());
+    let (mut committer, result) = pipeline::run(client, settings, committer, files, stop, stats.clone());
+    let ended_at = id::ms_to_iso(id::now_ms());
+    let totals = committer.totals.clone();
+    let (outcome_text, result) = match result {
+        Ok(o) => {
+            let text = match &o.stream_error {
+                Some(e) => format!("failed: {e}"),
+                None if o.interrupted => "interrupted".to_string(),
+                None => "completed".to_string(),
+            };
+            (text, Ok(o))
+        }
+        Err(e) => (format!("failed: {e:#}"), Err(e)),
+    };
+    let _ = committer.update_state(|s| {
+        s.last_run = Some(RunSummary {
+            started_at,
+            ended_at,
+            outcome: outcome_text,
+            events: totals.events,
+            files: totals.files,
+            bytes: totals.bytes,
+            dead_letters: totals.dead_letters,
+        });
+    });
+    let outcome = result?;
+    let files_failed = stats.files_failed.load(std::sync::atomic::Ordering::Relaxed);
+    let summary = format!(
+        "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects; cursor `{}`, next file {}",
+        totals.events,
+        totals.files,
+        totals.bytes,
+        outcome.elapsed.as_secs_f64(),
+        outcome.first_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+        outcome.last_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+        totals.dead_letters,
+        files_failed,
+        stats.reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        committer.state().start_from.as_deref().unwrap_or("-"),
+        committer.state().file_count + 1,
+    );
+    if !quiet {
+        println!("{summary}");
+    }
+    log::info!("{summary}");
+    if let Some(e) = outcome.stream_error {
+        return Err(e.into());
+    }
+    Ok(exit::OK)
+}
+
+fn committer_describe(cfg: &Config) -> String {
+    match cfg.output() {
+        Ok(crate::config::Output::S3 { settings, .. }) => format!("bucket `{}`", settings.bucket),
+        Ok(crate::config::Output::Directory { root, .. }) => format!("directory `{}`", root.display()),
+        Err(_) => "?".into(),
+    }
+}
+
+/// Where a first run starts: `--from`, else `live_stream_start_timestamp`, else `0-0`.
+fn first_start(cfg: &Config, from: Option<EventId>) -> Option<EventId> {
+    let stream = cfg.stream().ok()?;
+    Some(from.or(stream.start).unwrap_or_default())
+}
+
+fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
+    let stream = cfg.stream()?;
+    let recover_until = if from.is_some() {
+        None
+    } else {
+        match stream.recover {
+            Recover::Off => None,
+            Recover::UntilNow => Some(id::ms_to_iso(id::now_ms())),
+            Recover::Until(ms) => Some(id::ms_to_iso(ms)),
+        }
+    };
+    let state = State { recover_until, stream_id: Some(stream.live_stream_id.clone()), ..State::default() };
+    state::save(&cfg.state_path, &state)?;
+    Ok(state)
+}

@@ -1,0 +1,231 @@
+//! The commit protocol: the only writer of the state file.
+//!
+//! For each batch: keep its dead letters, then (if it has lines) record the
+//! pending file (number, key, cursor) in the state, store the object, and
+//! commit (file count, cursor, pending cleared). At start-up a pending file
+//! left by a killed run is settled by asking the destination whether the
+//! object exists: stored → committed; absent → forgotten, and its number is
+//! used again (the importer never saw it). So after a kill -9 at any
+//! instant, no event is lost (the cursor only covers stored events) and no
+//! file number is skipped or reused. Key stamps never go backwards.
+//!
+//! Transient storage errors are retried with capped backoff for as long as
+//! it takes, with the cursor frozen; permanent ones stop the run.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::batch::{Batch, DeadLetter};
+use crate::dest::dir::hex;
+use crate::dest::naming::{dead_letter_key, key_ms, next_key_ms, object_key};
+use crate::dest::{DestError, Destination, ObjectMeta};
+use crate::id::now_ms;
+use crate::retry::{sleep_unless, Backoff};
+use crate::state::{self, Pending, State};
+
+/// Totals of what was committed in this run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Lines stored.
+    pub events: u64,
+    /// Files stored.
+    pub files: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// Dead letters kept.
+    pub dead_letters: u64,
+    /// Storage attempts that failed and were retried.
+    pub retries: u64,
+}
+
+/// Stores batches and saves the state.
+pub struct Committer {
+    state_path: PathBuf,
+    state: State,
+    folder: String,
+    dest: Box<dyn Destination>,
+    dead: Box<dyn Destination>,
+    /// Where the importer moves files it has read, checked when settling.
+    done: Option<Box<dyn Destination>>,
+    stop: Arc<AtomicBool>,
+    retry_max: Duration,
+    /// What has been committed so far in this run.
+    pub totals: Totals,
+}
+
+impl Committer {
+    /// A committer over `state`, which is saved to `state_path`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        state_path: PathBuf,
+        state: State,
+        folder: String,
+        dest: Box<dyn Destination>,
+        dead: Box<dyn Destination>,
+        done: Option<Box<dyn Destination>>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Committer { state_path, state, folder, dest, dead, done, stop, retry_max: Duration::from_secs(30), totals: Totals::default() }
+    }
+
+    /// The state as last saved.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Changes the state outside a batch (run summary) and saves it.
+    pub fn update_state(&mut self, f: impl FnOnce(&mut State)) -> Result<()> {
+        f(&mut self.state);
+        state::save(&self.state_path, &self.state).map_err(Into::into)
+    }
+
+    /// Makes the destination ready and settles a pending upload.
+    pub fn start(&mut self) -> Result<()> {
+        let what = self.dest.describe();
+        self.with_retry(&format!("prepare {what}"), |c| c.dest.prepare())?;
+        let Some(p) = self.state.pending.clone() else { return Ok(()) };
+        let key = p.key.clone();
+        let mut stored = self.with_retry(&format!("look for `{key}`"), |c| c.dest.exists(&key))?;
+        if !stored {
+            if let Some(done) = self.done.as_mut() {
+                stored = retry_loop(&format!("look for `{key}` in the done bucket"), &self.stop, self.retry_max, &mut self.totals, || done.exists(&key))?;
+            }
+        }
+        if stored {
+            log::info!("file {} (`{key}`) was stored before the last run stopped: committing it", p.file_number);
+            self.commit(&p);
+        } else {
+            log::info!("file {} (`{key}`) was not stored before the last run stopped: its events will be exported again", p.file_number);
+            self.state.last_key_ms = self.state.last_key_ms.max(key_ms(&key).unwrap_or(0));
+            self.state.pending = None;
+        }
+        state::save(&self.state_path, &self.state)?;
+        Ok(())
+    }
+
+    fn commit(&mut self, p: &Pending) {
+        self.state.file_count = p.file_number;
+        self.state.last_key_ms = self.state.last_key_ms.max(key_ms(&p.key).unwrap_or(0));
+        if let Some(c) = p.cursor {
+            self.state.advance_cursor(c);
+        }
+        self.state.pending = None;
+    }
+
+    /// Stores one batch and commits it. Returns the key written, if any.
+    pub fn store(&mut self, batch: Batch) -> Result<Option<String>> {
+        for (i, letter) in batch.dead.iter().enumerate() {
+            self.keep_dead_letter(letter, i as u64)?;
+        }
+        if batch.events == 0 {
+            if let Some(c) = batch.cursor {
+                self.state.advance_cursor(c);
+            }
+            state::save(&self.state_path, &self.state)?;
+            return Ok(None);
+        }
+        let number = self.state.file_count + 1;
+        let ms = next_key_ms(now_ms(), self.state.last_key_ms);
+        let key = object_key(&self.folder, ms, number);
+        let pending = Pending { file_number: number, key: key.clone(), cursor: batch.cursor, events: batch.events, bytes: batch.body.len() as u64 };
+        self.state.pending = Some(pending.clone());
+        self.state.last_key_ms = ms;
+        state::save(&self.state_path, &self.state).context("saving the pending upload")?;
+
+        let meta = ObjectMeta {
+            events: batch.events,
+            first_id: batch.first_id.map(|i| i.to_string()).unwrap_or_default(),
+            last_id: batch.last_id.map(|i| i.to_string()).unwrap_or_default(),
+            sha256_hex: hex(&Sha256::digest(&batch.body)),
+        };
+        let body = batch.body;
+        self.with_retry(&format!("store `{key}`"), |c| c.dest.put(&key, &body, &meta))?;
+
+        self.commit(&pending);
+        state::save(&self.state_path, &self.state).context("saving the state after an upload")?;
+        self.totals.events += batch.events;
+        self.totals.files += 1;
+        self.totals.bytes += body.len() as u64;
+        log::info!("stored file {number} `{key}`: {} events, {} bytes, up to `{}`", batch.events, body.len(), meta.last_id);
+        Ok(Some(key))
+    }
+
+    fn keep_dead_letter(&mut self, letter: &DeadLetter, n: u64) -> Result<()> {
+        let key = dead_letter_key(&self.folder, letter.id.as_deref().unwrap_or("no-id"), now_ms(), self.state.dead_letters + n);
+        let record = dead_letter_record(letter);
+        let meta = ObjectMeta { events: 1, first_id: letter.id.clone().unwrap_or_default(), last_id: letter.id.clone().unwrap_or_default(), sha256_hex: hex(&Sha256::digest(&record)) };
+        let what = format!("keep dead letter `{key}` in {}", self.dead.describe());
+        retry_loop(&what, &self.stop, self.retry_max, &mut self.totals, || self.dead.put(&key, &record, &meta))?;
+        log::warn!(
+            "event `{}` ({}) kept aside as a dead letter `{key}`: {}",
+            letter.id.as_deref().unwrap_or("without id"),
+            letter.event,
+            letter.reason
+        );
+        self.state.dead_letters += 1;
+        self.totals.dead_letters += 1;
+        Ok(())
+    }
+
+    fn with_retry<T>(&mut self, what: &str, mut f: impl FnMut(&mut Self) -> Result<T, DestError>) -> Result<T> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), self.retry_max);
+        loop {
+            match f(self) {
+                Ok(v) => return Ok(v),
+                Err(DestError::Permanent(m)) => return Err(anyhow!("cannot {what}: {m}")),
+                Err(DestError::Transient(m)) => {
+                    self.totals.retries += 1;
+                    let d = backoff.next_delay();
+                    log::warn!("cannot {what} (attempt {}): {m}; retrying in {:.1} s", backoff.attempts(), d.as_secs_f64());
+                    if !sleep_unless(d, &self.stop) {
+                        return Err(anyhow!("stopped while trying to {what}: {m}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn retry_loop<T>(what: &str, stop: &AtomicBool, max: Duration, totals: &mut Totals, mut f: impl FnMut() -> Result<T, DestError>) -> Result<T> {
+    let mut backoff = Backoff::new(Duration::from_millis(500), max);
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(DestError::Permanent(m)) => return Err(anyhow!("cannot {what}: {m}")),
+            Err(DestError::Transient(m)) => {
+                totals.retries += 1;
+                let d = backoff.next_delay();
+                log::warn!("cannot {what} (attempt {}): {m}; retrying in {:.1} s", backoff.attempts(), d.as_secs_f64());
+                if stop.load(Ordering::Relaxed) || !sleep_unless(d, stop) {
+                    return Err(anyhow!("stopped while trying to {what}: {m}"));
+                }
+            }
+        }
+    }
+}
+
+/// The JSON document kept for a dead letter: raw bytes as text when they
+/// are UTF-8, else base64, with the reason.
+pub fn dead_letter_record(letter: &DeadLetter) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut doc = serde_json::json!({
+        "id": letter.id,
+        "event": letter.event,
+        "reason": letter.reason,
+        "size": letter.size,
+        "truncated": letter.raw.len() < letter.size,
+        "received_at": crate::id::ms_to_iso(now_ms()),
+    });
+    match std::str::from_utf8(&letter.raw) {
+        Ok(text) => doc["data"] = serde_json::Value::String(text.to_string()),
+        Err(_) => doc["data_base64"] = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&letter.raw)),
+    }
+    let mut out = serde_json::to_vec(&doc).expect("serialises");
+    out.push(b'\n');
+    out
+}

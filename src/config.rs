@@ -1,0 +1,701 @@
+//! Configuration: YAML file + environment + command-line flags → one
+//! validated, typed [`Config`].
+//!
+//! Every key of the reference `stream-exporter` keeps its name, its
+//! environment variable and its meaning (PROTOCOL.md §7); our own keys follow
+//! the same `section.key` / `SECTION_KEY` style. The environment wins over
+//! the file and flags win over both. Values are checked once here; a bad one
+//! is a [`ConfigError`] naming the key, where it came from, the value (a
+//! secret is masked) and the fix. Nothing downstream re-validates. `Debug`
+//! never shows a secret.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::dest::s3::S3Settings;
+use crate::id::{self, EventId};
+use crate::secret::Secret;
+
+/// A configuration value that cannot be used, with the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key, e.g. `minio.port`.
+    pub key: String,
+    /// Where the value came from (`MINIO_PORT`, `config.yml`, `--from`), or
+    /// where to set a missing one.
+    pub origin: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config `{}` ({}): {}", self.key, self.origin, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where a key's value came from.
+#[derive(Debug, Clone)]
+struct Raw {
+    value: String,
+    origin: String,
+}
+
+/// One key of the configuration: YAML path and environment variable.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// `section.key` as written in the YAML file.
+    pub path: &'static str,
+    /// The environment variable that overrides it.
+    pub env: &'static str,
+    /// True for a token or a secret key: its value is never printed.
+    pub secret: bool,
+}
+
+const fn key(path: &'static str, env: &'static str) -> Key {
+    Key { path, env, secret: false }
+}
+
+/// Every key we read, in documentation order (`config.example.yml`).
+pub const KEYS: &[Key] = &[
+    key("opencti.url", "OPENCTI_URL"),
+    Key { path: "opencti.token", env: "OPENCTI_TOKEN", secret: true },
+    key("opencti.ssl_verify", "OPENCTI_SSL_VERIFY"),
+    key("opencti.ca_file", "OPENCTI_CA_FILE"),
+    key("connector.id", "CONNECTOR_ID"),
+    key("connector.name", "CONNECTOR_NAME"),
+    key("connector.scope", "CONNECTOR_SCOPE"),
+    key("connector.confidence_level", "CONNECTOR_CONFIDENCE_LEVEL"),
+    key("connector.log_level", "CONNECTOR_LOG_LEVEL"),
+    key("connector.consumer_count", "CONNECTOR_CONSUMER_COUNT"),
+    key("connector.live_stream_id", "CONNECTOR_LIVE_STREAM_ID"),
+    key("connector.live_stream_start_timestamp", "CONNECTOR_LIVE_STREAM_START_TIMESTAMP"),
+    key("connector.live_stream_recover_iso_date", "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE"),
+    key("connector.live_stream_listen_delete", "CONNECTOR_LIVE_STREAM_LISTEN_DELETE"),
+    key("connector.live_stream_no_dependencies", "CONNECTOR_LIVE_STREAM_NO_DEPENDENCIES"),
+    key("connector.live_stream_with_inferences", "CONNECTOR_LIVE_STREAM_WITH_INFERENCES"),
+    key("minio.endpoint", "MINIO_ENDPOINT"),
+    key("minio.port", "MINIO_PORT"),
+    key("minio.bucket", "MINIO_BUCKET"),
+    key("minio.folder", "MINIO_FOLDER"),
+    key("minio.access_key", "MINIO_ACCESS_KEY"),
+    Key { path: "minio.secret_key", env: "MINIO_SECRET_KEY", secret: true },
+    key("minio.secure", "MINIO_SECURE"),
+    key("minio.cert_check", "MINIO_CERT_CHECK"),
+    key("minio.ca_file", "MINIO_CA_FILE"),
+    key("minio.region", "MINIO_REGION"),
+    key("minio.bucket_done", "MINIO_BUCKET_DONE"),
+    key("minio.timeout_sec", "MINIO_TIMEOUT_SEC"),
+    key("write.every_sec", "WRITE_EVERY_SEC"),
+    key("write.max_events", "WRITE_MAX_EVENTS"),
+    key("write.max_bytes", "WRITE_MAX_BYTES"),
+    key("queue.size", "QUEUE_SIZE"),
+    key("output.kind", "OUTPUT_KIND"),
+    key("output.directory", "OUTPUT_DIRECTORY"),
+    key("state.path", "STATE_PATH"),
+    key("stream.idle_timeout_sec", "STREAM_IDLE_TIMEOUT_SEC"),
+    key("stream.max_event_bytes", "STREAM_MAX_EVENT_BYTES"),
+    key("stream.reconnect_max_sec", "STREAM_RECONNECT_MAX_SEC"),
+    key("files.fetch", "FILES_FETCH"),
+    key("files.retries", "FILES_RETRIES"),
+    key("dead_letter.bucket", "DEAD_LETTER_BUCKET"),
+    key("dead_letter.directory", "DEAD_LETTER_DIRECTORY"),
+];
+
+/// Where the stream starts when there is no saved state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recover {
+    /// Snapshot of every object up to the moment the run starts, then live.
+    UntilNow,
+    /// Snapshot of every object up to this date (epoch ms), then live.
+    Until(u64),
+    /// No snapshot: replay the retained live events only.
+    Off,
+}
+
+/// The OpenCTI side.
+#[derive(Debug, Clone)]
+pub struct OpenCti {
+    /// Base URL without a trailing `/`.
+    pub url: String,
+    /// API token, sent as `Authorization: Bearer`.
+    pub token: Secret,
+    /// Verify the server's TLS certificate.
+    pub ssl_verify: bool,
+    /// Extra trusted CA certificates (PEM).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The live stream and how to read it.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// The live stream id (`connector.live_stream_id`).
+    pub live_stream_id: String,
+    /// Start position for a first run (`connector.live_stream_start_timestamp`).
+    pub start: Option<EventId>,
+    /// Recovery for a first run.
+    pub recover: Recover,
+    /// `listen-delete` header.
+    pub listen_delete: bool,
+    /// `no-dependencies` header.
+    pub no_dependencies: bool,
+    /// `with-inferences` header.
+    pub with_inferences: bool,
+    /// Reconnect when no byte arrived for this long.
+    pub idle_timeout: Duration,
+    /// Largest event kept whole, in bytes; larger ones become dead letters.
+    pub max_event_bytes: usize,
+    /// Longest wait between two reconnection attempts.
+    pub reconnect_max: Duration,
+}
+
+/// When a batch file is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Cut when the oldest buffered event is this old.
+    pub max_age: Duration,
+    /// Cut at this many events.
+    pub max_events: usize,
+    /// Cut before the body would exceed this many bytes (a single larger
+    /// event still gets a file of its own).
+    pub max_bytes: usize,
+}
+
+/// Where files go.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// S3 / MinIO.
+    S3 {
+        /// Connection settings and bucket.
+        settings: S3Settings,
+        /// The importer's `MINIO_BUCKET_DONE`, checked when settling a pending file.
+        bucket_done: Option<String>,
+        /// Bucket for dead letters.
+        dead_letter_bucket: String,
+    },
+    /// A local directory with the same key layout.
+    Directory {
+        /// Root directory; keys are paths below it.
+        root: PathBuf,
+        /// Directory for dead letters.
+        dead_letter_root: PathBuf,
+    },
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config file read, if any.
+    pub file: Option<PathBuf>,
+    opencti: Result<OpenCti, ConfigError>,
+    stream: Result<StreamSettings, ConfigError>,
+    /// `connector.name`, used in logs and metrics.
+    pub connector_name: String,
+    /// Log level from `connector.log_level`.
+    pub log_level: log::LevelFilter,
+    /// Worker threads that turn events into lines.
+    pub consumer_count: usize,
+    /// Events in flight between the reader and the batcher.
+    pub queue_size: usize,
+    /// Batch cutting rules.
+    pub batch: BatchLimits,
+    /// Object key prefix (`minio.folder`), without slashes at the ends.
+    pub folder: String,
+    output: Result<Output, ConfigError>,
+    /// The state file.
+    pub state_path: PathBuf,
+    /// Fetch attached files from OpenCTI.
+    pub fetch_files: bool,
+    /// Attempts per attached file before it is exported without content.
+    pub file_retries: u32,
+}
+
+impl Config {
+    /// The OpenCTI settings, or why they are missing.
+    pub fn opencti(&self) -> Result<&OpenCti, ConfigError> {
+        self.opencti.as_ref().map_err(Clone::clone)
+    }
+
+    /// The stream settings, or why they are missing.
+    pub fn stream(&self) -> Result<&StreamSettings, ConfigError> {
+        self.stream.as_ref().map_err(Clone::clone)
+    }
+
+    /// The destination, or why it cannot be used.
+    pub fn output(&self) -> Result<&Output, ConfigError> {
+        self.output.as_ref().map_err(Clone::clone)
+    }
+
+    /// Fails with the first problem among the settings a run needs.
+    pub fn check_for_run(&self) -> Result<(), ConfigError> {
+        self.opencti()?;
+        self.stream()?;
+        self.output()?;
+        Ok(())
+    }
+}
+
+/// Values given on the command line, which win over the file and the environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--state`.
+    pub state_path: Option<PathBuf>,
+    /// `--output-dir`: forces the directory destination.
+    pub output_dir: Option<PathBuf>,
+    /// `--consumer-count`.
+    pub consumer_count: Option<String>,
+}
+
+/// Which config file to read: `--config`, else `./config.yml` when present.
+pub fn find_file(flag: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+    match flag {
+        Some(p) if p.is_file() => Ok(Some(p.to_path_buf())),
+        Some(p) => Err(ConfigError {
+            key: "--config".into(),
+            origin: "command line".into(),
+            message: format!("no file at `{}`: give the path of a YAML config file", p.display()),
+        }),
+        None => {
+            let p = PathBuf::from("config.yml");
+            Ok(p.is_file().then_some(p))
+        }
+    }
+}
+
+/// Reads and validates the configuration from a file, the process
+/// environment and command-line overrides.
+pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    load_from(file, &env, overrides)
+}
+
+/// As [`load`], with the environment given (for tests).
+pub fn load_from(file: Option<&Path>, env: &HashMap<String, String>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let yaml = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                key: "--config".into(),
+                origin: path.display().to_string(),
+                message: format!("cannot read the file ({e})"),
+            })?;
+            let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| ConfigError {
+                key: "--config".into(),
+                origin: path.display().to_string(),
+                message: format!("not valid YAML ({e}); compare with config.example.yml"),
+            })?;
+            Some((path, value))
+        }
+        None => None,
+    };
+    let src = Sources { yaml: yaml.as_ref().map(|(p, v)| (*p, v)), env };
+    build(&src, file, overrides)
+}
+
+struct Sources<'a> {
+    yaml: Option<(&'a Path, &'a serde_yaml::Value)>,
+    env: &'a HashMap<String, String>,
+}
+
+impl Sources<'_> {
+    fn key(path: &str) -> Key {
+        *KEYS.iter().find(|k| k.path == path).expect("every key read is listed in KEYS")
+    }
+
+    fn get(&self, path: &str) -> Option<Raw> {
+        let k = Self::key(path);
+        if let Some(v) = self.env.get(k.env) {
+            if !v.is_empty() {
+                return Some(Raw { value: v.clone(), origin: k.env.to_string() });
+            }
+        }
+        let (file, root) = self.yaml?;
+        let (section, name) = path.split_once('.').expect("keys are section.key");
+        let v = root.get(section)?.get(name)?;
+        let value = match v {
+            serde_yaml::Value::Null => return None,
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::String(s) => s.clone(),
+            _ => {
+                return Some(Raw { value: "<not a single value>".into(), origin: file.display().to_string() });
+            }
+        };
+        Some(Raw { value, origin: file.display().to_string() })
+    }
+
+    fn err(&self, path: &str, raw: Option<&Raw>, message: impl Into<String>) -> ConfigError {
+        let k = Self::key(path);
+        let message = message.into();
+        match raw {
+            Some(r) => {
+                let shown = if k.secret { "***".to_string() } else { r.value.clone() };
+                ConfigError { key: path.into(), origin: r.origin.clone(), message: format!("`{shown}` {message}") }
+            }
+            None => ConfigError {
+                key: path.into(),
+                origin: format!("set `{path}` in the config file or {}", k.env),
+                message,
+            },
+        }
+    }
+
+    fn string(&self, path: &str) -> Option<String> {
+        self.get(path).map(|r| r.value.trim().to_string()).filter(|s| !s.is_empty())
+    }
+
+    fn required(&self, path: &str, what: &str) -> Result<String, ConfigError> {
+        self.string(path).ok_or_else(|| self.err(path, None, format!("is required: {what}")))
+    }
+
+    fn boolean(&self, path: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(path) {
+            None => Ok(default),
+            Some(r) => parse_bool(&r.value).ok_or_else(|| self.err(path, Some(&r), "is not a boolean: use true or false")),
+        }
+    }
+
+    fn number(&self, path: &str, default: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
+        match self.get(path) {
+            None => Ok(default),
+            Some(r) => match r.value.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Ok(n),
+                _ => Err(self.err(path, Some(&r), format!("is not a whole number of {unit} from {min} to {max}"))),
+            },
+        }
+    }
+}
+
+/// Reads a boolean the way the reference does: true/false/yes/no/1/0 (and
+/// on/off, y/n, t/f) in any case.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" | "on" | "y" | "t" => Some(true),
+        "false" | "no" | "0" | "off" | "n" | "f" => Some(false),
+        _ => None,
+    }
+}
+
+fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, ConfigError> {
+    let opencti = opencti(src);
+    let stream = stream(src);
+
+    let log_level = match src.get("connector.log_level") {
+        None => log::LevelFilter::Info,
+        Some(r) => match r.value.trim().to_ascii_lowercase().as_str() {
+            "debug" => log::LevelFilter::Debug,
+            "info" => log::LevelFilter::Info,
+            "warn" | "warning" => log::LevelFilter::Warn,
+            "error" => log::LevelFilter::Error,
+            "trace" => log::LevelFilter::Trace,
+            _ => return Err(src.err("connector.log_level", Some(&r), "is not a log level: use debug, info, warn or error")),
+        },
+    };
+    let consumer_count = match &ov.consumer_count {
+        Some(v) => v.parse::<usize>().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| ConfigError {
+            key: "connector.consumer_count".into(),
+            origin: "--consumer-count".into(),
+            message: format!("`{v}` is not a number of threads from 1 to 64"),
+        })?,
+        None => src.number("connector.consumer_count", 2, 1, 64, "threads")? as usize,
+    };
+    let queue_size = src.number("queue.size", 1000, 1, 1_000_000, "events")? as usize;
+    let batch = BatchLimits {
+        max_age: Duration::from_secs(src.number("write.every_sec", 900, 1, 86_400, "seconds")?),
+        max_events: src.number("write.max_events", 20_000, 1, 10_000_000, "events")? as usize,
+        max_bytes: src.number("write.max_bytes", 8 << 20, 1024, 4 << 30, "bytes")? as usize,
+    };
+    let folder = src.string("minio.folder").unwrap_or_else(|| "opencti".to_string());
+    let folder = folder.trim_matches('/').to_string();
+    if folder.is_empty() || folder.contains("//") || folder.contains('\\') {
+        return Err(src.err("minio.folder", src.get("minio.folder").as_ref(), "is not a usable folder: use a name like `opencti` or `exports/opencti`"));
+    }
+
+    let config_dir = file.and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let state_path = match (&ov.state_path, src.string("state.path")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => config_dir.join("opencti-stream-exporter.state.json"),
+    };
+    let state_path = if state_path.as_os_str().is_empty() { PathBuf::from("opencti-stream-exporter.state.json") } else { state_path };
+
+    let output = output(src, ov);
+    let fetch_files = src.boolean("files.fetch", true)?;
+    let file_retries = src.number("files.retries", 3, 1, 100, "attempts")? as u32;
+    let connector_name = src.string("connector.name").unwrap_or_else(|| "StreamExporter".to_string());
+
+    // Keys read elsewhere by the reference but with no effect here are still
+    // checked so that a typo in a value does not go unnoticed.
+    src.number("connector.confidence_level", 100, 0, 100, "percent")?;
+
+    // A value error anywhere fails the load; a missing required key only
+    // fails the commands that need it (`state show` works without OpenCTI).
+    for part in [opencti.as_ref().err(), stream.as_ref().err(), output.as_ref().err()].into_iter().flatten() {
+        if !part.origin.starts_with("set `") {
+            return Err(part.clone());
+        }
+    }
+
+    Ok(Config {
+        file: file.map(Path::to_path_buf),
+        opencti,
+        stream,
+        connector_name,
+        log_level,
+        consumer_count,
+        queue_size,
+        batch,
+        folder,
+        output,
+        state_path,
+        fetch_files,
+        file_retries,
+    })
+}
+
+fn opencti(src: &Sources) -> Result<OpenCti, ConfigError> {
+    let ssl_verify = src.boolean("opencti.ssl_verify", true)?;
+    let ca_file = src.string("opencti.ca_file").map(PathBuf::from);
+    if let Some(ca) = &ca_file {
+        if !ca.is_file() {
+            return Err(src.err("opencti.ca_file", src.get("opencti.ca_file").as_ref(), "is not a readable file: give the path of a PEM CA bundle"));
+        }
+    }
+    let url_raw = src.get("opencti.url");
+    let url = src.required("opencti.url", "the base URL of OpenCTI, e.g. `https://opencti.example.org`")?;
+    let url = url.trim_end_matches('/').to_string();
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+        return Err(src.err("opencti.url", url_raw.as_ref(), "is not an http(s) URL: write it like `https://opencti.example.org`"));
+    }
+    let token = src.required("opencti.token", "an OpenCTI API token of a user that can read the live stream")?;
+    Ok(OpenCti { url, token: Secret::new(token), ssl_verify, ca_file })
+}
+
+fn stream(src: &Sources) -> Result<StreamSettings, ConfigError> {
+    let start = match src.get("connector.live_stream_start_timestamp") {
+        Some(r) if !r.value.trim().is_empty() => Some(
+            id::parse_position(&r.value).map_err(|e| src.err("connector.live_stream_start_timestamp", Some(&r), format!("is refused: {e}")))?,
+        ),
+        _ => None,
+    };
+    let recover = match src.get("connector.live_stream_recover_iso_date") {
+        None => Recover::UntilNow,
+        Some(r) => match parse_bool(&r.value) {
+            Some(false) => Recover::Off,
+            Some(true) => Recover::UntilNow,
+            None => Recover::Until(id::parse_iso_ms(r.value.trim()).map_err(|e| {
+                src.err("connector.live_stream_recover_iso_date", Some(&r), format!("is neither false nor a date: {e}"))
+            })?),
+        },
+    };
+    let listen_delete = src.boolean("connector.live_stream_listen_delete", true)?;
+    let no_dependencies = src.boolean("connector.live_stream_no_dependencies", true)?;
+    let with_inferences = src.boolean("connector.live_stream_with_inferences", false)?;
+    let idle_timeout = Duration::from_secs(src.number("stream.idle_timeout_sec", 60, 6, 3600, "seconds")?);
+    let max_event_bytes = src.number("stream.max_event_bytes", 64 << 20, 1024, 1 << 30, "bytes")? as usize;
+    let reconnect_max = Duration::from_secs(src.number("stream.reconnect_max_sec", 60, 1, 3600, "seconds")?);
+    let id_raw = src.get("connector.live_stream_id");
+    let live_stream_id = src.required("connector.live_stream_id", "the id of the live stream to export (Data > Data sharing > Live streams)")?;
+    if live_stream_id == "ChangeMe" || live_stream_id.contains('/') || live_stream_id.contains(char::is_whitespace) {
+        return Err(src.err("connector.live_stream_id", id_raw.as_ref(), "is not a live stream id: copy the id of the stream from OpenCTI"));
+    }
+    Ok(StreamSettings {
+        live_stream_id,
+        start,
+        recover,
+        listen_delete,
+        no_dependencies,
+        with_inferences,
+        idle_timeout,
+        max_event_bytes,
+        reconnect_max,
+    })
+}
+
+fn output(src: &Sources, ov: &Overrides) -> Result<Output, ConfigError> {
+    let kind_raw = src.get("output.kind");
+    let kind = match (&ov.output_dir, kind_raw.as_ref().map(|r| r.value.trim().to_ascii_lowercase())) {
+        (Some(_), _) => "directory".to_string(),
+        (None, Some(k)) => k,
+        (None, None) if src.string("minio.endpoint").is_some() => "s3".to_string(),
+        (None, None) => "directory".to_string(),
+    };
+    match kind.as_str() {
+        "directory" | "dir" => {
+            let root = ov
+                .output_dir
+                .clone()
+                .or_else(|| src.string("output.directory").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("export"));
+            let dead_letter_root = src.string("dead_letter.directory").map(PathBuf::from).unwrap_or_else(|| {
+                let mut name = root.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "export".into());
+                name.push("-dead-letter");
+                root.with_file_name(name)
+            });
+            Ok(Output::Directory { root, dead_letter_root })
+        }
+        "s3" | "minio" => {
+            let endpoint = src.required("minio.endpoint", "the S3/MinIO host name, e.g. `minio.example.org`")?;
+            let port = match src.get("minio.port") {
+                None => None,
+                Some(r) => Some(
+                    r.value.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| src.err("minio.port", Some(&r), "is not a port number: give a number from 1 to 65535"))?,
+                ),
+            };
+            let bucket_raw = src.get("minio.bucket");
+            let bucket = src.required("minio.bucket", "the bucket the stream-importer reads")?;
+            if !valid_bucket(&bucket) {
+                return Err(src.err("minio.bucket", bucket_raw.as_ref(), "is not a valid bucket name: 3-63 lowercase letters, digits, dots or hyphens"));
+            }
+            let access_key = src.required("minio.access_key", "the S3 access key")?;
+            let secret_key = Secret::new(src.required("minio.secret_key", "the S3 secret key")?);
+            let ca_file = src.string("minio.ca_file").map(PathBuf::from);
+            if let Some(ca) = &ca_file {
+                if !ca.is_file() {
+                    return Err(src.err("minio.ca_file", src.get("minio.ca_file").as_ref(), "is not a readable file: give the path of a PEM CA bundle"));
+                }
+            }
+            let dead_letter_bucket = src.string("dead_letter.bucket").unwrap_or_else(|| {
+                let b = format!("{bucket}-dead-letter");
+                if b.len() > 63 { "opencti-dead-letter".to_string() } else { b }
+            });
+            if !valid_bucket(&dead_letter_bucket) || dead_letter_bucket == bucket {
+                return Err(src.err("dead_letter.bucket", src.get("dead_letter.bucket").as_ref(), "must be a valid bucket name other than `minio.bucket` (the importer reads every key of that bucket)"));
+            }
+            let settings = S3Settings {
+                endpoint,
+                port,
+                secure: src.boolean("minio.secure", false)?,
+                cert_check: src.boolean("minio.cert_check", true)?,
+                ca_file,
+                region: src.string("minio.region"),
+                bucket,
+                access_key,
+                secret_key,
+                timeout: Duration::from_secs(src.number("minio.timeout_sec", 120, 1, 3600, "seconds")?),
+            };
+            Ok(Output::S3 { settings, bucket_done: src.string("minio.bucket_done"), dead_letter_bucket })
+        }
+        _ => Err(src.err("output.kind", kind_raw.as_ref(), "is not a destination: use `s3` or `directory`")),
+    }
+}
+
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && b.as_bytes()[0].is_ascii_alphanumeric()
+        && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("OPENCTI_URL", "http://localhost:4000/"),
+        ("OPENCTI_TOKEN", "tok-123456"),
+        ("CONNECTOR_LIVE_STREAM_ID", "live-1"),
+    ];
+
+    fn with(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut e = env(BASE);
+        e.extend(env(extra));
+        load_from(None, &e, &Overrides::default())
+    }
+
+    #[test]
+    fn reference_environment_works_with_defaults() {
+        let c = with(&[]).unwrap();
+        assert_eq!(c.opencti().unwrap().url, "http://localhost:4000");
+        assert_eq!(c.stream().unwrap().recover, Recover::UntilNow);
+        assert!(c.stream().unwrap().listen_delete);
+        assert_eq!(c.batch.max_age, Duration::from_secs(900));
+        assert_eq!(c.queue_size, 1000);
+        assert!(matches!(c.output().unwrap(), Output::Directory { .. }));
+        assert_eq!(c.folder, "opencti");
+    }
+
+    #[test]
+    fn minio_endpoint_selects_s3() {
+        let c = with(&[
+            ("MINIO_ENDPOINT", "127.0.0.1"),
+            ("MINIO_PORT", "9000"),
+            ("MINIO_BUCKET", "exports"),
+            ("MINIO_ACCESS_KEY", "ak"),
+            ("MINIO_SECRET_KEY", "sk-secret"),
+            ("MINIO_SECURE", "False"),
+            ("MINIO_FOLDER", "/opencti/"),
+        ])
+        .unwrap();
+        match c.output().unwrap() {
+            Output::S3 { settings, dead_letter_bucket, .. } => {
+                assert_eq!(settings.port, Some(9000));
+                assert!(!settings.secure);
+                assert_eq!(dead_letter_bucket, "exports-dead-letter");
+            }
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(c.folder, "opencti");
+        assert!(!format!("{c:?}").contains("sk-secret"));
+        assert!(!format!("{c:?}").contains("tok-123456"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key_the_origin_and_the_fix() {
+        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+            (&[("MINIO_ENDPOINT", "h"), ("MINIO_PORT", "abc")], "minio.port", "MINIO_PORT"),
+            (&[("WRITE_EVERY_SEC", "0")], "write.every_sec", "WRITE_EVERY_SEC"),
+            (&[("CONNECTOR_LIVE_STREAM_START_TIMESTAMP", "1718446500")], "connector.live_stream_start_timestamp", "epoch seconds"),
+            (&[("CONNECTOR_LIVE_STREAM_LISTEN_DELETE", "maybe")], "connector.live_stream_listen_delete", "true or false"),
+            (&[("CONNECTOR_LIVE_STREAM_ID", "ChangeMe")], "connector.live_stream_id", "copy the id"),
+            (&[("OPENCTI_URL", "localhost:4000")], "opencti.url", "http(s) URL"),
+            (&[("OUTPUT_KIND", "ftp")], "output.kind", "`s3` or `directory`"),
+            (&[("QUEUE_SIZE", "-1")], "queue.size", "whole number"),
+        ];
+        for (extra, key, hint) in cases {
+            let e = with(extra).unwrap_err();
+            let text = e.to_string();
+            assert_eq!(e.key, *key, "{text}");
+            assert!(text.contains(hint), "{text}");
+        }
+    }
+
+    #[test]
+    fn missing_required_keys_only_fail_the_commands_that_need_them() {
+        let c = load_from(None, &env(&[]), &Overrides::default()).unwrap();
+        let e = c.check_for_run().unwrap_err();
+        assert_eq!(e.key, "opencti.url");
+        assert!(e.to_string().contains("OPENCTI_URL"));
+    }
+
+    #[test]
+    fn a_missing_secret_key_fails_the_destination_not_the_load() {
+        let c = with(&[("MINIO_ENDPOINT", "h"), ("MINIO_BUCKET", "bkt"), ("MINIO_ACCESS_KEY", "a")]).unwrap();
+        let e = c.output().unwrap_err();
+        assert_eq!(e.key, "minio.secret_key");
+        assert!(e.to_string().contains("MINIO_SECRET_KEY"), "{e}");
+    }
+
+    #[test]
+    fn yaml_file_is_read_and_environment_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yml");
+        std::fs::write(
+            &path,
+            "opencti:\n  url: http://a:1\n  token: t\nconnector:\n  live_stream_id: s1\n  live_stream_recover_iso_date: false\n  consumer_count: 4\nwrite:\n  every_sec: 5\n",
+        )
+        .unwrap();
+        let c = load_from(Some(&path), &env(&[("WRITE_EVERY_SEC", "7")]), &Overrides::default()).unwrap();
+        assert_eq!(c.consumer_count, 4);
+        assert_eq!(c.batch.max_age, Duration::from_secs(7));
+        assert_eq!(c.stream().unwrap().recover, Recover::Off);
+        assert_eq!(c.state_path, dir.path().join("opencti-stream-exporter.state.json"));
+    }
+}

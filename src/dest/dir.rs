@@ -1,0 +1,206 @@
+//! The directory destination: the same key layout as S3, under a root path.
+//!
+//! Each file is written under a hidden temporary name in its final
+//! directory, fsynced, renamed into place and the directory fsynced, so a
+//! reader (or a transfer tool) sees a whole file or none. Temporary files
+//! left by a killed run are removed by [`Destination::prepare`]. Metadata is
+//! not stored beside the files (a sidecar would be read by transfer tools as
+//! data); `meta()` recomputes it from the body.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::{DestError, Destination, ObjectMeta};
+use crate::state::sync_dir;
+
+/// Files under a local directory.
+#[derive(Debug, Clone)]
+pub struct DirDestination {
+    root: PathBuf,
+}
+
+impl DirDestination {
+    /// Files go below `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DirDestination { root: root.into() }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn err(&self, what: &str, path: &Path, e: std::io::Error) -> DestError {
+        let msg = format!("{what} `{}`: {e}", path.display());
+        match e.kind() {
+            // A full disk or quota may be freed by the operator: keep trying.
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::Interrupted | ErrorKind::TimedOut => {
+                DestError::Transient(format!("{msg} (free some space; retrying)"))
+            }
+            ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
+                DestError::Permanent(format!("{msg}: give the exporter's user write access to `{}`", self.root.display()))
+            }
+            _ if e.raw_os_error() == Some(28) => DestError::Transient(format!("{msg} (free some space; retrying)")),
+            _ => DestError::Permanent(msg),
+        }
+    }
+}
+
+fn is_temp(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
+}
+
+impl Destination for DirDestination {
+    fn describe(&self) -> String {
+        format!("directory `{}`", self.root.display())
+    }
+
+    fn prepare(&mut self) -> Result<(), DestError> {
+        fs::create_dir_all(&self.root).map_err(|e| self.err("cannot create directory", &self.root, e))?;
+        // Remove temporary files left by a killed run.
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let p = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(p);
+                } else if is_temp(&name) {
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, key: &str, body: &[u8], _meta: &ObjectMeta) -> Result<(), DestError> {
+        let path = self.path(key);
+        let dir = crate::state::parent_dir(&path);
+        fs::create_dir_all(&dir).map_err(|e| self.err("cannot create directory", &dir, e))?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let result = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(body)?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, &path)?;
+            sync_dir(&dir)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.err("cannot write", &path, e));
+        }
+        Ok(())
+    }
+
+    fn exists(&mut self, key: &str) -> Result<bool, DestError> {
+        let path = self.path(key);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(m.is_file()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(self.err("cannot check", &path, e)),
+        }
+    }
+
+    fn list(&mut self, prefix: &str) -> Result<Vec<String>, DestError> {
+        let mut keys = Vec::new();
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.err("cannot list", &dir, e)),
+            };
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(p);
+                    continue;
+                }
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if is_temp(&name) {
+                    continue;
+                }
+                if let Ok(rel) = p.strip_prefix(&self.root) {
+                    let key = rel.to_string_lossy().replace('\\', "/");
+                    if key.starts_with(prefix) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn get(&mut self, key: &str) -> Result<Vec<u8>, DestError> {
+        let path = self.path(key);
+        fs::read(&path).map_err(|e| self.err("cannot read", &path, e))
+    }
+
+    fn meta(&mut self, key: &str) -> Result<Option<ObjectMeta>, DestError> {
+        let body = self.get(key)?;
+        Ok(Some(meta_of(&body)))
+    }
+
+    fn delete(&mut self, key: &str) -> Result<(), DestError> {
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("cannot delete", &path, e)),
+        }
+    }
+}
+
+/// Metadata recomputed from a body of JSON lines.
+pub fn meta_of(body: &[u8]) -> ObjectMeta {
+    let id_of = |line: &[u8]| -> String {
+        serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
+            .unwrap_or_default()
+    };
+    let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    ObjectMeta {
+        events: lines.len() as u64,
+        first_id: lines.first().map(|l| id_of(l)).unwrap_or_default(),
+        last_id: lines.last().map(|l| id_of(l)).unwrap_or_default(),
+        sha256_hex: hex(&Sha256::digest(body)),
+    }
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_lists_and_cleans_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DirDestination::new(dir.path().join("out"));
+        d.prepare().unwrap();
+        let meta = meta_of(b"{\"id\":\"1-0\"}\n");
+        d.put("f/stream_0000000000002_2.json", b"b\n", &meta).unwrap();
+        d.put("f/stream_0000000000001_1.json", b"a\n", &meta).unwrap();
+        fs::write(dir.path().join("out/f/.stream_3_3.json.tmp-1"), b"half").unwrap();
+        assert_eq!(d.list("f/").unwrap(), vec!["f/stream_0000000000001_1.json", "f/stream_0000000000002_2.json"]);
+        d.prepare().unwrap();
+        assert!(!dir.path().join("out/f/.stream_3_3.json.tmp-1").exists());
+        assert!(d.exists("f/stream_0000000000001_1.json").unwrap());
+        assert!(!d.exists("f/nope").unwrap());
+        assert_eq!(d.get("f/stream_0000000000002_2.json").unwrap(), b"b\n");
+        d.delete("f/stream_0000000000002_2.json").unwrap();
+        d.delete("f/stream_0000000000002_2.json").unwrap();
+        assert_eq!(meta.first_id, "1-0");
+        assert_eq!(meta.events, 1);
+    }
+}

@@ -1,0 +1,76 @@
+//! Destinations: where committed batch files go.
+//!
+//! One trait, two implementations: [`s3::S3Destination`] (MinIO or any S3
+//! server, through the `minio` crate) and [`dir::DirDestination`] (a local
+//! directory with the same key layout). A destination knows nothing of the
+//! stream, the batcher or the state file: it stores, finds, reads and deletes
+//! whole objects by key. Keys are full object keys (`<folder>/stream_<ms>_<N>.json`);
+//! naming lives in [`naming`].
+
+pub mod dir;
+pub mod naming;
+pub mod s3;
+
+use std::fmt;
+
+/// What we record beside every object (S3 user metadata, or a sidecar for the
+/// directory destination is *not* written: the directory keeps the body only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Number of lines (events) in the body.
+    pub events: u64,
+    /// SSE id of the first line.
+    pub first_id: String,
+    /// SSE id of the last line.
+    pub last_id: String,
+    /// Lower-case hex SHA-256 of the body.
+    pub sha256_hex: String,
+}
+
+/// Whether a failed storage call may succeed if tried again.
+#[derive(Debug, thiserror::Error)]
+pub enum DestError {
+    /// Network trouble, server busy, timeouts: retry with backoff.
+    #[error("{0}")]
+    Transient(String),
+    /// Wrong credentials, no permission, bad bucket name, disk full on a
+    /// path we cannot fix: stop and tell the operator.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl DestError {
+    /// True when the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DestError::Transient(_))
+    }
+}
+
+/// A place that stores whole objects atomically: a reader sees an object in
+/// full or not at all.
+pub trait Destination: Send {
+    /// Where the objects go, for logs and messages (`s3://bucket/folder`,
+    /// `/path/to/dir`). Never contains a secret.
+    fn describe(&self) -> String;
+    /// Make the target usable: create the bucket (S3) or the directory if
+    /// missing. Called once before the first upload.
+    fn prepare(&mut self) -> Result<(), DestError>;
+    /// Store `body` under `key`, replacing any object of that key.
+    fn put(&mut self, key: &str, body: &[u8], meta: &ObjectMeta) -> Result<(), DestError>;
+    /// Whether a complete object exists under `key`.
+    fn exists(&mut self, key: &str) -> Result<bool, DestError>;
+    /// Every key that starts with `prefix`, in key order.
+    fn list(&mut self, prefix: &str) -> Result<Vec<String>, DestError>;
+    /// The whole body of `key`.
+    fn get(&mut self, key: &str) -> Result<Vec<u8>, DestError>;
+    /// The metadata stored with `key`, when the destination keeps any.
+    fn meta(&mut self, key: &str) -> Result<Option<ObjectMeta>, DestError>;
+    /// Remove `key`; removing a missing key is not an error.
+    fn delete(&mut self, key: &str) -> Result<(), DestError>;
+}
+
+impl fmt::Debug for dyn Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe())
+    }
+}

@@ -1,0 +1,23 @@
+//! opencti-stream-exporter: follow an OpenCTI live stream and export it as
+//! ordered NDJSON batch files for the `stream-importer`.
+//!
+//! The binary (`main.rs`) only parses flags and dispatches to [`cmd`]. The
+//! pure cores ([`stream::sse`], [`transform`], [`batch`], [`dest::naming`],
+//! [`id`]) do no I/O; [`pipeline`] wires them with threads.
+
+pub mod batch;
+pub mod cli;
+pub mod cmd;
+pub mod commit;
+pub mod config;
+pub mod dest;
+pub mod exit;
+pub mod http;
+pub mod id;
+pub mod logging;
+pub mod pipeline;
+pub mod retry;
+pub mod secret;
+pub mod state;
+pub mod stream;
+pub mod transform;

@@ -1,0 +1,445 @@
+//! The run: threads wired with bounded channels.
+//!
+//! ```text
+//! [reader] --Work, round robin--> [worker 1..n: transform] --Item--> [batcher] --Batch--> [committer]
+//!  socket    bounded per worker     (consumer_count)         bounded   limits,    bounded   store, then
+//!  SSE parse                                                 per worker id groups  (1)      save state
+//! ```
+//! The reader hands work to the workers in turn and the batcher takes the
+//! results back in the same turn, so output order equals stream order with no
+//! reorder buffer. Every data channel is bounded: when storage is slow the
+//! committer blocks the batcher, the workers, then the reader, which stops
+//! reading the socket. The committer is the only writer of the state, and
+//! stores file N while the batcher fills N+1.
+//!
+//! A first SIGINT/SIGTERM stops reading: what was received is flushed,
+//! stored and committed, then the run ends. The reader and the workers are
+//! not joined (the reader may sit in a socket read); their work that was not
+//! committed is simply read again next time.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+
+use crate::batch::{Batch, Batcher, DeadLetter, Item};
+use crate::commit::{Committer, Totals};
+use crate::config::{BatchLimits, StreamSettings};
+use crate::id::EventId;
+use crate::stream::client::{Flow, Handler, Start, StreamClient, StreamError};
+use crate::stream::sse::SseMessage;
+use crate::transform::{self, FileFetcher, DATA_EVENTS};
+
+/// Counters shared by the threads (read by progress and metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Data events received.
+    pub received: AtomicU64,
+    /// Lines produced by the workers.
+    pub transformed: AtomicU64,
+    /// Attached files that could not be fetched.
+    pub files_failed: AtomicU64,
+    /// Attached files fetched.
+    pub files_fetched: AtomicU64,
+    /// Lost connections.
+    pub reconnects: AtomicU64,
+    /// Millisecond part of the last complete id received.
+    pub complete_ms: AtomicU64,
+    /// Millisecond part of the stream head announced by `connected`.
+    pub head_ms: AtomicU64,
+}
+
+/// What the stream's `connected` event said.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Connected {
+    /// Newest id in the stream.
+    #[serde(default)]
+    pub last_event_id: Option<String>,
+    /// Oldest id the server still retains.
+    #[serde(default)]
+    pub first_event_id: Option<String>,
+    /// Date of the oldest retained event.
+    #[serde(default)]
+    pub first_event_date: Option<String>,
+    /// Date of the newest event.
+    #[serde(default)]
+    pub last_event_date: Option<String>,
+    /// Events retained.
+    #[serde(default)]
+    pub stream_size: Option<u64>,
+}
+
+/// When a run ends by itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StopRule {
+    /// End once the stream head announced at connection is complete.
+    pub once: bool,
+    /// End once the stream passes this id; later events are not exported.
+    pub until: Option<EventId>,
+}
+
+/// What a pipeline run needs besides the committer.
+pub struct PipelineSettings {
+    /// Stream connection settings.
+    pub stream: StreamSettings,
+    /// Where to start.
+    pub start: Start,
+    /// When to end.
+    pub stop_rule: StopRule,
+    /// Worker threads.
+    pub workers: usize,
+    /// Events in flight.
+    pub queue_size: usize,
+    /// Batch limits.
+    pub limits: BatchLimits,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// What was committed.
+    pub totals: Totals,
+    /// The stream stopped us (401/410/not a stream).
+    pub stream_error: Option<StreamError>,
+    /// Stopped by a signal.
+    pub interrupted: bool,
+    /// First and last id stored.
+    pub first_id: Option<EventId>,
+    /// Last id stored.
+    pub last_id: Option<EventId>,
+    /// The `connected` event of the last connection.
+    pub connected: Option<Connected>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+enum Work {
+    Data { id: EventId, event: String, data: Vec<u8> },
+    Dead { id: Option<EventId>, letter: DeadLetter },
+    Mark(EventId),
+}
+
+struct Reader {
+    senders: Vec<Sender<Work>>,
+    next: usize,
+    last_seen: Option<EventId>,
+    complete: Option<EventId>,
+    stop_rule: StopRule,
+    recover_until_ms: Option<u64>,
+    once_target: Option<EventId>,
+    connected: Arc<Mutex<Option<Connected>>>,
+    stats: Arc<Stats>,
+}
+
+impl Reader {
+    fn send(&mut self, w: Work) -> Flow {
+        let i = self.next;
+        self.next = (self.next + 1) % self.senders.len();
+        if self.senders[i].send(w).is_err() {
+            return Flow::Stop;
+        }
+        Flow::Continue
+    }
+
+    fn track(&mut self, id: EventId) {
+        match self.last_seen {
+            Some(last) if id > last => {
+                self.complete = Some(last);
+                self.last_seen = Some(id);
+            }
+            None => self.last_seen = Some(id),
+            _ => {}
+        }
+        if let Some(c) = self.complete {
+            self.stats.complete_ms.store(c.ms, Ordering::Relaxed);
+        }
+    }
+
+    fn done(&self) -> bool {
+        let Some(complete) = self.complete else { return false };
+        if self.stop_rule.until.is_some_and(|u| complete >= u) {
+            return true;
+        }
+        self.stop_rule.once && self.once_target.is_some_and(|t| complete >= t)
+    }
+
+    fn dead(&mut self, id: Option<EventId>, msg: &SseMessage, reason: String) -> Flow {
+        let letter = DeadLetter {
+            id: msg.id.clone(),
+            event: msg.event.clone(),
+            reason,
+            raw: msg.data.clone(),
+            size: msg.oversized.unwrap_or(msg.data.len()),
+        };
+        self.send(Work::Dead { id, letter })
+    }
+}
+
+impl Handler for Reader {
+    fn on_message(&mut self, msg: SseMessage) -> Flow {
+        let parsed: Option<EventId> = msg.id.as_deref().and_then(|s| s.parse().ok());
+        let flow = match msg.event.as_str() {
+            "connected" => {
+                let c: Connected = serde_json::from_slice(&msg.data).unwrap_or_default();
+                log::info!(
+                    "stream connected: {} events retained, from `{}` ({}) to `{}` ({})",
+                    c.stream_size.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                    c.first_event_id.as_deref().unwrap_or("?"),
+                    c.first_event_date.as_deref().unwrap_or("?"),
+                    c.last_event_id.as_deref().unwrap_or("?"),
+                    c.last_event_date.as_deref().unwrap_or("?"),
+                );
+                let head: EventId = c.last_event_id.as_deref().and_then(|s| s.parse().ok()).unwrap_or_default();
+                self.stats.head_ms.store(head.ms, Ordering::Relaxed);
+                if self.once_target.is_none() {
+                    let recover = self.recover_until_ms.map(EventId::at_ms).unwrap_or_default();
+                    self.once_target = Some(head.max(recover));
+                }
+                *self.connected.lock().expect("not poisoned") = Some(c);
+                Flow::Continue
+            }
+            "heartbeat" => match parsed {
+                Some(h) if self.last_seen.is_none_or(|l| h > l) => {
+                    if self.stop_rule.until.is_some_and(|u| h > u) {
+                        // Past the window's end: everything in it is complete.
+                        let _ = self.send(Work::Mark(h));
+                        return Flow::Stop;
+                    }
+                    self.last_seen = Some(h);
+                    self.complete = Some(h);
+                    self.stats.complete_ms.store(h.ms, Ordering::Relaxed);
+                    self.send(Work::Mark(h))
+                }
+                _ => Flow::Continue,
+            },
+            "consumer_metrics" => Flow::Continue,
+            "no-recover" => {
+                log::warn!("the server refused recovery: {}; continuing with live events", String::from_utf8_lossy(&msg.data));
+                Flow::Continue
+            }
+            "error" => {
+                log::warn!("the stream reported an error: {}", String::from_utf8_lossy(&msg.data));
+                Flow::Continue
+            }
+            name if DATA_EVENTS.contains(&name) => {
+                self.stats.received.fetch_add(1, Ordering::Relaxed);
+                match parsed {
+                    Some(id) => {
+                        if let Some(u) = self.stop_rule.until {
+                            if id > u {
+                                // Not exported: it only proves the window complete.
+                                let _ = self.send(Work::Mark(id));
+                                return Flow::Stop;
+                            }
+                        }
+                        self.track(id);
+                        if let Some(size) = msg.oversized {
+                            let reason = format!("event of {size} bytes exceeds `stream.max_event_bytes`");
+                            self.dead(Some(id), &msg, reason)
+                        } else {
+                            self.send(Work::Data { id, event: msg.event, data: msg.data })
+                        }
+                    }
+                    None => {
+                        let reason = match &msg.id {
+                            None => "data event without an id".to_string(),
+                            Some(bad) => format!("data event with a malformed id `{bad}`"),
+                        };
+                        self.dead(None, &msg, reason)
+                    }
+                }
+            }
+            other => {
+                if let Some(id) = parsed {
+                    self.track(id);
+                }
+                let reason = format!("unknown event name `{other}`");
+                self.dead(parsed, &msg, reason)
+            }
+        };
+        if flow == Flow::Continue && self.done() {
+            return Flow::Stop;
+        }
+        flow
+    }
+
+    fn resume_after(&self) -> Option<EventId> {
+        self.complete
+    }
+
+    fn on_disconnect(&mut self, _why: &str) {
+        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn worker(rx: Receiver<Work>, tx: Sender<Item>, files: Arc<dyn FileFetcher + Send>, stats: Arc<Stats>) {
+    for work in rx {
+        let item = match work {
+            Work::Mark(id) => Item::Mark { id },
+            Work::Dead { id, letter } => Item::Dead { id, letter },
+            Work::Data { id, event, data } => match transform::transform(&id, &event, &data, files.as_ref()) {
+                Ok(line) => {
+                    stats.transformed.fetch_add(1, Ordering::Relaxed);
+                    if line.files_failed > 0 {
+                        stats.files_failed.fetch_add(line.files_failed as u64, Ordering::Relaxed);
+                    }
+                    if line.files_fetched > 0 {
+                        stats.files_fetched.fetch_add(line.files_fetched as u64, Ordering::Relaxed);
+                    }
+                    Item::Line { id, bytes: line.bytes }
+                }
+                Err(reject) => Item::Dead {
+                    id: Some(id),
+                    letter: DeadLetter { id: Some(id.to_string()), event, reason: reject.reason, size: data.len(), raw: data },
+                },
+            },
+        };
+        if tx.send(item).is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs the pipeline until the stream ends the run, a stop rule is met, a
+/// signal arrives (`stop`), or storage fails for good.
+pub fn run(
+    client: StreamClient,
+    settings: PipelineSettings,
+    mut committer: Committer,
+    files: Arc<dyn FileFetcher + Send>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+) -> (Committer, Result<Outcome>) {
+    let started = Instant::now();
+    let n = settings.workers.max(1);
+    let per_worker = (settings.queue_size / (2 * n)).max(4);
+    let mut work_tx = Vec::with_capacity(n);
+    let mut item_rx = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (wtx, wrx) = bounded::<Work>(per_worker);
+        let (itx, irx) = bounded::<Item>(per_worker);
+        let files = files.clone();
+        let stats = stats.clone();
+        std::thread::Builder::new()
+            .name("worker".into())
+            .spawn(move || worker(wrx, itx, files, stats))
+            .expect("spawn worker");
+        work_tx.push(wtx);
+        item_rx.push(irx);
+    }
+
+    let connected = Arc::new(Mutex::new(None));
+    let stream_error: Arc<Mutex<Option<StreamError>>> = Arc::new(Mutex::new(None));
+    let reader_done = Arc::new(AtomicBool::new(false));
+    {
+        let mut reader = Reader {
+            senders: work_tx,
+            next: 0,
+            last_seen: None,
+            complete: None,
+            stop_rule: settings.stop_rule,
+            recover_until_ms: settings.start.recover_until_ms,
+            once_target: None,
+            connected: connected.clone(),
+            stats: stats.clone(),
+        };
+        let start = settings.start;
+        let stream_error = stream_error.clone();
+        let reader_done = reader_done.clone();
+        std::thread::Builder::new()
+            .name("reader".into())
+            .spawn(move || {
+                if let Err(e) = client.run(start, &mut reader) {
+                    *stream_error.lock().expect("not poisoned") = Some(e);
+                }
+                reader_done.store(true, Ordering::Relaxed);
+                // Dropping the reader closes the work channels: the end of input.
+            })
+            .expect("spawn reader");
+    }
+
+    let (batch_tx, batch_rx) = bounded::<Batch>(1);
+    let limits = settings.limits;
+    let batch_stop = stop.clone();
+    let result = std::thread::scope(|scope| {
+        let batcher = scope.spawn(move || batcher_loop(item_rx, batch_tx, limits, &batch_stop));
+        let mut first_id = None;
+        let mut last_id = None;
+        let mut failure = None;
+        for batch in batch_rx.iter() {
+            let (f, l) = (batch.first_id, batch.last_id);
+            match committer.store(batch) {
+                Ok(Some(_)) => {
+                    first_id = first_id.or(f);
+                    last_id = l.or(last_id);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(batch_rx);
+        let _ = batcher.join();
+        (first_id, last_id, failure)
+    });
+    let (first_id, last_id, failure) = result;
+    if let Some(e) = failure {
+        return (committer, Err(e));
+    }
+    let outcome = Outcome {
+        totals: committer.totals.clone(),
+        stream_error: stream_error.lock().expect("not poisoned").take(),
+        interrupted: stop.load(Ordering::Relaxed),
+        first_id,
+        last_id,
+        connected: connected.lock().expect("not poisoned").clone(),
+        elapsed: started.elapsed(),
+    };
+    (committer, Ok(outcome))
+}
+
+fn batcher_loop(inputs: Vec<Receiver<Item>>, out: Sender<Batch>, limits: BatchLimits, stop: &AtomicBool) {
+    let mut batcher = Batcher::new(limits);
+    let mut next = 0;
+    let tick = Duration::from_millis(200);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let now = Instant::now();
+        let wait = batcher.deadline().map(|d| d.saturating_duration_since(now).min(tick)).unwrap_or(tick);
+        match inputs[next].recv_timeout(wait) {
+            Ok(item) => {
+                next = (next + 1) % inputs.len();
+                if let Some(b) = batcher.push(item, Instant::now()) {
+                    if out.send(b).is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if let Some(b) = batcher.tick(Instant::now()) {
+            if out.send(b).is_err() {
+                return;
+            }
+        }
+    }
+    if batcher.backwards() > 0 {
+        log::warn!("{} events arrived with an id lower than an earlier one; they were exported in stream order", batcher.backwards());
+    }
+    if let Some(b) = batcher.finish() {
+        let _ = out.send(b);
+    }
+}
+
+/// Turns an outcome into an error when the stream refused us.
+pub fn stream_failure(outcome: &Outcome) -> Option<anyhow::Error> {
+    outcome.stream_error.as_ref().map(|e| anyhow!("{e}"))
+}

@@ -1,0 +1,364 @@
+//! The state file: where the export stands, saved atomically.
+//!
+//! Holds the reference exporter's keys (`start_from`, `recover_until`,
+//! `last_written_msg_id`, `file_count`) with the same meaning, so a cursor can
+//! be carried across by hand, plus ours: the pending upload, the last key
+//! stamp, counters and the last run's outcome. Unknown keys are kept.
+//!
+//! Writes go to a temporary file that is fsynced, renamed over the state and
+//! followed by an fsync of the directory; files are created mode 0600. A
+//! state that cannot be read is an error, never a silent reset. The
+//! exclusive lock lives in a separate `<state>.lock` file, because the state
+//! file itself is replaced on every save.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::EventId;
+
+/// An upload that was started but not yet known to have finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// The file number it uses.
+    pub file_number: u64,
+    /// Its object key.
+    pub key: String,
+    /// The cursor to save once it is stored (`None`: keep the old one).
+    pub cursor: Option<EventId>,
+    /// Lines in it.
+    pub events: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// Figures of the last run, for `state show`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// When the run started (RFC 3339).
+    pub started_at: String,
+    /// When it ended (RFC 3339); empty while running.
+    #[serde(default)]
+    pub ended_at: String,
+    /// How it ended: `running`, `completed`, `interrupted`, `failed: ...`.
+    pub outcome: String,
+    /// Lines exported.
+    pub events: u64,
+    /// Files stored.
+    pub files: u64,
+    /// Bytes stored.
+    pub bytes: u64,
+    /// Dead letters kept.
+    #[serde(default)]
+    pub dead_letters: u64,
+}
+
+/// The saved state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Reference key: the id to resume after (every event up to it is stored).
+    #[serde(default)]
+    pub start_from: Option<String>,
+    /// Reference key: recovery end date (ISO) while a snapshot is in progress, else `false`.
+    #[serde(default, with = "recover_until")]
+    pub recover_until: Option<String>,
+    /// Reference key: same as `start_from` (the last id written to storage).
+    #[serde(default)]
+    pub last_written_msg_id: Option<String>,
+    /// Reference key: number of the last stored file (the next is `file_count + 1`).
+    #[serde(default)]
+    pub file_count: u64,
+    /// Millisecond stamp of the last key used; keys never go below it.
+    #[serde(default)]
+    pub last_key_ms: u64,
+    /// The upload in progress, if the process stopped during one.
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    /// The live stream this state belongs to.
+    #[serde(default)]
+    pub stream_id: Option<String>,
+    /// Dead letters kept since the state was created.
+    #[serde(default)]
+    pub dead_letters: u64,
+    /// Gaps on the server side that an operator accepted (`--accept-gap`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_gaps: Vec<String>,
+    /// Last save (RFC 3339).
+    #[serde(default)]
+    pub updated_at: String,
+    /// The last run's figures.
+    #[serde(default)]
+    pub last_run: Option<RunSummary>,
+    /// Keys this version does not know, kept as they are.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+mod recover_until {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(date) => s.serialize_str(date),
+            None => s.serialize_bool(false),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Ok(Some(s)),
+            serde_json::Value::Bool(false) | serde_json::Value::Null => Ok(None),
+            other => Err(serde::de::Error::custom(format!("`recover_until` must be a date or false, not {other}"))),
+        }
+    }
+}
+
+impl State {
+    /// The saved cursor as an id.
+    pub fn cursor(&self) -> Result<Option<EventId>, String> {
+        match &self.start_from {
+            None => Ok(None),
+            Some(s) => s.parse().map(Some).map_err(|e| format!("`start_from`: {e}")),
+        }
+    }
+
+    /// Moves the cursor forward (never back) and mirrors it into `last_written_msg_id`.
+    pub fn advance_cursor(&mut self, to: EventId) {
+        let cur = self.cursor().ok().flatten();
+        if cur.is_none_or(|c| to > c) {
+            self.start_from = Some(to.to_string());
+            self.last_written_msg_id = Some(to.to_string());
+        }
+        if let Some(until) = &self.recover_until {
+            if crate::id::parse_iso_ms(until).is_ok_and(|ms| to.ms > ms) {
+                self.recover_until = None;
+            }
+        }
+    }
+}
+
+/// Why the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Unreadable content: never reset silently.
+    #[error("state file `{path}` is corrupt ({reason}): repair it, move it aside, or run `opencti-stream-exporter state reset` to start over")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another process holds the lock.
+    #[error("another run holds the lock on `{path}` (pid {holder}): wait for it to end, or stop it")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// What the lock file says about its holder.
+        holder: String,
+    },
+    /// Any I/O failure.
+    #[error("state file `{path}`: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> StateError {
+    StateError::Io { path: path.to_path_buf(), source }
+}
+
+/// Reads the state; `Ok(None)` when there is no file yet.
+pub fn load(path: &Path) -> Result<Option<State>, StateError> {
+    let text = match fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path, e)),
+    };
+    if text.iter().all(u8::is_ascii_whitespace) {
+        return Err(StateError::Corrupt { path: path.into(), reason: "the file is empty".into() });
+    }
+    let state: State = serde_json::from_slice(&text)
+        .map_err(|e| StateError::Corrupt { path: path.into(), reason: e.to_string() })?;
+    state.cursor().map_err(|reason| StateError::Corrupt { path: path.into(), reason })?;
+    if let Some(p) = &state.pending {
+        if crate::dest::naming::file_number(&p.key) != Some(p.file_number) {
+            return Err(StateError::Corrupt { path: path.into(), reason: format!("pending key `{}` does not match its number", p.key) });
+        }
+    }
+    Ok(Some(state))
+}
+
+/// Writes the state atomically: temp file, fsync, rename, fsync of the directory.
+pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
+    let mut state = state.clone();
+    state.updated_at = crate::id::ms_to_iso(crate::id::now_ms());
+    let mut body = serde_json::to_vec_pretty(&state).expect("state serialises");
+    body.push(b'\n');
+    write_atomic(path, &body).map_err(|e| io_err(path, e))
+}
+
+/// Writes `body` to `path` so that a reader sees the old or the new content, never a mix.
+pub fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let dir = parent_dir(path);
+    fs::create_dir_all(&dir)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = create_private(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        sync_dir(&dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The directory a path lives in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Flushes a directory entry change to disk.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+}
+
+/// An exclusive lock on a state file, released when dropped (or when the
+/// process dies, kill -9 included).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl StateLock {
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The lock file of a state file.
+pub fn lock_path(state: &Path) -> PathBuf {
+    let mut name = state.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".lock");
+    state.with_file_name(name)
+}
+
+/// Takes the exclusive lock without waiting.
+pub fn lock(state: &Path) -> Result<StateLock, StateError> {
+    let path = lock_path(state);
+    fs::create_dir_all(parent_dir(&path)).map_err(|e| io_err(&path, e))?;
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut file = opts.open(&path).map_err(|e| io_err(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+            let holder = if holder.is_empty() { "unknown".to_string() } else { holder };
+            return Err(StateError::Locked { path, holder });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io_err(&path, e)),
+    }
+    file.set_len(0).map_err(|e| io_err(&path, e))?;
+    writeln!(file, "{}", std::process::id()).map_err(|e| io_err(&path, e))?;
+    Ok(StateLock { _file: file, path })
+}
+
+/// True when some process holds the lock right now.
+pub fn is_locked(state: &Path) -> bool {
+    matches!(lock(state), Err(StateError::Locked { .. }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_reference_keys_and_keeps_unknown_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        fs::write(&path, r#"{"start_from":"5-0","recover_until":false,"last_written_msg_id":"5-0","file_count":3,"connectorX":1}"#).unwrap();
+        let mut s = load(&path).unwrap().unwrap();
+        assert_eq!(s.cursor().unwrap(), Some(EventId { ms: 5, seq: 0 }));
+        assert_eq!(s.file_count, 3);
+        assert_eq!(s.recover_until, None);
+        s.advance_cursor(EventId { ms: 7, seq: 1 });
+        s.advance_cursor(EventId { ms: 6, seq: 0 });
+        save(&path, &s).unwrap();
+        let again = load(&path).unwrap().unwrap();
+        assert_eq!(again.start_from.as_deref(), Some("7-1"));
+        assert_eq!(again.last_written_msg_id.as_deref(), Some("7-1"));
+        assert_eq!(again.extra.get("connectorX"), Some(&serde_json::json!(1)));
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"recover_until\": false"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn recovery_ends_once_the_cursor_passes_its_date() {
+        let mut s = State { recover_until: Some("2023-11-14T22:13:20.100Z".into()), ..State::default() };
+        s.advance_cursor(EventId { ms: 1_700_000_000_100, seq: 0 });
+        assert!(s.recover_until.is_some());
+        s.advance_cursor(EventId { ms: 1_700_000_000_101, seq: 0 });
+        assert!(s.recover_until.is_none());
+    }
+
+    #[test]
+    fn broken_state_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        for content in ["", "{\"start_from\":\"5-", "{\"start_from\":\"abc\"}", "[1]", "{\"file_count\":-1}"] {
+            fs::write(&path, content).unwrap();
+            let e = load(&path).unwrap_err().to_string();
+            assert!(e.contains("corrupt") && e.contains("s.json"), "{content}: {e}");
+        }
+        assert!(load(&dir.path().join("missing.json")).unwrap().is_none());
+    }
+
+    #[test]
+    fn second_lock_is_refused_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        let first = lock(&path).unwrap();
+        let e = lock(&path).unwrap_err();
+        assert!(matches!(e, StateError::Locked { .. }), "{e}");
+        assert!(is_locked(&path));
+        drop(first);
+        assert!(!is_locked(&path));
+        lock(&path).unwrap();
+    }
+}

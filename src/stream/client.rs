@@ -1,0 +1,240 @@
+//! The live-stream connection: request, read, reconnect.
+//!
+//! Sends the headers of PROTOCOL.md §1 (bearer token, `Last-Event-ID`,
+//! `listen-delete`, `no-dependencies`, `with-inferences`, and `recover` while
+//! a snapshot is in progress), feeds the body to the SSE parser and hands
+//! every message to a [`Handler`]. A dropped connection, a server error or
+//! `idle_timeout` without a byte leads to a reconnect after a capped,
+//! jittered backoff, resuming after the handler's last complete id. 401 and
+//! 410 stop with a [`StreamError`]. Knows nothing of batches or storage.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{OpenCti, StreamSettings};
+use crate::id::EventId;
+use crate::retry::{sleep_unless, Backoff};
+use crate::stream::sse::{SseMessage, SseParser};
+
+/// Why reading the stream stopped for good.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// 401: bad token, unknown stream or no access.
+    #[error("OpenCTI refused the token for `{url}` (HTTP 401): check `opencti.token` and that `connector.live_stream_id` names a stream this user can read")]
+    Unauthorized {
+        /// The stream URL.
+        url: String,
+    },
+    /// 410: the live stream exists but is stopped.
+    #[error("the live stream at `{url}` is stopped (HTTP 410): start it in OpenCTI (Data sharing > Live streams), then run again")]
+    Gone {
+        /// The stream URL.
+        url: String,
+    },
+    /// The server answers, but not with an event stream.
+    #[error("`{url}` answered with `{content_type}` instead of an event stream {attempts} times: check `opencti.url` (a proxy or login page may be in the way)")]
+    NotAStream {
+        /// The stream URL.
+        url: String,
+        /// What it answered with.
+        content_type: String,
+        /// How many times.
+        attempts: u32,
+    },
+    /// The HTTP client could not be set up (TLS files).
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What the handler wants after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Stop reading; the run is over.
+    Stop,
+}
+
+/// Receives what the stream sends, in order.
+pub trait Handler {
+    /// One complete SSE message.
+    fn on_message(&mut self, msg: SseMessage) -> Flow;
+    /// Where to resume after a dropped connection: the last complete id.
+    fn resume_after(&self) -> Option<EventId>;
+    /// A connection was lost (for counting); `why` is for the log.
+    fn on_disconnect(&mut self, _why: &str) {}
+}
+
+/// Where the first connection starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// Resume strictly after this id; `None` means live from now.
+    pub after: Option<EventId>,
+    /// Snapshot up to this date (epoch ms) while the cursor is before it.
+    pub recover_until_ms: Option<u64>,
+}
+
+/// A blocking live-stream reader.
+pub struct StreamClient {
+    agent: ureq::Agent,
+    url: String,
+    auth: String,
+    settings: StreamSettings,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl StreamClient {
+    /// A client for the configured stream; `shutdown` ends reconnect waits.
+    pub fn new(opencti: &OpenCti, settings: &StreamSettings, shutdown: Arc<AtomicBool>) -> Result<Self, StreamError> {
+        let agent = crate::http::agent(opencti, settings.idle_timeout).map_err(|e| StreamError::Setup(format!("{e:#}")))?;
+        Ok(StreamClient {
+            agent,
+            url: format!("{}/stream/{}", opencti.url, settings.live_stream_id),
+            auth: format!("Bearer {}", opencti.token.expose()),
+            settings: settings.clone(),
+            shutdown,
+        })
+    }
+
+    /// The stream URL (no secret in it).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Opens one connection; the response when the server accepted it.
+    pub fn connect(&self, after: Option<EventId>, recover_until_ms: Option<u64>) -> Result<ureq::Response, ConnectError> {
+        let mut url = self.url.clone();
+        if let (Some(ms), Some(after)) = (recover_until_ms, after) {
+            if after.ms <= ms {
+                url.push_str("?recover=");
+                url.push_str(&crate::id::ms_to_iso(ms));
+            }
+        }
+        let mut req = self
+            .agent
+            .get(&url)
+            .set("Authorization", &self.auth)
+            .set("Accept", "text/event-stream")
+            .set("Cache-Control", "no-cache")
+            .set("listen-delete", if self.settings.listen_delete { "true" } else { "false" })
+            .set("no-dependencies", if self.settings.no_dependencies { "true" } else { "false" })
+            .set("with-inferences", if self.settings.with_inferences { "true" } else { "false" });
+        if let Some(after) = after {
+            req = req.set("Last-Event-ID", &after.to_string());
+        }
+        match req.call() {
+            Ok(resp) => {
+                let ct = resp.content_type().to_string();
+                if ct.starts_with("text/event-stream") {
+                    Ok(resp)
+                } else {
+                    Err(ConnectError::NotAStream(ct))
+                }
+            }
+            Err(ureq::Error::Status(401, _)) => Err(ConnectError::Fatal(StreamError::Unauthorized { url: self.url.clone() })),
+            Err(ureq::Error::Status(410, _)) => Err(ConnectError::Fatal(StreamError::Gone { url: self.url.clone() })),
+            Err(ureq::Error::Status(code, resp)) => {
+                let text = resp.into_string().unwrap_or_default();
+                let text: String = text.chars().take(200).collect();
+                Err(ConnectError::Retry(format!("HTTP {code} {}", text.trim())))
+            }
+            Err(ureq::Error::Transport(t)) => Err(ConnectError::Retry(transport_message(&t))),
+        }
+    }
+
+    /// Reads until the handler says stop, shutdown is requested, or a fatal
+    /// error. Reconnects on everything else.
+    pub fn run(&self, start: Start, handler: &mut dyn Handler) -> Result<(), StreamError> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), self.settings.reconnect_max);
+        let mut wrong_type = 0u32;
+        let mut parser = SseParser::new(self.settings.max_event_bytes);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            if self.shutdown.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let after = handler.resume_after().or(start.after);
+            let why = match self.connect(after, start.recover_until_ms) {
+                Ok(resp) => {
+                    wrong_type = 0;
+                    log::info!("connected to `{}`{}", self.url, after.map(|a| format!(" after `{a}`")).unwrap_or_default());
+                    let mut reader = resp.into_reader();
+                    parser.reset();
+                    let mut got_message = false;
+                    let mut stop = false;
+                    let why = loop {
+                        match reader.read(&mut buf) {
+                            Ok(0) => break "the server closed the connection".to_string(),
+                            Ok(n) => parser.feed(&buf[..n], &mut |msg| {
+                                got_message = true;
+                                if !stop && handler.on_message(msg) == Flow::Stop {
+                                    stop = true;
+                                }
+                            }),
+                            Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
+                                break format!("no data for {} s", self.settings.idle_timeout.as_secs())
+                            }
+                            Err(e) => break format!("read error: {e}"),
+                        }
+                        if stop || self.shutdown.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                    };
+                    if got_message {
+                        backoff.reset();
+                    }
+                    why
+                }
+                Err(ConnectError::Fatal(e)) => return Err(e),
+                Err(ConnectError::NotAStream(ct)) => {
+                    wrong_type += 1;
+                    if wrong_type >= 3 {
+                        return Err(StreamError::NotAStream { url: self.url.clone(), content_type: ct, attempts: wrong_type });
+                    }
+                    format!("answered with `{ct}` instead of an event stream")
+                }
+                Err(ConnectError::Retry(why)) => why,
+            };
+            handler.on_disconnect(&why);
+            let delay = backoff.next_delay();
+            log::warn!(
+                "stream `{}`: {why}; reconnecting in {:.1} s after `{}`",
+                self.url,
+                delay.as_secs_f64(),
+                handler.resume_after().or(start.after).map(|a| a.to_string()).unwrap_or_else(|| "now".into())
+            );
+            if !sleep_unless(delay, &self.shutdown) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Why one connection attempt failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Stop for good.
+    Fatal(StreamError),
+    /// 200 but not `text/event-stream`.
+    NotAStream(String),
+    /// Worth another try.
+    Retry(String),
+}
+
+/// A transport error as one line, with its cause chain.
+pub fn transport_message(t: &ureq::Transport) -> String {
+    let mut msg = format!("{}", t.kind());
+    if let Some(m) = t.message() {
+        msg.push_str(": ");
+        msg.push_str(m);
+    }
+    let mut src = std::error::Error::source(t);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}

@@ -1,0 +1,495 @@
+//! Event → output line: the exporter's only change to what OpenCTI sent.
+//!
+//! The line is the event's `data:` JSON with `id` set to the SSE id, `type`
+//! set to the SSE event name, `previous_standard` added for an `update` whose
+//! `context.reverse_patch` has exactly one `/id` operation, and the content of
+//! attached files filled in (PROTOCOL.md §4–5). Every other byte of the
+//! payload is copied as received: the top-level object is split into raw
+//! values and spliced back, so nothing is re-serialised unless files must be
+//! filled in or the payload spans several lines.
+//!
+//! Anything that cannot become a line (not UTF-8, not JSON, no `data`
+//! object, no usable id, oversized) is a [`Reject`] with a reason: the
+//! pipeline keeps it aside as a dead letter. Fetching files goes through the
+//! [`FileFetcher`] trait so this module does no I/O of its own.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::Engine as _;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::id::EventId;
+
+/// OpenCTI's extension, where files are listed first.
+pub const EXT_OPENCTI: &str = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba";
+/// OpenCTI's secondary extension, read when the first has no `files`.
+pub const EXT_OPENCTI_SDO: &str = "extension-definition--f93e2c80-4231-4f9a-af8b-95c9bd566a82";
+
+/// SSE event names that carry data and become lines.
+pub const DATA_EVENTS: [&str; 4] = ["create", "update", "delete", "merge"];
+
+/// Fetches an attached file's bytes from the configured OpenCTI.
+pub trait FileFetcher: Sync {
+    /// `storage_path` is `storage/get/<key>` (not yet percent-encoded).
+    /// Retries are the fetcher's business; an error means "gave up".
+    fn fetch(&self, storage_path: &str) -> Result<Vec<u8>, String>;
+}
+
+/// A fetcher for deployments and tests without files: always fails.
+pub struct NoFiles;
+
+impl FileFetcher for NoFiles {
+    fn fetch(&self, storage_path: &str) -> Result<Vec<u8>, String> {
+        Err(format!("file fetching is disabled (`{storage_path}`)"))
+    }
+}
+
+/// A line ready for a batch, with what the transform noticed on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// The JSON line, ending with `\n`.
+    pub bytes: Vec<u8>,
+    /// Attached files that could not be fetched (their entries keep no `data`).
+    pub files_failed: u32,
+    /// Attached files fetched and filled in.
+    pub files_fetched: u32,
+}
+
+/// Why an event could not become a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// One lowercase sentence, for the dead-letter record and the log.
+    pub reason: String,
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+fn reject(reason: impl Into<String>) -> Reject {
+    Reject { reason: reason.into() }
+}
+
+/// Turns one data event into its output line.
+///
+/// `id` is the SSE id (already checked by the caller to be `<ms>-<seq>`),
+/// `event` the SSE event name (one of [`DATA_EVENTS`]), `data` the raw bytes.
+pub fn transform(id: &EventId, event: &str, data: &[u8], files: &dyn FileFetcher) -> Result<Line, Reject> {
+    let text = std::str::from_utf8(data)
+        .map_err(|e| reject(format!("event data is not valid UTF-8 ({e})")))?;
+    let fields = parse_top_level(text)?;
+    let mut data_raw: Option<&RawValue> = None;
+    let mut context_raw: Option<&RawValue> = None;
+    for (key, value) in &fields {
+        match key.as_ref() {
+            "data" => data_raw = Some(value),
+            "context" => context_raw = Some(value),
+            _ => {}
+        }
+    }
+    let data_raw = data_raw.ok_or_else(|| reject("event has no `data` field"))?;
+    if !data_raw.get().starts_with('{') {
+        return Err(reject("event `data` is not a JSON object"));
+    }
+
+    let previous_standard = if event == "update" { previous_standard(id, context_raw) } else { None };
+
+    // Files are rare: look for the word before parsing the STIX object.
+    let mut files_fetched = 0;
+    let mut files_failed = 0;
+    let new_data: Option<String> = if memchr::memmem::find(data_raw.get().as_bytes(), b"\"files\"").is_some() {
+        let mut value: Value = serde_json::from_str(data_raw.get())
+            .map_err(|e| reject(format!("event `data` is not valid JSON ({e})")))?;
+        let (ok, failed) = fill_files(id, &mut value, files);
+        files_fetched = ok;
+        files_failed = failed;
+        if ok + failed > 0 || value.get("files").is_some() {
+            Some(serde_json::to_string(&value).expect("a JSON value serialises"))
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+
+    let mut out = Vec::with_capacity(data.len() + 64);
+    out.push(b'{');
+    let mut first = true;
+    let mut wrote_type = false;
+    for (key, value) in &fields {
+        let raw: &str = match key.as_ref() {
+            "id" => continue,
+            "previous_standard" if previous_standard.is_some() => continue,
+            "type" => {
+                if wrote_type {
+                    continue;
+                }
+                wrote_type = true;
+                push_key(&mut out, &mut first, "type");
+                push_json_str(&mut out, event);
+                continue;
+            }
+            "data" => new_data.as_deref().unwrap_or(value.get()),
+            _ => value.get(),
+        };
+        push_key(&mut out, &mut first, key);
+        out.extend_from_slice(raw.as_bytes());
+    }
+    push_key(&mut out, &mut first, "id");
+    push_json_str(&mut out, &id.to_string());
+    if !wrote_type {
+        push_key(&mut out, &mut first, "type");
+        push_json_str(&mut out, event);
+    }
+    if let Some(prev) = previous_standard {
+        push_key(&mut out, &mut first, "previous_standard");
+        out.extend_from_slice(prev.as_bytes());
+    }
+    out.push(b'}');
+    if memchr::memchr2(b'\n', b'\r', &out).is_some() {
+        // Raw line breaks can only be insignificant whitespace between JSON
+        // tokens; they would split the line, so re-serialise compactly.
+        let value: Value = serde_json::from_slice(&out).expect("spliced line is valid JSON");
+        out = serde_json::to_vec(&value).expect("a JSON value serialises");
+    }
+    out.push(b'\n');
+    Ok(Line { bytes: out, files_failed, files_fetched })
+}
+
+fn push_key(out: &mut Vec<u8>, first: &mut bool, key: &str) {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    push_json_str(out, key);
+    out.push(b':');
+}
+
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+}
+
+/// The raw JSON of the single `/id` op's value in `context.reverse_patch`.
+fn previous_standard(id: &EventId, context: Option<&RawValue>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Context<'a> {
+        #[serde(borrow, default)]
+        reverse_patch: Option<Vec<Op<'a>>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Op<'a> {
+        #[serde(borrow, default)]
+        path: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        value: Option<&'a RawValue>,
+    }
+    let context = context?;
+    let parsed: Context = match serde_json::from_str(context.get()) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("event `{id}`: `context` is not in the expected form ({e}); no `previous_standard`");
+            return None;
+        }
+    };
+    let ops: Vec<Op> = parsed
+        .reverse_patch
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|op| op.path.as_deref() == Some("/id"))
+        .collect();
+    match ops.len() {
+        0 => None,
+        1 => ops[0].value.map(|v| v.get().to_string()),
+        n => {
+            log::warn!("event `{id}`: {n} reverse-patch operations on `/id`; no `previous_standard` set");
+            None
+        }
+    }
+}
+
+/// Fills `data` of each attached file; returns (fetched, failed).
+fn fill_files(id: &EventId, data: &mut Value, files: &dyn FileFetcher) -> (u32, u32) {
+    let (mut fetched, mut failed) = (0, 0);
+    let Some(list) = files_list_mut(data) else { return (0, 0) };
+    let Some(entries) = list.as_array_mut() else { return (0, 0) };
+    if entries.is_empty() {
+        return (0, 0);
+    }
+    for entry in entries.iter_mut() {
+        let Some(obj) = entry.as_object_mut() else { continue };
+        if obj.get("data").is_some_and(|d| !d.is_null()) {
+            continue; // newer servers send the content inline
+        }
+        let uri = obj.get("uri").and_then(Value::as_str).unwrap_or("");
+        let Some(pos) = uri.find("storage/get") else {
+            log::warn!("event `{id}`: attached file uri `{uri}` is not under `storage/get`; exported without content");
+            failed += 1;
+            continue;
+        };
+        match files.fetch(&uri[pos..]) {
+            Ok(bytes) => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                obj.insert("data".to_string(), Value::String(b64));
+                fetched += 1;
+            }
+            Err(e) => {
+                log::warn!("event `{id}`: attached file `{uri}` could not be fetched ({e}); exported without content");
+                failed += 1;
+            }
+        }
+    }
+    let copy = list.clone();
+    data.as_object_mut().expect("data is an object").insert("files".to_string(), copy);
+    (fetched, failed)
+}
+
+/// The files list the way pycti's `get_attribute_in_extension` finds it.
+fn files_list_mut(data: &mut Value) -> Option<&mut Value> {
+    let has = |data: &Value, ext: &str| {
+        data.get("extensions").and_then(|e| e.get(ext)).and_then(|x| x.get("files")).is_some()
+    };
+    if has(data, EXT_OPENCTI) {
+        return data.get_mut("extensions")?.get_mut(EXT_OPENCTI)?.get_mut("files");
+    }
+    if has(data, EXT_OPENCTI_SDO) {
+        return data.get_mut("extensions")?.get_mut(EXT_OPENCTI_SDO)?.get_mut("files");
+    }
+    data.get_mut("files")
+}
+
+/// A JSON object key that borrows from the input when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The top-level object as (key, raw value) pairs, in order.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields = Vec::with_capacity(8);
+                while let Some(key) = map.next_key::<Key<'de>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    fields.push((key.0, value));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+fn parse_top_level(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, Reject> {
+    serde_json::from_str::<Fields>(text)
+        .map(|f| f.0)
+        .map_err(|e| reject(format!("event data is not a JSON object ({e})")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct MapFetcher(HashMap<String, Vec<u8>>);
+
+    impl FileFetcher for MapFetcher {
+        fn fetch(&self, storage_path: &str) -> Result<Vec<u8>, String> {
+            self.0.get(storage_path).cloned().ok_or_else(|| "404".to_string())
+        }
+    }
+
+    fn id(s: &str) -> EventId {
+        s.parse().unwrap()
+    }
+
+    fn line(event: &str, data: &str) -> Value {
+        let l = transform(&id("5-1"), event, data.as_bytes(), &NoFiles).unwrap();
+        assert_eq!(*l.bytes.last().unwrap(), b'\n');
+        assert_eq!(memchr::memchr(b'\n', &l.bytes), Some(l.bytes.len() - 1));
+        serde_json::from_slice(&l.bytes).unwrap()
+    }
+
+    #[test]
+    fn table_of_events() {
+        let cases: &[(&str, &str, Value)] = &[
+            (
+                "create",
+                r#"{"version":"4","type":"create","data":{"id":"x--1","type":"malware"}}"#,
+                serde_json::json!({"version":"4","type":"create","data":{"id":"x--1","type":"malware"},"id":"5-1"}),
+            ),
+            (
+                "update",
+                r#"{"type":"update","data":{"id":"x--2"},"context":{"patch":[],"reverse_patch":[{"op":"replace","path":"/id","value":"x--old"}]}}"#,
+                serde_json::json!({"type":"update","data":{"id":"x--2"},"context":{"patch":[],"reverse_patch":[{"op":"replace","path":"/id","value":"x--old"}]},"id":"5-1","previous_standard":"x--old"}),
+            ),
+            (
+                "update",
+                r#"{"type":"update","data":{"id":"x--2"},"context":{"reverse_patch":[{"op":"replace","path":"/name","value":"n"}]}}"#,
+                serde_json::json!({"type":"update","data":{"id":"x--2"},"context":{"reverse_patch":[{"op":"replace","path":"/name","value":"n"}]},"id":"5-1"}),
+            ),
+            (
+                "update",
+                r#"{"type":"update","data":{},"context":{"reverse_patch":[{"path":"/id","value":"a"},{"path":"/id","value":"b"}]}}"#,
+                serde_json::json!({"type":"update","data":{},"context":{"reverse_patch":[{"path":"/id","value":"a"},{"path":"/id","value":"b"}]},"id":"5-1"}),
+            ),
+            (
+                "delete",
+                r#"{"type":"update","data":{"id":"x--3"}}"#,
+                serde_json::json!({"type":"delete","data":{"id":"x--3"},"id":"5-1"}),
+            ),
+            (
+                "merge",
+                r#"{"type":"merge","data":{"id":"x--4"},"context":{"sources":[{"id":"x--5"}]}}"#,
+                serde_json::json!({"type":"merge","data":{"id":"x--4"},"context":{"sources":[{"id":"x--5"}]},"id":"5-1"}),
+            ),
+            (
+                // Recovery payloads have no type: the SSE name is added.
+                "create",
+                r#"{"data":{"id":"x--6"},"message":"m","origin":{"referer":"init-create"},"version":"4"}"#,
+                serde_json::json!({"data":{"id":"x--6"},"message":"m","origin":{"referer":"init-create"},"version":"4","id":"5-1","type":"create"}),
+            ),
+            (
+                // A payload spread over several data lines.
+                "create",
+                "{\"type\":\"create\",\n\"data\":{\"id\":\"x--7\"}}",
+                serde_json::json!({"type":"create","data":{"id":"x--7"},"id":"5-1"}),
+            ),
+            (
+                // An `/id` reverse patch on a create is not looked at.
+                "create",
+                r#"{"data":{},"context":{"reverse_patch":[{"path":"/id","value":"a"}]}}"#,
+                serde_json::json!({"data":{},"context":{"reverse_patch":[{"path":"/id","value":"a"}]},"id":"5-1","type":"create"}),
+            ),
+        ];
+        for (event, data, want) in cases {
+            assert_eq!(&line(event, data), want, "{event} {data}");
+        }
+    }
+
+    #[test]
+    fn keeps_payload_bytes_untouched_when_nothing_changes() {
+        let data = r#"{"version":"4","type":"create","data":{"n":1.50,"s":"\u00e9"},"event_id":"x"}"#;
+        let l = transform(&id("7-0"), "create", data.as_bytes(), &NoFiles).unwrap();
+        assert_eq!(
+            String::from_utf8(l.bytes).unwrap(),
+            "{\"version\":\"4\",\"type\":\"create\",\"data\":{\"n\":1.50,\"s\":\"\\u00e9\"},\"event_id\":\"x\",\"id\":\"7-0\"}\n"
+        );
+    }
+
+    #[test]
+    fn fills_files_from_the_extension_and_copies_the_list() {
+        let data = format!(
+            r#"{{"data":{{"extensions":{{"{EXT_OPENCTI}":{{"files":[{{"name":"a b.txt","uri":"/storage/get/import/X/1/a b.txt"}},{{"name":"gone","uri":"/storage/get/import/X/1/gone"}},{{"name":"inline","uri":"unknown","data":"QQ=="}}]}}}}}}}}"#
+        );
+        let fetcher = MapFetcher(HashMap::from([("storage/get/import/X/1/a b.txt".to_string(), b"hello".to_vec())]));
+        let l = transform(&id("1-0"), "create", data.as_bytes(), &fetcher).unwrap();
+        assert_eq!((l.files_fetched, l.files_failed), (1, 1));
+        let v: Value = serde_json::from_slice(&l.bytes).unwrap();
+        let ext = &v["data"]["extensions"][EXT_OPENCTI]["files"];
+        assert_eq!(ext[0]["data"], "aGVsbG8=");
+        assert!(ext[1].get("data").is_none());
+        assert_eq!(ext[2]["data"], "QQ==");
+        assert_eq!(&v["data"]["files"], ext);
+    }
+
+    #[test]
+    fn reads_files_from_the_sdo_extension_then_data() {
+        let fetcher = MapFetcher(HashMap::from([("storage/get/k".to_string(), b"z".to_vec())]));
+        let sdo = format!(r#"{{"data":{{"extensions":{{"{EXT_OPENCTI_SDO}":{{"files":[{{"uri":"/storage/get/k"}}]}}}}}}}}"#);
+        let v: Value = serde_json::from_slice(&transform(&id("1-0"), "create", sdo.as_bytes(), &fetcher).unwrap().bytes).unwrap();
+        assert_eq!(v["data"]["extensions"][EXT_OPENCTI_SDO]["files"][0]["data"], "eg==");
+        assert_eq!(v["data"]["files"][0]["data"], "eg==");
+        let plain = r#"{"data":{"files":[{"uri":"http://elsewhere/storage/get/k"}]}}"#;
+        let v: Value = serde_json::from_slice(&transform(&id("1-0"), "create", plain.as_bytes(), &fetcher).unwrap().bytes).unwrap();
+        assert_eq!(v["data"]["files"][0]["data"], "eg==");
+    }
+
+    #[test]
+    fn empty_files_list_is_left_alone() {
+        let data = r#"{"data":{"files":[]}}"#;
+        let v = line("create", data);
+        assert_eq!(v["data"]["files"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn rejects_what_cannot_become_a_line() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "not a JSON object"),
+            (b"[1,2]", "not a JSON object"),
+            (b"{\"data\":1}", "not a JSON object"),
+            (b"{\"message\":\"no data\"}", "no `data` field"),
+            (b"{\"data\":{}} trailing", "not a JSON object"),
+            (b"{\"data\":{\"a\":\"\xff\"}}", "not valid UTF-8"),
+            (b"{\"data\":{\"files\":[}}", "not a JSON object"),
+        ];
+        for (data, want) in cases {
+            let err = transform(&id("1-0"), "create", data, &NoFiles).unwrap_err();
+            assert!(err.reason.contains(want), "{:?}: {}", String::from_utf8_lossy(data), err.reason);
+        }
+    }
+
+    /// Reads the golden files directory the way OpenCTI serves `/storage/get/`.
+    struct GoldenFiles(std::path::PathBuf);
+
+    impl FileFetcher for GoldenFiles {
+        fn fetch(&self, storage_path: &str) -> Result<Vec<u8>, String> {
+            let key = storage_path.strip_prefix("storage/get/").ok_or("not a storage path")?;
+            std::fs::read(self.0.join(key)).map_err(|e| e.to_string())
+        }
+    }
+
+    #[test]
+    fn golden_transcript_gives_the_reference_lines() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference-golden");
+        let transcript = std::fs::read(dir.join("stream.sse")).unwrap();
+        let expected: Vec<Value> = std::fs::read_to_string(dir.join("expected.ndjson"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let files = GoldenFiles(dir.join("files"));
+        let mut parser = crate::stream::sse::SseParser::new(1 << 24);
+        let mut got = Vec::new();
+        parser.feed(&transcript, &mut |m| {
+            if DATA_EVENTS.contains(&m.event.as_str()) {
+                let id: EventId = m.id.as_deref().unwrap().parse().unwrap();
+                let line = transform(&id, &m.event, &m.data, &files).unwrap();
+                assert_eq!(line.files_failed, 0);
+                got.push(serde_json::from_slice::<Value>(&line.bytes).unwrap());
+            }
+        });
+        assert_eq!(got.len(), expected.len());
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert_eq!(g, e, "line {i} differs from the reference exporter's");
+        }
+    }
+}
