@@ -6,6 +6,15 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The exit statuses, shown by `--help` and in the man page.
+pub const EXIT_STATUS_HELP: &str = "EXIT STATUS:
+  0    success (a run stopped by one SIGINT/SIGTERM after committing is a success)
+  1    runtime failure: storage refused, state unusable, a check failed
+  2    usage or configuration error
+  3    OpenCTI refused the token or the stream (HTTP 401 or 410)
+  4    another run holds the state lock (already running)
+  130  interrupted by a second signal";
+
 /// Follow an OpenCTI live stream and export it, in ordered batches of
 /// newline-delimited JSON, to MinIO/S3 or a local directory, for the
 /// `stream-importer` of a second OpenCTI to read.
@@ -14,7 +23,13 @@ use clap::{Args, Parser, Subcommand};
 /// the environment variables of the reference stream-exporter (they win over
 /// the file), and flags (they win over both). See config.example.yml.
 #[derive(Debug, Parser)]
-#[command(name = "opencti-stream-exporter", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "opencti-stream-exporter",
+    version,
+    propagate_version = true,
+    max_term_width = 100,
+    after_long_help = EXIT_STATUS_HELP
+)]
 pub struct Cli {
     /// YAML configuration file [default: ./config.yml when present]
     #[arg(short, long, global = true, value_name = "PATH", env = "OPENCTI_STREAM_EXPORTER_CONFIG")]

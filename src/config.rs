@@ -344,7 +344,8 @@ impl Sources<'_> {
     }
 
     fn string(&self, path: &str) -> Option<String> {
-        self.get(path).map(|r| r.value.trim().to_string()).filter(|s| !s.is_empty())
+        // `ChangeMe` is the placeholder of the sample configs: not a value.
+        self.get(path).map(|r| r.value.trim().to_string()).filter(|s| !s.is_empty() && s != "ChangeMe")
     }
 
     fn required(&self, path: &str, what: &str) -> Result<String, ConfigError> {
@@ -499,7 +500,7 @@ fn stream(src: &Sources) -> Result<StreamSettings, ConfigError> {
     let reconnect_max = Duration::from_secs(src.number("stream.reconnect_max_sec", 60, 1, 3600, "seconds")?);
     let id_raw = src.get("connector.live_stream_id");
     let live_stream_id = src.required("connector.live_stream_id", "the id of the live stream to export (Data > Data sharing > Live streams)")?;
-    if live_stream_id == "ChangeMe" || live_stream_id.contains('/') || live_stream_id.contains(char::is_whitespace) {
+    if live_stream_id.contains('/') || live_stream_id.contains(char::is_whitespace) {
         return Err(src.err("connector.live_stream_id", id_raw.as_ref(), "is not a live stream id: copy the id of the stream from OpenCTI"));
     }
     Ok(StreamSettings {
@@ -654,7 +655,7 @@ mod tests {
             (&[("WRITE_EVERY_SEC", "0")], "write.every_sec", "WRITE_EVERY_SEC"),
             (&[("CONNECTOR_LIVE_STREAM_START_TIMESTAMP", "1718446500")], "connector.live_stream_start_timestamp", "epoch seconds"),
             (&[("CONNECTOR_LIVE_STREAM_LISTEN_DELETE", "maybe")], "connector.live_stream_listen_delete", "true or false"),
-            (&[("CONNECTOR_LIVE_STREAM_ID", "ChangeMe")], "connector.live_stream_id", "copy the id"),
+            (&[("CONNECTOR_LIVE_STREAM_ID", "live/1")], "connector.live_stream_id", "copy the id"),
             (&[("OPENCTI_URL", "localhost:4000")], "opencti.url", "http(s) URL"),
             (&[("OUTPUT_KIND", "ftp")], "output.kind", "`s3` or `directory`"),
             (&[("QUEUE_SIZE", "-1")], "queue.size", "whole number"),
@@ -697,5 +698,17 @@ mod tests {
         assert_eq!(c.batch.max_age, Duration::from_secs(7));
         assert_eq!(c.stream().unwrap().recover, Recover::Off);
         assert_eq!(c.state_path, dir.path().join("opencti-stream-exporter.state.json"));
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_its_placeholders_count_as_unset() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.yml");
+        let c = load_from(Some(&path), &env(&[]), &Overrides::default()).unwrap();
+        let e = c.check_for_run().unwrap_err();
+        assert_eq!(e.key, "opencti.token", "{e}");
+        let c = load_from(Some(&path), &env(&[("OPENCTI_TOKEN", "t"), ("CONNECTOR_LIVE_STREAM_ID", "s")]), &Overrides::default()).unwrap();
+        c.check_for_run().unwrap();
+        assert_eq!(c.batch.max_bytes, 8 << 20);
+        assert!(c.opencti().unwrap().ssl_verify);
     }
 }

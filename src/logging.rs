@@ -23,7 +23,9 @@ pub fn init(quiet: bool, verbose: u8) {
         .set_thread_level(LevelFilter::Off)
         .add_filter_allow_str("opencti_stream_exporter")
         .build();
-    let _ = TermLogger::init(LevelFilter::Trace, config, TerminalMode::Stderr, ColorChoice::Auto);
+    use std::io::IsTerminal;
+    let color = if std::io::stderr().is_terminal() { ColorChoice::Auto } else { ColorChoice::Never };
+    let _ = TermLogger::init(LevelFilter::Trace, config, TerminalMode::Stderr, color);
     log::set_max_level(level);
 }
 

@@ -215,12 +215,13 @@ impl DumpArgs {
                 self.from
             )
         })?;
-        let recover_ms = match &self.recover {
-            None => None,
-            Some(r) => Some(id::parse_date(r).ok_or_else(|| {
-                format!("`--recover {r}` is not a date: use an ISO-8601 date")
-            })?),
-        };
+        let recover_ms =
+            match &self.recover {
+                None => None,
+                Some(r) => Some(id::parse_date(r).ok_or_else(|| {
+                    format!("`--recover {r}` is not a date: use an ISO-8601 date")
+                })?),
+            };
         Ok((
             model,
             shape,

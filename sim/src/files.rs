@@ -16,7 +16,13 @@ const KINDS: [(&str, &str); 4] = [
     (".pdf", "application/pdf"),
     (".png", "image/png"),
 ];
-const STEMS: [&str; 5] = ["analysis", "report", "sample-notes", "ioc-list", "screenshot"];
+const STEMS: [&str; 5] = [
+    "analysis",
+    "report",
+    "sample-notes",
+    "ioc-list",
+    "screenshot",
+];
 
 const T_NFILES: u64 = 0xf11e_0001;
 const T_FANCY: u64 = 0xf11e_0002;
@@ -55,7 +61,8 @@ pub fn entries(m: &Model, obj: &Obj) -> Vec<FileEntry> {
                 (format!("rapport été-{}.pdf", f + 1), "application/pdf")
             } else {
                 let stem = STEMS[(h2(seed, T_STEM, obj.key, f) % STEMS.len() as u64) as usize];
-                let (ext, mime) = KINDS[(h2(seed, T_KIND, obj.key, f) % KINDS.len() as u64) as usize];
+                let (ext, mime) =
+                    KINDS[(h2(seed, T_KIND, obj.key, f) % KINDS.len() as u64) as usize];
                 (format!("{stem}-{}{ext}", f + 1), mime)
             };
             FileEntry {
@@ -93,6 +100,14 @@ pub fn content(seed: u64, key: &str) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// The bytes an inline entry (`uri: "unknown"`) carries for `key`: a prefix
+/// of [`content`] of 256 B to 2 KiB, so such payloads stay moderate.
+pub fn inline_content(seed: u64, key: &str) -> Vec<u8> {
+    let mut bytes = content(seed, key);
+    bytes.truncate(256 + (h(seed, T_BYTES ^ 1, bytes.len() as u64) % 1793) as usize);
+    bytes
 }
 
 /// The bytes served for a storage key, or `None` if no object of the model

@@ -21,7 +21,11 @@ pub fn h(seed: u64, tag: u64, a: u64) -> u64 {
 
 /// 64 well-mixed bits for `(seed, tag, a, b)`.
 pub fn h2(seed: u64, tag: u64, a: u64, b: u64) -> u64 {
-    h(seed, tag, a ^ mix(b.wrapping_add(0x632b_e59b_d9b4_e019)).rotate_left(23))
+    h(
+        seed,
+        tag,
+        a ^ mix(b.wrapping_add(0x632b_e59b_d9b4_e019)).rotate_left(23),
+    )
 }
 
 /// Maps 64 hash bits to a float in `[0, 1)`.

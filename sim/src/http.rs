@@ -48,9 +48,7 @@ impl Request {
     pub fn bearer(&self) -> Option<&str> {
         let v = self.header("authorization")?.trim();
         let (scheme, token) = v.split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim())
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
     }
 }
 
@@ -229,6 +227,8 @@ mod tests {
         let raw = b"GET /_sim/health HTTP/1.1\r\nA: b\r\n\r\n";
         let r = read_head(&mut Trickle(raw)).unwrap().unwrap();
         assert_eq!(r.path, "/_sim/health");
-        assert!(read_head(&mut Trickle(b"GET / HTTP/1.1\r\n")).unwrap().is_none());
+        assert!(read_head(&mut Trickle(b"GET / HTTP/1.1\r\n"))
+            .unwrap()
+            .is_none());
     }
 }

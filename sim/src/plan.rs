@@ -289,7 +289,11 @@ mod tests {
         assert!(plan.items().next().is_none());
         assert_eq!(plan.live_after, None);
         assert_eq!(
-            Plan::new(&m, &Shape::default(), &req(None, Some("2030-01-01T00:00:00Z"))),
+            Plan::new(
+                &m,
+                &Shape::default(),
+                &req(None, Some("2030-01-01T00:00:00Z"))
+            ),
             Err(PlanError::RecoverWithoutStart)
         );
     }
@@ -323,7 +327,10 @@ mod tests {
         assert!(got.iter().all(|(id, _)| *id > EventId::new(target.ms, 0)));
         let first = got[0].0;
         assert!(first.ms > target.ms || first.seq > 0);
-        assert_eq!(plan.history.start, m.first_after(EventId::new(target.ms, 0)));
+        assert_eq!(
+            plan.history.start,
+            m.first_after(EventId::new(target.ms, 0))
+        );
     }
 
     #[test]
@@ -375,7 +382,10 @@ mod tests {
         // Inclusive at millisecond precision: an event at the start's ms counts,
         // even one sorting before the start id itself.
         assert_eq!(plan.recovery, recovery_set(&m, start.ms, recover_ms));
-        assert_eq!(plan.history.start, m.first_after(EventId::new(recover_ms, 0)));
+        assert_eq!(
+            plan.history.start,
+            m.first_after(EventId::new(recover_ms, 0))
+        );
         assert_eq!(plan.live_after, Some(EventId::new(recover_ms, 0)));
         let mut buf = Vec::new();
         let mut last = EventId::ZERO;
@@ -442,11 +452,14 @@ mod tests {
             assert!(!buf.contains(&b'\n'));
         }
         assert_eq!(kinds.len(), 20);
-        assert_eq!(&kinds[..4], &[
-            Malformed::InvalidJson,
-            Malformed::NoDataKey,
-            Malformed::InvalidUtf8,
-            Malformed::UnknownEventName
-        ]);
+        assert_eq!(
+            &kinds[..4],
+            &[
+                Malformed::InvalidJson,
+                Malformed::NoDataKey,
+                Malformed::InvalidUtf8,
+                Malformed::UnknownEventName
+            ]
+        );
     }
 }

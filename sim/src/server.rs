@@ -71,6 +71,7 @@ pub struct Config {
 
 impl Config {
     /// A configuration with the CLI defaults around `model`.
+    #[cfg(test)]
     pub fn new(model: Model) -> Self {
         Config {
             model,
@@ -249,7 +250,13 @@ fn answer(
     body: &str,
 ) -> io::Result<()> {
     sh.log(|| format!("{} {} -> {status}", req.method, req.path));
-    http::respond(&mut stream, status, reason, "text/plain; charset=utf-8", body.as_bytes())
+    http::respond(
+        &mut stream,
+        status,
+        reason,
+        "text/plain; charset=utf-8",
+        body.as_bytes(),
+    )
 }
 
 fn route(sh: &Shared, req: &Request, stream: TcpStream) -> io::Result<()> {
@@ -272,15 +279,28 @@ fn authorized(sh: &Shared, req: &Request) -> bool {
     req.bearer() == Some(sh.cfg.token.as_str())
 }
 
-fn file_endpoint(sh: &Shared, req: &Request, raw_key: &str, mut stream: TcpStream) -> io::Result<()> {
+fn file_endpoint(
+    sh: &Shared,
+    req: &Request,
+    raw_key: &str,
+    mut stream: TcpStream,
+) -> io::Result<()> {
     if !authorized(sh, req) {
         return answer(sh, req, stream, 401, "Unauthorized", "unauthorized\n");
     }
     let n = sh.file_requests.fetch_add(1, Ordering::SeqCst) + 1;
     if sh.cfg.file_fail_every.is_some_and(|k| k > 0 && n % k == 0) {
-        return answer(sh, req, stream, 500, "Internal Server Error", "injected failure\n");
+        return answer(
+            sh,
+            req,
+            stream,
+            500,
+            "Internal Server Error",
+            "injected failure\n",
+        );
     }
-    let content = http::percent_decode_str(raw_key).and_then(|key| files::lookup(&sh.cfg.model, &key));
+    let content =
+        http::percent_decode_str(raw_key).and_then(|key| files::lookup(&sh.cfg.model, &key));
     match content {
         Some(bytes) => {
             sh.log(|| format!("GET {} -> 200 ({} bytes)", req.path, bytes.len()));
@@ -290,22 +310,49 @@ fn file_endpoint(sh: &Shared, req: &Request, raw_key: &str, mut stream: TcpStrea
     }
 }
 
-fn stream_endpoint(sh: &Shared, req: &Request, raw_id: &str, mut stream: TcpStream) -> io::Result<()> {
+fn stream_endpoint(
+    sh: &Shared,
+    req: &Request,
+    raw_id: &str,
+    mut stream: TcpStream,
+) -> io::Result<()> {
     if sh.cfg.html {
         sh.log(|| format!("GET {} -> 200 (html)", req.path));
-        return http::respond(&mut stream, 200, "OK", "text/html; charset=utf-8", HTML_PAGE.as_bytes());
+        return http::respond(
+            &mut stream,
+            200,
+            "OK",
+            "text/html; charset=utf-8",
+            HTML_PAGE.as_bytes(),
+        );
     }
     let not_authenticated = "You are not authenticated, please check your credentials";
-    if http::percent_decode_str(raw_id).as_deref() != Some(sh.cfg.stream_id.as_str()) || !authorized(sh, req) {
+    if http::percent_decode_str(raw_id).as_deref() != Some(sh.cfg.stream_id.as_str())
+        || !authorized(sh, req)
+    {
         return answer(sh, req, stream, 401, not_authenticated, "unauthorized\n");
     }
     if sh.cfg.stopped {
-        return answer(sh, req, stream, 410, "This live stream is stopped", "stopped\n");
+        return answer(
+            sh,
+            req,
+            stream,
+            410,
+            "This live stream is stopped",
+            "stopped\n",
+        );
     }
     let n = sh.stream_requests.fetch_add(1, Ordering::SeqCst);
     if let Some((status, count)) = sh.cfg.fail {
         if n < count {
-            return answer(sh, req, stream, status, http::reason(status), "injected failure\n");
+            return answer(
+                sh,
+                req,
+                stream,
+                status,
+                http::reason(status),
+                "injected failure\n",
+            );
         }
     }
     // OpenCTI reads `from` from the query, then the `from` header, then
@@ -329,7 +376,14 @@ fn stream_endpoint(sh: &Shared, req: &Request, raw_id: &str, mut stream: TcpStre
                 "Error in stream {}: Recovery mode is only possible with a start date.",
                 sh.cfg.stream_id
             );
-            return answer(sh, req, stream, 500, &reason, "recovery needs a start position\n");
+            return answer(
+                sh,
+                req,
+                stream,
+                500,
+                &reason,
+                "recovery needs a start position\n",
+            );
         }
     };
     sh.log(|| {
@@ -431,7 +485,9 @@ impl Conn<'_> {
             if let Some(l) = live {
                 let due = l.due(wall_ms());
                 while next_live < due {
-                    if let Sent::Stop = self.send(Item::Live(events + next_live, l.id(next_live)))? {
+                    if let Sent::Stop =
+                        self.send(Item::Live(events + next_live, l.id(next_live)))?
+                    {
                         return Ok(());
                     }
                     next_live += 1;
@@ -518,7 +574,13 @@ impl Conn<'_> {
 
     fn send(&mut self, item: Item) -> io::Result<Sent> {
         let cfg = &self.sh.cfg;
-        let Some(msg) = plan::render(&cfg.model, &cfg.shape, item, self.listen_delete, &mut self.buf) else {
+        let Some(msg) = plan::render(
+            &cfg.model,
+            &cfg.shape,
+            item,
+            self.listen_delete,
+            &mut self.buf,
+        ) else {
             return Ok(Sent::Filtered);
         };
         if self.may_stall && cfg.stall_after == Some(self.sent) {
@@ -534,7 +596,8 @@ impl Conn<'_> {
             self.w.write_all(&frame[..frame.len() / 2])?;
             self.w.flush()?;
             let _ = self.sock.shutdown(Shutdown::Both);
-            self.sh.log(|| format!("dropped the connection after {} data events", self.sent));
+            self.sh
+                .log(|| format!("dropped the connection after {} data events", self.sent));
             return Ok(Sent::Stop);
         }
         self.write_frame(msg.id, msg.name)?;
@@ -547,7 +610,8 @@ impl Conn<'_> {
     /// Sends nothing more and keeps the socket open until the client leaves.
     fn stall(&mut self) -> io::Result<()> {
         self.w.flush()?;
-        self.sh.log(|| format!("stalling after {} data events", self.sent));
+        self.sh
+            .log(|| format!("stalling after {} data events", self.sent));
         let mut sink = [0u8; 1024];
         loop {
             match self.sock.read(&mut sink) {

@@ -58,10 +58,12 @@ const HINT_TLS: &str =
     "check `minio.secure` and the endpoint scheme: the server may not speak TLS on this port";
 const HINT_PLAIN_HTTP: &str =
     "check `minio.endpoint` and `minio.secure`: the answer did not come from an S3 server speaking this protocol";
+const HINT_BAD_REQUEST: &str = "check `minio.endpoint`, `minio.secure` and `minio.region`";
 const HINT_BUCKET: &str = "check `minio.bucket`";
 const HINT_BUCKET_GONE: &str =
     "check `minio.bucket`: the bucket is created only when the exporter starts";
-const HINT_BUCKET_TAKEN: &str = "the name belongs to another account: choose another `minio.bucket`";
+const HINT_BUCKET_TAKEN: &str =
+    "the name belongs to another account: choose another `minio.bucket`";
 const HINT_REGION: &str = "check `minio.region`";
 const HINT_CLOCK: &str = "check this machine's clock";
 const HINT_UNREACHABLE: &str =
@@ -185,10 +187,10 @@ impl S3Destination {
             let why = cause_text(&e);
             match &settings.ca_file {
                 Some(ca) => scrub(format!(
-                    "cannot set up the S3 client for {endpoint} with CA file `{}`: {why}; {HINT_CERT}",
+                    "cannot set up the S3 client for `{endpoint}` with CA file `{}`: {why}; {HINT_CERT}",
                     ca.display()
                 )),
-                None => scrub(format!("cannot set up the S3 client for {endpoint}: {why}")),
+                None => scrub(format!("cannot set up the S3 client for `{endpoint}`: {why}")),
             }
         })?;
 
@@ -263,6 +265,18 @@ impl S3Destination {
         }
     }
 
+    /// Whether `bucket_exists` says yes; any failure counts as no.
+    fn bucket_visible(&self) -> bool {
+        self.run(async {
+            self.client
+                .bucket_exists(self.bucket.clone())?
+                .build()
+                .send()
+                .await
+        })
+        .is_ok_and(|resp| resp.exists())
+    }
+
     /// `stat_object`: `None` when the key does not exist.
     fn stat(
         &self,
@@ -324,6 +338,8 @@ impl Destination for S3Destination {
             }
             // Another exporter (or a person) created it between the two calls.
             Err(f) if f.code == "BucketAlreadyOwnedByYou" => Ok(()),
+            // Some servers say this for a bucket of ours too: ours if we can see it.
+            Err(f) if f.code == "BucketAlreadyExists" && self.bucket_visible() => Ok(()),
             Err(f) => Err(self.error("cannot create bucket", &target, f)),
         }
     }
@@ -345,7 +361,10 @@ impl Destination for S3Destination {
                 meta.sha256_hex
             )));
         }
-        for (name, value) in [(META_FIRST_ID, &meta.first_id), (META_LAST_ID, &meta.last_id)] {
+        for (name, value) in [
+            (META_FIRST_ID, &meta.first_id),
+            (META_LAST_ID, &meta.last_id),
+        ] {
             if !is_header_safe(value) {
                 return Err(refuse(format!(
                     "{name} `{}` has characters an S3 metadata header cannot carry",
@@ -366,10 +385,11 @@ impl Destination for S3Destination {
         user_metadata.add(format!("x-amz-meta-{META_LAST_ID}"), meta.last_id.clone());
         user_metadata.add(format!("x-amz-meta-{META_SHA256}"), sha256_hex);
 
-        // The server checks the body against both digests and refuses the
-        // object (`BadDigest`, `XAmzContentChecksumMismatch`) when either
-        // differs: Content-MD5 is checked by every S3 server, the SHA-256
-        // checksum by AWS and recent MinIO, which also keep it for GET.
+        // The server checks the body it received against both digests and
+        // refuses the object (`BadDigest`, `XAmzContentChecksumMismatch`)
+        // when one differs; SeaweedFS checks both, and AWS keeps the SHA-256
+        // to return it on GET. The SigV4 payload hash is no substitute:
+        // SeaweedFS accepts a body that does not match it.
         // `checksum_algorithm(SHA256)` was rejected: the crate would hash the
         // body a second time for the same header.
         let mut integrity = Multimap::new();
@@ -389,11 +409,7 @@ impl Destination for S3Destination {
 
         let result = self.run(async {
             self.client
-                .put_object_content(
-                    self.bucket.clone(),
-                    key,
-                    ObjectContent::from(body.to_vec()),
-                )?
+                .put_object_content(self.bucket.clone(), key, ObjectContent::from(body.to_vec()))?
                 .user_metadata(user_metadata)
                 .extra_headers(integrity)
                 .content_type(CONTENT_TYPE.to_string())
@@ -487,7 +503,7 @@ impl Destination for S3Destination {
         })?;
         meta_from_user_metadata(&fields).map_err(|why| {
             DestError::Permanent(self.secret_key.scrub(&format!(
-                "object `{target}` at {} has unusable metadata: {why}; it was not written by this exporter, or was changed since",
+                "object `{target}` at `{}` has unusable metadata: {why}; it was not written by this exporter, or was changed since",
                 self.endpoint
             )))
         })
@@ -579,7 +595,9 @@ impl Endpoint {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
         {
-            return Err(bad("the host may hold only letters, digits, `-`, `.` and `_`"));
+            return Err(bad(
+                "the host may hold only letters, digits, `-`, `.` and `_`",
+            ));
         }
         let written_port = match written_port {
             None => None,
@@ -661,7 +679,9 @@ fn meta_from_user_metadata(fields: &HashMap<String, String>) -> Result<Option<Ob
         .map_err(|_| format!("`{META_EVENTS}` is `{events}`, not a count"))?;
     let sha256_hex = field(META_SHA256)?.to_ascii_lowercase();
     if sha256_hex.len() != 64 || !sha256_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("`{META_SHA256}` is `{sha256_hex}`, not a SHA-256 in hex"));
+        return Err(format!(
+            "`{META_SHA256}` is `{sha256_hex}`, not a SHA-256 in hex"
+        ));
     }
     Ok(Some(ObjectMeta {
         events,
@@ -709,10 +729,10 @@ impl Failure {
         }
     }
 
-    /// `<op> <target> at <endpoint>: <code>: <detail>; <hint>`
+    /// ``<op> `<target>` at `<endpoint>`: <code>: <detail>; <hint>``
     fn message(&self, op: &str, target: &str, endpoint: &str) -> String {
         let detail = self.detail.trim().trim_end_matches('.');
-        let mut text = format!("{op} `{target}` at {endpoint}: {}", self.code);
+        let mut text = format!("{op} `{target}` at `{endpoint}`: {}", self.code);
         if !detail.is_empty() && detail != self.code {
             text.push_str(": ");
             text.push_str(detail);
@@ -767,8 +787,8 @@ impl Failure {
             MinioError::Network(NetworkError::ReqwestError(e))
             | MinioError::Validation(ValidationErr::HttpError(e)) => {
                 let mut failure = from_cause_chain(err);
-                // Only the request layer knows a body was cut or a builder
-                // refused: neither shows in the io errors below it.
+                // A request that could not even be built (a header value
+                // refused, say) fails the same way every time.
                 if failure.code == "network error" && e.is_builder() {
                     failure.class = Class::Permanent;
                     failure.code = "invalid request".to_string();
@@ -785,12 +805,25 @@ impl Failure {
             MinioError::Validation(ValidationErr::IOError(_)) | MinioError::DriveIo(_) => {
                 from_cause_chain(err)
             }
-            MinioError::Validation(ValidationErr::InvalidBucketName { .. }) => Failure::permanent(
-                "InvalidBucketName",
+            MinioError::Validation(ValidationErr::InvalidBucketName { .. }) => {
+                Failure::permanent("InvalidBucketName", &cause_text(err), Some(HINT_BUCKET))
+            }
+            // An answer that is not the XML an S3 server sends.
+            MinioError::Validation(
+                ValidationErr::XmlParseError(_)
+                | ValidationErr::XmlError { .. }
+                | ValidationErr::StrError { .. }
+                | ValidationErr::IntError(_)
+                | ValidationErr::Utf8Error(_)
+                | ValidationErr::TimeParseError(_),
+            ) => Failure::permanent(
+                "InvalidServerResponse",
                 &cause_text(err),
-                Some(HINT_BUCKET),
+                Some(HINT_PLAIN_HTTP),
             ),
-            MinioError::Validation(v) => Failure::permanent("invalid request", &v.to_string(), None),
+            MinioError::Validation(v) => {
+                Failure::permanent("invalid request", &v.to_string(), None)
+            }
         }
     }
 }
@@ -803,6 +836,7 @@ const KNOWN_CODES: &[&str] = &[
     "AllAccessDisabled",
     "AuthorizationHeaderMalformed",
     "BadDigest",
+    "BadRequest",
     "BucketAlreadyExists",
     "BucketAlreadyOwnedByYou",
     "EntityTooLarge",
@@ -867,13 +901,25 @@ fn classify_code(code: &str) -> (Class, Option<&'static str>) {
     }
     match canonical_code(code).as_str() {
         // Server busy or briefly broken: the same request may succeed later.
-        "SlowDown" | "SlowDownRead" | "SlowDownWrite" | "InternalError" | "ServiceUnavailable"
-        | "RequestTimeout" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded"
-        | "TooManyRequests" | "TooManyRequestsException" | "OperationAborted"
-        | "XMinioServerNotInitialized" | "XMinioErasureReadQuorum"
+        "SlowDown"
+        | "SlowDownRead"
+        | "SlowDownWrite"
+        | "InternalError"
+        | "ServiceUnavailable"
+        | "RequestTimeout"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "TooManyRequests"
+        | "TooManyRequestsException"
+        | "OperationAborted"
+        | "XMinioServerNotInitialized"
+        | "XMinioErasureReadQuorum"
         | "XMinioErasureWriteQuorum" => (Class::Transient, None),
         // The body arrived damaged: sending it again is the fix.
-        "BadDigest" | "XAmzContentSHA256Mismatch" | "XAmzContentChecksumMismatch"
+        "BadDigest"
+        | "XAmzContentSHA256Mismatch"
+        | "XAmzContentChecksumMismatch"
         | "IncompleteBody" => (Class::Transient, None),
         "SignatureDoesNotMatch" | "InvalidAccessKeyId" | "InvalidToken" | "ExpiredToken" => {
             (Class::Permanent, Some(HINT_CREDENTIALS))
@@ -882,11 +928,16 @@ fn classify_code(code: &str) -> (Class, Option<&'static str>) {
             (Class::Permanent, Some(HINT_PERMISSIONS))
         }
         "RequestTimeTooSkewed" => (Class::Permanent, Some(HINT_CLOCK)),
+        // What the crate calls a bodiless 400, e.g. plain http to a TLS port.
+        "BadRequest" => (Class::Permanent, Some(HINT_BAD_REQUEST)),
         "NoSuchBucket" => (Class::Permanent, Some(HINT_BUCKET_GONE)),
         "InvalidBucketName" => (Class::Permanent, Some(HINT_BUCKET)),
         "BucketAlreadyExists" => (Class::Permanent, Some(HINT_BUCKET_TAKEN)),
-        "AuthorizationHeaderMalformed" | "IllegalLocationConstraintException" | "InvalidRegion"
-        | "PermanentRedirect" | "Redirect" => (Class::Permanent, Some(HINT_REGION)),
+        "AuthorizationHeaderMalformed"
+        | "IllegalLocationConstraintException"
+        | "InvalidRegion"
+        | "PermanentRedirect"
+        | "Redirect" => (Class::Permanent, Some(HINT_REGION)),
         // Anything else is a refusal of this request as it stands: retrying
         // the same bytes would loop, so stop and show the code.
         _ => (Class::Permanent, None),
@@ -946,7 +997,10 @@ fn from_cause_chain(err: &(dyn std::error::Error + 'static)) -> Failure {
             use std::io::ErrorKind as K;
             let (code, hint) = match io.kind() {
                 K::ConnectionRefused => ("connection refused", Some(HINT_UNREACHABLE)),
-                K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof
+                K::ConnectionReset
+                | K::ConnectionAborted
+                | K::BrokenPipe
+                | K::UnexpectedEof
                 | K::NotConnected => ("connection lost", None),
                 K::TimedOut => ("timeout", None),
                 K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
@@ -991,7 +1045,10 @@ fn causes<'a>(
     let mut next = Some(err);
     while let Some(cause) = next {
         chain.push(cause);
-        next = match cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        next = match cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
             None => cause.source(),
         };
@@ -1016,7 +1073,10 @@ fn cause_text(err: &(dyn std::error::Error + 'static)) -> String {
         let repeats_next = texts
             .get(i + 1)
             .is_some_and(|next| !next.is_empty() && text.contains(next.as_str()));
-        if GENERIC.contains(&text.as_str()) || repeats_next || text.is_empty() {
+        // reqwest's "error sending request for url (...)" only repeats the
+        // endpoint and key that the message names anyway.
+        let request_wrapper = text.starts_with("error sending request") && i + 1 < texts.len();
+        if GENERIC.contains(&text.as_str()) || repeats_next || request_wrapper || text.is_empty() {
             continue;
         }
         kept.push(text);
@@ -1026,7 +1086,11 @@ fn cause_text(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn first_line(text: &str) -> String {
-    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     line.chars().take(200).collect()
 }
 
@@ -1060,19 +1124,54 @@ mod tests {
     #[test]
     fn endpoint_parsing_gives_the_base_url() {
         let cases: &[(&str, Option<u16>, bool, &str)] = &[
-            ("minio.example.com", None, true, "https://minio.example.com:443"),
-            ("minio.example.com", None, false, "http://minio.example.com:80"),
-            ("minio.example.com", Some(9000), false, "http://minio.example.com:9000"),
-            ("minio.example.com:9000", None, true, "https://minio.example.com:9000"),
-            ("minio.example.com:9000", Some(9000), true, "https://minio.example.com:9000"),
+            (
+                "minio.example.com",
+                None,
+                true,
+                "https://minio.example.com:443",
+            ),
+            (
+                "minio.example.com",
+                None,
+                false,
+                "http://minio.example.com:80",
+            ),
+            (
+                "minio.example.com",
+                Some(9000),
+                false,
+                "http://minio.example.com:9000",
+            ),
+            (
+                "minio.example.com:9000",
+                None,
+                true,
+                "https://minio.example.com:9000",
+            ),
+            (
+                "minio.example.com:9000",
+                Some(9000),
+                true,
+                "https://minio.example.com:9000",
+            ),
             ("http://minio:9000", None, true, "http://minio:9000"),
             ("HTTPS://minio", None, false, "https://minio:443"),
             ("https://minio/", Some(8443), false, "https://minio:8443"),
-            ("  http://127.0.0.1:18333  ", None, true, "http://127.0.0.1:18333"),
+            (
+                "  http://127.0.0.1:18333  ",
+                None,
+                true,
+                "http://127.0.0.1:18333",
+            ),
             ("::1", Some(9000), false, "http://[::1]:9000"),
             ("[::1]:9000", None, false, "http://[::1]:9000"),
             ("https://[fe80::1]", None, false, "https://[fe80::1]:443"),
-            ("s3.eu-west-1.amazonaws.com", None, true, "https://s3.eu-west-1.amazonaws.com:443"),
+            (
+                "s3.eu-west-1.amazonaws.com",
+                None,
+                true,
+                "https://s3.eu-west-1.amazonaws.com:443",
+            ),
         ];
         for (endpoint, port, secure, want) in cases {
             let got = Endpoint::parse(endpoint, *port, *secure)
@@ -1120,6 +1219,8 @@ mod tests {
             ("ServiceUnavailable", Transient, None),
             ("RequestTimeout", Transient, None),
             ("BadDigest", Transient, None),
+            ("baddigest", Transient, None),
+            ("BadRequest", Permanent, Some(HINT_BAD_REQUEST)),
             ("XAmzContentChecksumMismatch", Transient, None),
             ("HTTP 503", Transient, None),
             ("HTTP 429", Transient, None),
@@ -1180,10 +1281,18 @@ mod tests {
             None,
             None,
         );
-        let f = Failure::from_minio(&MinioError::S3Server(S3ServerError::S3Error(Box::new(resp))));
-        assert_eq!((f.class, f.code.as_str()), (Class::Transient, "XAmzContentChecksumMismatch"));
+        let f = Failure::from_minio(&MinioError::S3Server(S3ServerError::S3Error(Box::new(
+            resp,
+        ))));
+        assert_eq!(
+            (f.class, f.code.as_str()),
+            (Class::Transient, "XAmzContentChecksumMismatch")
+        );
         let f = Failure::from_minio(&s3_error("NoSuchBucket", "gone"));
-        assert_eq!((f.class, f.code.as_str()), (Class::Permanent, "NoSuchBucket"));
+        assert_eq!(
+            (f.class, f.code.as_str()),
+            (Class::Permanent, "NoSuchBucket")
+        );
         let f = Failure::from_minio(&s3_error("SlowDown", "Please reduce your request rate."));
         assert_eq!((f.class, f.code.as_str()), (Class::Transient, "SlowDown"));
         let f = Failure::from_minio(&MinioError::Network(NetworkError::ServerError(503)));
@@ -1215,7 +1324,11 @@ mod tests {
         let f = Failure::from_minio(&err);
         assert_eq!(f.class, Class::Permanent);
         assert_eq!(f.hint, Some(HINT_CERT));
-        assert!(f.detail.contains("invalid peer certificate"), "{}", f.detail);
+        assert!(
+            f.detail.contains("invalid peer certificate"),
+            "{}",
+            f.detail
+        );
     }
 
     #[test]
@@ -1227,12 +1340,19 @@ mod tests {
         let text = f.message("cannot upload", "s3://exports/a/b.json", "http://h:9000");
         assert_eq!(
             text,
-            "cannot upload `s3://exports/a/b.json` at http://h:9000: SignatureDoesNotMatch: \
+            "cannot upload `s3://exports/a/b.json` at `http://h:9000`: SignatureDoesNotMatch: \
              The request signature we calculated does not match; \
              check `minio.access_key` / `minio.secret_key`"
         );
-        let text = Failure::timeout(Duration::from_millis(1500)).message("cannot list", "s3://b/p*", "http://h:1");
-        assert_eq!(text, "cannot list `s3://b/p*` at http://h:1: timeout: no answer within 1500 ms");
+        let text = Failure::timeout(Duration::from_millis(1500)).message(
+            "cannot list",
+            "s3://b/p*",
+            "http://h:1",
+        );
+        assert_eq!(
+            text,
+            "cannot list `s3://b/p*` at `http://h:1`: timeout: no answer within 1500 ms"
+        );
     }
 
     #[test]
@@ -1253,7 +1373,10 @@ mod tests {
         assert!(debug.contains("exports"), "{debug}");
         assert_eq!(dest.describe(), "s3://exports at http://127.0.0.1:9000");
         let settings_debug = format!("{:?}", settings());
-        assert!(!settings_debug.contains("super-secret-key"), "{settings_debug}");
+        assert!(
+            !settings_debug.contains("super-secret-key"),
+            "{settings_debug}"
+        );
     }
 
     #[test]
@@ -1294,7 +1417,10 @@ mod tests {
     #[test]
     fn foreign_or_partial_metadata_is_told_apart() {
         let map = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         assert_eq!(meta_from_user_metadata(&map(&[])), Ok(None));
         assert_eq!(meta_from_user_metadata(&map(&[("author", "me")])), Ok(None));

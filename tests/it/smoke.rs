@@ -22,7 +22,11 @@ fn seaweed_stores_lists_and_returns_objects_with_metadata() {
         &[("first-id", "1718446500000-0")],
     )
     .unwrap();
-    weed.put_object("exports", "opencti/stream_1718446500001_2.json", b"{\"b\":2}\n");
+    weed.put_object(
+        "exports",
+        "opencti/stream_1718446500001_2.json",
+        b"{\"b\":2}\n",
+    );
     weed.put_object("exports", "elsewhere/x.json", b"{}\n");
 
     assert_eq!(
@@ -229,7 +233,10 @@ fn runner_reports_exit_code_and_output() {
     assert_eq!(outcome.stdout, "out\n");
     assert_eq!(outcome.stderr, "err\n");
     let report = outcome.to_string();
-    assert!(report.contains("exit code 3") && report.contains("sh -c"), "{report}");
+    assert!(
+        report.contains("exit code 3") && report.contains("sh -c"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -252,7 +259,10 @@ fn runner_starts_from_an_empty_environment() {
             .all(|name| ["PATH", "HOME", "MINIO_BUCKET"].contains(name)),
         "{outcome}"
     );
-    assert!(outcome.stdout.contains("MINIO_BUCKET=from-the-test\n"), "{outcome}");
+    assert!(
+        outcome.stdout.contains("MINIO_BUCKET=from-the-test\n"),
+        "{outcome}"
+    );
 }
 
 #[test]
@@ -265,10 +275,7 @@ fn runner_kills_a_child_past_its_deadline_and_reports_it() {
     })
     .expect_err("a run past its deadline fails");
     assert!(started.elapsed() < Duration::from_secs(10));
-    let message = panic
-        .downcast_ref::<String>()
-        .cloned()
-        .unwrap_or_default();
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(
         message.contains("did not finish within") && message.contains("sleep 30"),
         "{message}"
@@ -290,7 +297,10 @@ fn runner_delivers_signals_and_waits_for_output() {
     child.kill9();
     let outcome = child.outcome();
     assert_eq!(outcome.code(), None, "{outcome}");
-    assert!(outcome.to_string().contains("killed by signal 9"), "{outcome}");
+    assert!(
+        outcome.to_string().contains("killed by signal 9"),
+        "{outcome}"
+    );
 }
 
 #[test]
@@ -351,8 +361,14 @@ fn config_helpers_point_at_the_servers() {
     let config: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
     assert_eq!(config["opencti"]["url"].as_str(), Some(sim.url().as_str()));
     assert_eq!(config["opencti"]["token"].as_str(), Some("sim-token"));
-    assert_eq!(config["connector"]["live_stream_id"].as_str(), Some("live-sim"));
-    assert_eq!(config["minio"]["port"].as_u64(), Some(u64::from(weed.port())));
+    assert_eq!(
+        config["connector"]["live_stream_id"].as_str(),
+        Some("live-sim")
+    );
+    assert_eq!(
+        config["minio"]["port"].as_u64(),
+        Some(u64::from(weed.port()))
+    );
     assert_eq!(config["minio"]["secure"].as_bool(), Some(false));
     assert_eq!(config["write"]["every_sec"].as_u64(), Some(1));
     let state = dir.path().join("state.json");

@@ -45,7 +45,13 @@ fn common_sections(sim: &Sim, state_dir: &Path) -> (String, String) {
 
 /// A configuration exporting the simulator's stream to `bucket`/`folder` on
 /// `weed` as the read-write identity, with its state file in `state_dir`.
-pub fn s3_config(sim: &Sim, weed: &Seaweed, bucket: &str, folder: &str, state_dir: &Path) -> String {
+pub fn s3_config(
+    sim: &Sim,
+    weed: &Seaweed,
+    bucket: &str,
+    folder: &str,
+    state_dir: &Path,
+) -> String {
     let (head, tail) = common_sections(sim, state_dir);
     format!(
         "{head}\

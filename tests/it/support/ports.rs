@@ -23,7 +23,9 @@ const GRPC_PAIR_MIN: u16 = 10_000;
 
 fn taken() -> std::sync::MutexGuard<'static, BTreeSet<u16>> {
     // A test that panicked while holding the lock leaves valid data behind.
-    TAKEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    TAKEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn can_bind(port: u16) -> bool {

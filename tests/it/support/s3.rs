@@ -151,7 +151,11 @@ impl S3 {
     /// Deletes `bucket`/`key` (deleting a missing key succeeds, as in S3).
     pub fn delete_object(&self, bucket: &str, key: &str) -> Result<()> {
         self.call(format!("delete_object `{bucket}/{key}`"), async {
-            self.client.delete_object(bucket, key)?.build().send().await?;
+            self.client
+                .delete_object(bucket, key)?
+                .build()
+                .send()
+                .await?;
             Ok(())
         })
     }

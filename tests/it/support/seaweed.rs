@@ -78,9 +78,8 @@ impl Seaweed {
         fs::create_dir_all(dir.path().join("data")).expect("SeaweedFS data directory");
         fs::create_dir_all(dir.path().join("log")).expect("SeaweedFS log directory");
         fs::write(dir.path().join("s3.json"), identities_json()).expect("SeaweedFS s3.json");
-        let [s3, master, volume, filer, admin] = free_ports_with_grpc(5)
-            .try_into()
-            .expect("five ports");
+        let [s3, master, volume, filer, admin] =
+            free_ports_with_grpc(5).try_into().expect("five ports");
         let mut weed = Seaweed {
             ports: Ports {
                 s3,
@@ -163,9 +162,7 @@ impl Seaweed {
         if let Some(mut child) = self.child.take() {
             send_signal(child.id(), "TERM");
             if wait_timeout(&mut child, STOP_DEADLINE).is_none() {
-                eprintln!(
-                    "SeaweedFS did not stop within {STOP_DEADLINE:?} of SIGTERM: killing it"
-                );
+                eprintln!("SeaweedFS did not stop within {STOP_DEADLINE:?} of SIGTERM: killing it");
                 kill_and_reap(&mut child);
             }
         }
@@ -268,21 +265,21 @@ impl Seaweed {
             .timeout(Duration::from_secs(2))
             .build();
         let mut last_error = String::from("no attempt yet");
-        let ready = wait_until_or_exit(self, start, || {
-            match agent.get(&healthz).call() {
-                Ok(response) if response.status() == 200 => true,
-                Ok(response) => {
-                    last_error = format!("status {}", response.status());
-                    false
-                }
-                Err(e) => {
-                    last_error = e.to_string();
-                    false
-                }
+        let ready = wait_until_or_exit(self, start, || match agent.get(&healthz).call() {
+            Ok(response) if response.status() == 200 => true,
+            Ok(response) => {
+                last_error = format!("status {}", response.status());
+                false
+            }
+            Err(e) => {
+                last_error = e.to_string();
+                false
             }
         });
         if !ready {
-            self.fail_start(&format!("`{healthz}` never answered 200 (last: {last_error})"));
+            self.fail_start(&format!(
+                "`{healthz}` never answered 200 (last: {last_error})"
+            ));
         }
         let client = self.s3();
         let ready = wait_until_or_exit(self, start, || {
@@ -303,7 +300,10 @@ impl Seaweed {
     }
 
     fn fail_start(&mut self, why: &str) -> ! {
-        let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        let status = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
         self.kill();
         panic!(
             "SeaweedFS did not become ready: {why}\nprocess: {}\n{}",
@@ -366,11 +366,7 @@ impl Drop for Seaweed {
 
 /// Polls `ready` until it holds (true), or the process exits or the start
 /// deadline passes (false).
-fn wait_until_or_exit(
-    weed: &mut Seaweed,
-    start: Instant,
-    mut ready: impl FnMut() -> bool,
-) -> bool {
+fn wait_until_or_exit(weed: &mut Seaweed, start: Instant, mut ready: impl FnMut() -> bool) -> bool {
     let mut pause = Duration::from_millis(10);
     loop {
         if !weed.is_running() {

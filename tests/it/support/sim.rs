@@ -202,7 +202,10 @@ impl Drop for Sim {
 /// Reads the first line of `stdout` on a thread and sends it (`None` at end of
 /// file), then copies the rest to `rest`: the simulator must never block on a
 /// full pipe.
-fn read_first_line_then_drain(stdout: ChildStdout, rest: PathBuf) -> mpsc::Receiver<Option<String>> {
+fn read_first_line_then_drain(
+    stdout: ChildStdout,
+    rest: PathBuf,
+) -> mpsc::Receiver<Option<String>> {
     let (sender, receiver) = mpsc::channel();
     thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
@@ -279,8 +282,7 @@ fn run_sim(args: &[&str]) -> String {
             read_lossy(&err_path)
         );
     }
-    fs::read_to_string(&out_path)
-        .unwrap_or_else(|e| panic!("`{line}` printed invalid UTF-8: {e}"))
+    fs::read_to_string(&out_path).unwrap_or_else(|e| panic!("`{line}` printed invalid UTF-8: {e}"))
 }
 
 fn parse_json_lines(args: &[&str], stdout: &str) -> Vec<serde_json::Value> {
@@ -303,7 +305,9 @@ fn parse_json_lines(args: &[&str], stdout: &str) -> Vec<serde_json::Value> {
 /// The data events `opencti-stream-sim dump <args>` generates, one JSON
 /// object `{"id","event","data"}` each, in stream order.
 pub fn sim_dump(args: &[&str]) -> Vec<serde_json::Value> {
-    let full: Vec<&str> = std::iter::once("dump").chain(args.iter().copied()).collect();
+    let full: Vec<&str> = std::iter::once("dump")
+        .chain(args.iter().copied())
+        .collect();
     parse_json_lines(&full, &run_sim(&full))
 }
 
@@ -320,7 +324,9 @@ pub fn sim_dump_files(args: &[&str]) -> HashMap<String, String> {
             let field = |name: &str| {
                 line.get(name)
                     .and_then(|v| v.as_str())
-                    .unwrap_or_else(|| panic!("`dump --files` line without string `{name}`: {line}"))
+                    .unwrap_or_else(|| {
+                        panic!("`dump --files` line without string `{name}`: {line}")
+                    })
                     .to_string()
             };
             (field("key"), field("base64"))
