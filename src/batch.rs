@@ -143,7 +143,11 @@ impl Batcher {
                 self.see(id);
                 let full = self.cur.body.len() + bytes.len() > self.limits.max_bytes
                     || self.cur.events as usize >= self.limits.max_events;
-                let out = if self.cur.events > 0 && full { self.cut(false) } else { None };
+                let out = if self.cur.events > 0 && full {
+                    self.cut(false)
+                } else {
+                    None
+                };
                 self.note_arrival(now);
                 self.cur.first_id.get_or_insert(id);
                 self.tail_first.get_or_insert(id);
@@ -165,7 +169,9 @@ impl Batcher {
 
     /// Cuts at the last complete group if the oldest event reached the age limit.
     pub fn tick(&mut self, now: Instant) -> Option<Batch> {
-        let old = self.oldest.is_some_and(|t| now.duration_since(t) >= self.limits.max_age);
+        let old = self
+            .oldest
+            .is_some_and(|t| now.duration_since(t) >= self.limits.max_age);
         if old && !self.cur.is_empty() {
             return self.cut(true);
         }
@@ -174,7 +180,9 @@ impl Batcher {
 
     /// When the next [`tick`](Self::tick) may cut, if anything is buffered.
     pub fn deadline(&self) -> Option<Instant> {
-        self.oldest.filter(|_| !self.cur.is_empty()).map(|t| t + self.limits.max_age)
+        self.oldest
+            .filter(|_| !self.cur.is_empty())
+            .map(|t| t + self.limits.max_age)
     }
 
     /// Everything buffered, open group included (end of run). The cursor
@@ -230,7 +238,11 @@ impl Batcher {
             body: batch.body.split_off(b.bytes),
             events: batch.events - b.events,
             first_id: self.tail_first,
-            last_id: if batch.events > b.events { batch.last_id } else { None },
+            last_id: if batch.events > b.events {
+                batch.last_id
+            } else {
+                None
+            },
             cursor: None,
             dead: batch.dead.split_off(b.dead),
         };
@@ -241,7 +253,11 @@ impl Batcher {
         }
         batch.cursor = b.cursor;
         self.boundary = Boundary::default();
-        self.oldest = if tail.is_empty() { None } else { self.tail_oldest };
+        self.oldest = if tail.is_empty() {
+            None
+        } else {
+            self.tail_oldest
+        };
         self.cur = tail;
         Some(batch)
     }
@@ -257,18 +273,29 @@ mod tests {
     }
 
     fn line(ms: u64, seq: u64) -> Item {
-        Item::Line { id: id(ms, seq), bytes: format!("{{\"id\":\"{ms}-{seq}\"}}\n").into_bytes() }
+        Item::Line {
+            id: id(ms, seq),
+            bytes: format!("{{\"id\":\"{ms}-{seq}\"}}\n").into_bytes(),
+        }
     }
 
     fn limits(events: usize) -> BatchLimits {
-        BatchLimits { max_age: Duration::from_secs(10), max_events: events, max_bytes: 1 << 20 }
+        BatchLimits {
+            max_age: Duration::from_secs(10),
+            max_events: events,
+            max_bytes: 1 << 20,
+        }
     }
 
     fn ids(batch: &Batch) -> Vec<String> {
         String::from_utf8(batch.body.clone())
             .unwrap()
             .lines()
-            .map(|l| l.trim_start_matches("{\"id\":\"").trim_end_matches("\"}").to_string())
+            .map(|l| {
+                l.trim_start_matches("{\"id\":\"")
+                    .trim_end_matches("\"}")
+                    .to_string()
+            })
             .collect()
     }
 
@@ -284,7 +311,10 @@ mod tests {
         let batch = b.push(line(2, 0), t).unwrap();
         assert_eq!(ids(&batch), ["1-0"]);
         assert_eq!(batch.cursor, Some(id(1, 0)));
-        assert_eq!((batch.first_id, batch.last_id), (Some(id(1, 0)), Some(id(1, 0))));
+        assert_eq!(
+            (batch.first_id, batch.last_id),
+            (Some(id(1, 0)), Some(id(1, 0)))
+        );
         // Group 2 completes when 3-0 arrives; the batch is full, so it is cut whole.
         let batch = b.push(line(3, 0), t).unwrap();
         assert!(b.push(line(4, 0), t).is_none());
@@ -317,7 +347,10 @@ mod tests {
         let mut b = Batcher::new(limits(100));
         b.push(line(1, 0), t);
         assert_eq!(b.deadline(), Some(t + Duration::from_secs(10)));
-        assert!(b.tick(t + Duration::from_secs(11)).is_none(), "1-0 is not known complete yet");
+        assert!(
+            b.tick(t + Duration::from_secs(11)).is_none(),
+            "1-0 is not known complete yet"
+        );
         b.push(Item::Mark { id: id(1, 0) }, t); // same id: proves nothing
         assert!(b.tick(t + Duration::from_secs(11)).is_none());
         b.push(Item::Mark { id: id(9, 0) }, t);
@@ -340,7 +373,11 @@ mod tests {
     #[test]
     fn byte_limit_cuts_before_the_line_that_would_pass_it() {
         let t = Instant::now();
-        let mut b = Batcher::new(BatchLimits { max_age: Duration::from_secs(10), max_events: 100, max_bytes: 40 });
+        let mut b = Batcher::new(BatchLimits {
+            max_age: Duration::from_secs(10),
+            max_events: 100,
+            max_bytes: 40,
+        });
         b.push(line(1, 0), t); // 13 bytes
         b.push(line(2, 0), t);
         b.push(line(3, 0), t);
@@ -353,9 +390,21 @@ mod tests {
     fn dead_letters_travel_with_their_position() {
         let t = Instant::now();
         let mut b = Batcher::new(limits(100));
-        let letter = DeadLetter { id: Some("2-0".into()), event: "create".into(), reason: "bad".into(), raw: vec![1], size: 1 };
+        let letter = DeadLetter {
+            id: Some("2-0".into()),
+            event: "create".into(),
+            reason: "bad".into(),
+            raw: vec![1],
+            size: 1,
+        };
         b.push(line(1, 0), t);
-        b.push(Item::Dead { id: Some(id(2, 0)), letter: letter.clone() }, t);
+        b.push(
+            Item::Dead {
+                id: Some(id(2, 0)),
+                letter: letter.clone(),
+            },
+            t,
+        );
         b.push(Item::Mark { id: id(3, 0) }, t);
         let batch = b.tick(t + Duration::from_secs(10)).unwrap();
         assert_eq!(batch.dead, vec![letter]);

@@ -32,7 +32,13 @@ pub const EXIT_STATUS_HELP: &str = "EXIT STATUS:
 )]
 pub struct Cli {
     /// YAML configuration file [default: ./config.yml when present]
-    #[arg(short, long, global = true, value_name = "PATH", env = "OPENCTI_STREAM_EXPORTER_CONFIG")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "OPENCTI_STREAM_EXPORTER_CONFIG"
+    )]
     pub config: Option<PathBuf>,
 
     /// State file [default: `state.path`, else next to the config file]

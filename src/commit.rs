@@ -54,6 +54,7 @@ pub struct Committer {
     done: Option<Box<dyn Destination>>,
     stop: Arc<AtomicBool>,
     retry_max: Duration,
+    fault: Option<(String, u64)>,
     /// What has been committed so far in this run.
     pub totals: Totals,
 }
@@ -70,7 +71,18 @@ impl Committer {
         done: Option<Box<dyn Destination>>,
         stop: Arc<AtomicBool>,
     ) -> Self {
-        Committer { state_path, state, folder, dest, dead, done, stop, retry_max: Duration::from_secs(30), totals: Totals::default() }
+        Committer {
+            state_path,
+            state,
+            folder,
+            dest,
+            dead,
+            done,
+            stop,
+            retry_max: Duration::from_secs(30),
+            fault: fault_point(),
+            totals: Totals::default(),
+        }
     }
 
     /// The state as last saved.
@@ -88,16 +100,27 @@ impl Committer {
     pub fn start(&mut self) -> Result<()> {
         let what = self.dest.describe();
         self.with_retry(&format!("prepare {what}"), |c| c.dest.prepare())?;
-        let Some(p) = self.state.pending.clone() else { return Ok(()) };
+        let Some(p) = self.state.pending.clone() else {
+            return Ok(());
+        };
         let key = p.key.clone();
         let mut stored = self.with_retry(&format!("look for `{key}`"), |c| c.dest.exists(&key))?;
         if !stored {
             if let Some(done) = self.done.as_mut() {
-                stored = retry_loop(&format!("look for `{key}` in the done bucket"), &self.stop, self.retry_max, &mut self.totals, || done.exists(&key))?;
+                stored = retry_loop(
+                    &format!("look for `{key}` in the done bucket"),
+                    &self.stop,
+                    self.retry_max,
+                    &mut self.totals,
+                    || done.exists(&key),
+                )?;
             }
         }
         if stored {
-            log::info!("file {} (`{key}`) was stored before the last run stopped: committing it", p.file_number);
+            log::info!(
+                "file {} (`{key}`) was stored before the last run stopped: committing it",
+                p.file_number
+            );
             self.commit(&p);
         } else {
             log::info!("file {} (`{key}`) was not stored before the last run stopped: its events will be exported again", p.file_number);
@@ -132,7 +155,13 @@ impl Committer {
         let number = self.state.file_count + 1;
         let ms = next_key_ms(now_ms(), self.state.last_key_ms);
         let key = object_key(&self.folder, ms, number);
-        let pending = Pending { file_number: number, key: key.clone(), cursor: batch.cursor, events: batch.events, bytes: batch.body.len() as u64 };
+        let pending = Pending {
+            file_number: number,
+            key: key.clone(),
+            cursor: batch.cursor,
+            events: batch.events,
+            bytes: batch.body.len() as u64,
+        };
         self.state.pending = Some(pending.clone());
         self.state.last_key_ms = ms;
         state::save(&self.state_path, &self.state).context("saving the pending upload")?;
@@ -144,23 +173,57 @@ impl Committer {
             sha256_hex: hex(&Sha256::digest(&batch.body)),
         };
         let body = batch.body;
-        self.with_retry(&format!("store `{key}`"), |c| c.dest.put(&key, &body, &meta))?;
+        self.crash_if("before-upload", number);
+        self.with_retry(&format!("store `{key}`"), |c| {
+            c.dest.put(&key, &body, &meta)
+        })?;
+        self.crash_if("after-upload", number);
 
         self.commit(&pending);
         state::save(&self.state_path, &self.state).context("saving the state after an upload")?;
         self.totals.events += batch.events;
         self.totals.files += 1;
         self.totals.bytes += body.len() as u64;
-        log::info!("stored file {number} `{key}`: {} events, {} bytes, up to `{}`", batch.events, body.len(), meta.last_id);
+        log::info!(
+            "stored file {number} `{key}`: {} events, {} bytes, up to `{}`",
+            batch.events,
+            body.len(),
+            meta.last_id
+        );
         Ok(Some(key))
     }
 
+    /// Dies on the spot, as a kill -9 would, at a chosen point of the
+    /// protocol: lets the crash tests hit the narrow windows on purpose.
+    fn crash_if(&self, point: &str, number: u64) {
+        if self
+            .fault
+            .as_ref()
+            .is_some_and(|(p, n)| p == point && *n == number)
+        {
+            eprintln!("fault injection: dying at {point} of file {number}");
+            std::process::abort();
+        }
+    }
+
     fn keep_dead_letter(&mut self, letter: &DeadLetter, n: u64) -> Result<()> {
-        let key = dead_letter_key(&self.folder, letter.id.as_deref().unwrap_or("no-id"), now_ms(), self.state.dead_letters + n);
+        let key = dead_letter_key(
+            &self.folder,
+            letter.id.as_deref().unwrap_or("no-id"),
+            now_ms(),
+            self.state.dead_letters + n,
+        );
         let record = dead_letter_record(letter);
-        let meta = ObjectMeta { events: 1, first_id: letter.id.clone().unwrap_or_default(), last_id: letter.id.clone().unwrap_or_default(), sha256_hex: hex(&Sha256::digest(&record)) };
+        let meta = ObjectMeta {
+            events: 1,
+            first_id: letter.id.clone().unwrap_or_default(),
+            last_id: letter.id.clone().unwrap_or_default(),
+            sha256_hex: hex(&Sha256::digest(&record)),
+        };
         let what = format!("keep dead letter `{key}` in {}", self.dead.describe());
-        retry_loop(&what, &self.stop, self.retry_max, &mut self.totals, || self.dead.put(&key, &record, &meta))?;
+        retry_loop(&what, &self.stop, self.retry_max, &mut self.totals, || {
+            self.dead.put(&key, &record, &meta)
+        })?;
         log::warn!(
             "event `{}` ({}) kept aside as a dead letter `{key}`: {}",
             letter.id.as_deref().unwrap_or("without id"),
@@ -172,7 +235,11 @@ impl Committer {
         Ok(())
     }
 
-    fn with_retry<T>(&mut self, what: &str, mut f: impl FnMut(&mut Self) -> Result<T, DestError>) -> Result<T> {
+    fn with_retry<T>(
+        &mut self,
+        what: &str,
+        mut f: impl FnMut(&mut Self) -> Result<T, DestError>,
+    ) -> Result<T> {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.retry_max);
         loop {
             match f(self) {
@@ -181,7 +248,11 @@ impl Committer {
                 Err(DestError::Transient(m)) => {
                     self.totals.retries += 1;
                     let d = backoff.next_delay();
-                    log::warn!("cannot {what} (attempt {}): {m}; retrying in {:.1} s", backoff.attempts(), d.as_secs_f64());
+                    log::warn!(
+                        "cannot {what} (attempt {}): {m}; retrying in {:.1} s",
+                        backoff.attempts(),
+                        d.as_secs_f64()
+                    );
                     if !sleep_unless(d, &self.stop) {
                         return Err(anyhow!("stopped while trying to {what}: {m}"));
                     }
@@ -191,7 +262,22 @@ impl Committer {
     }
 }
 
-fn retry_loop<T>(what: &str, stop: &AtomicBool, max: Duration, totals: &mut Totals, mut f: impl FnMut() -> Result<T, DestError>) -> Result<T> {
+/// `OPENCTI_STREAM_EXPORTER_FAULT=<point>:<file number>` (testing aid):
+/// `before-upload` (pending saved, nothing stored) or `after-upload`
+/// (object stored, state not yet committed).
+fn fault_point() -> Option<(String, u64)> {
+    let v = std::env::var("OPENCTI_STREAM_EXPORTER_FAULT").ok()?;
+    let (p, n) = v.split_once(':')?;
+    Some((p.to_string(), n.parse().ok()?))
+}
+
+fn retry_loop<T>(
+    what: &str,
+    stop: &AtomicBool,
+    max: Duration,
+    totals: &mut Totals,
+    mut f: impl FnMut() -> Result<T, DestError>,
+) -> Result<T> {
     let mut backoff = Backoff::new(Duration::from_millis(500), max);
     loop {
         match f() {
@@ -200,7 +286,11 @@ fn retry_loop<T>(what: &str, stop: &AtomicBool, max: Duration, totals: &mut Tota
             Err(DestError::Transient(m)) => {
                 totals.retries += 1;
                 let d = backoff.next_delay();
-                log::warn!("cannot {what} (attempt {}): {m}; retrying in {:.1} s", backoff.attempts(), d.as_secs_f64());
+                log::warn!(
+                    "cannot {what} (attempt {}): {m}; retrying in {:.1} s",
+                    backoff.attempts(),
+                    d.as_secs_f64()
+                );
                 if stop.load(Ordering::Relaxed) || !sleep_unless(d, stop) {
                     return Err(anyhow!("stopped while trying to {what}: {m}"));
                 }
@@ -223,7 +313,11 @@ pub fn dead_letter_record(letter: &DeadLetter) -> Vec<u8> {
     });
     match std::str::from_utf8(&letter.raw) {
         Ok(text) => doc["data"] = serde_json::Value::String(text.to_string()),
-        Err(_) => doc["data_base64"] = serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&letter.raw)),
+        Err(_) => {
+            doc["data_base64"] = serde_json::Value::String(
+                base64::engine::general_purpose::STANDARD.encode(&letter.raw),
+            )
+        }
     }
     let mut out = serde_json::to_vec(&doc).expect("serialises");
     out.push(b'\n');

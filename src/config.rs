@@ -32,7 +32,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config `{}` ({}): {}", self.key, self.origin, self.message)
+        write!(
+            f,
+            "config `{}` ({}): {}",
+            self.key, self.origin, self.message
+        )
     }
 }
 
@@ -57,13 +61,21 @@ pub struct Key {
 }
 
 const fn key(path: &'static str, env: &'static str) -> Key {
-    Key { path, env, secret: false }
+    Key {
+        path,
+        env,
+        secret: false,
+    }
 }
 
 /// Every key we read, in documentation order (`config.example.yml`).
 pub const KEYS: &[Key] = &[
     key("opencti.url", "OPENCTI_URL"),
-    Key { path: "opencti.token", env: "OPENCTI_TOKEN", secret: true },
+    Key {
+        path: "opencti.token",
+        env: "OPENCTI_TOKEN",
+        secret: true,
+    },
     key("opencti.ssl_verify", "OPENCTI_SSL_VERIFY"),
     key("opencti.ca_file", "OPENCTI_CA_FILE"),
     key("connector.id", "CONNECTOR_ID"),
@@ -73,17 +85,36 @@ pub const KEYS: &[Key] = &[
     key("connector.log_level", "CONNECTOR_LOG_LEVEL"),
     key("connector.consumer_count", "CONNECTOR_CONSUMER_COUNT"),
     key("connector.live_stream_id", "CONNECTOR_LIVE_STREAM_ID"),
-    key("connector.live_stream_start_timestamp", "CONNECTOR_LIVE_STREAM_START_TIMESTAMP"),
-    key("connector.live_stream_recover_iso_date", "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE"),
-    key("connector.live_stream_listen_delete", "CONNECTOR_LIVE_STREAM_LISTEN_DELETE"),
-    key("connector.live_stream_no_dependencies", "CONNECTOR_LIVE_STREAM_NO_DEPENDENCIES"),
-    key("connector.live_stream_with_inferences", "CONNECTOR_LIVE_STREAM_WITH_INFERENCES"),
+    key(
+        "connector.live_stream_start_timestamp",
+        "CONNECTOR_LIVE_STREAM_START_TIMESTAMP",
+    ),
+    key(
+        "connector.live_stream_recover_iso_date",
+        "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE",
+    ),
+    key(
+        "connector.live_stream_listen_delete",
+        "CONNECTOR_LIVE_STREAM_LISTEN_DELETE",
+    ),
+    key(
+        "connector.live_stream_no_dependencies",
+        "CONNECTOR_LIVE_STREAM_NO_DEPENDENCIES",
+    ),
+    key(
+        "connector.live_stream_with_inferences",
+        "CONNECTOR_LIVE_STREAM_WITH_INFERENCES",
+    ),
     key("minio.endpoint", "MINIO_ENDPOINT"),
     key("minio.port", "MINIO_PORT"),
     key("minio.bucket", "MINIO_BUCKET"),
     key("minio.folder", "MINIO_FOLDER"),
     key("minio.access_key", "MINIO_ACCESS_KEY"),
-    Key { path: "minio.secret_key", env: "MINIO_SECRET_KEY", secret: true },
+    Key {
+        path: "minio.secret_key",
+        env: "MINIO_SECRET_KEY",
+        secret: true,
+    },
     key("minio.secure", "MINIO_SECURE"),
     key("minio.cert_check", "MINIO_CERT_CHECK"),
     key("minio.ca_file", "MINIO_CA_FILE"),
@@ -257,7 +288,10 @@ pub fn find_file(flag: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
         Some(p) => Err(ConfigError {
             key: "--config".into(),
             origin: "command line".into(),
-            message: format!("no file at `{}`: give the path of a YAML config file", p.display()),
+            message: format!(
+                "no file at `{}`: give the path of a YAML config file",
+                p.display()
+            ),
         }),
         None => {
             let p = PathBuf::from("config.yml");
@@ -274,7 +308,11 @@ pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
 }
 
 /// As [`load`], with the environment given (for tests).
-pub fn load_from(file: Option<&Path>, env: &HashMap<String, String>, overrides: &Overrides) -> Result<Config, ConfigError> {
+pub fn load_from(
+    file: Option<&Path>,
+    env: &HashMap<String, String>,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
     let yaml = match file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -282,16 +320,20 @@ pub fn load_from(file: Option<&Path>, env: &HashMap<String, String>, overrides: 
                 origin: path.display().to_string(),
                 message: format!("cannot read the file ({e})"),
             })?;
-            let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| ConfigError {
-                key: "--config".into(),
-                origin: path.display().to_string(),
-                message: format!("not valid YAML ({e}); compare with config.example.yml"),
-            })?;
+            let value: serde_yaml::Value =
+                serde_yaml::from_str(&text).map_err(|e| ConfigError {
+                    key: "--config".into(),
+                    origin: path.display().to_string(),
+                    message: format!("not valid YAML ({e}); compare with config.example.yml"),
+                })?;
             Some((path, value))
         }
         None => None,
     };
-    let src = Sources { yaml: yaml.as_ref().map(|(p, v)| (*p, v)), env };
+    let src = Sources {
+        yaml: yaml.as_ref().map(|(p, v)| (*p, v)),
+        env,
+    };
     build(&src, file, overrides)
 }
 
@@ -302,14 +344,20 @@ struct Sources<'a> {
 
 impl Sources<'_> {
     fn key(path: &str) -> Key {
-        *KEYS.iter().find(|k| k.path == path).expect("every key read is listed in KEYS")
+        *KEYS
+            .iter()
+            .find(|k| k.path == path)
+            .expect("every key read is listed in KEYS")
     }
 
     fn get(&self, path: &str) -> Option<Raw> {
         let k = Self::key(path);
         if let Some(v) = self.env.get(k.env) {
             if !v.is_empty() {
-                return Some(Raw { value: v.clone(), origin: k.env.to_string() });
+                return Some(Raw {
+                    value: v.clone(),
+                    origin: k.env.to_string(),
+                });
             }
         }
         let (file, root) = self.yaml?;
@@ -321,10 +369,16 @@ impl Sources<'_> {
             serde_yaml::Value::Number(n) => n.to_string(),
             serde_yaml::Value::String(s) => s.clone(),
             _ => {
-                return Some(Raw { value: "<not a single value>".into(), origin: file.display().to_string() });
+                return Some(Raw {
+                    value: "<not a single value>".into(),
+                    origin: file.display().to_string(),
+                });
             }
         };
-        Some(Raw { value, origin: file.display().to_string() })
+        Some(Raw {
+            value,
+            origin: file.display().to_string(),
+        })
     }
 
     fn err(&self, path: &str, raw: Option<&Raw>, message: impl Into<String>) -> ConfigError {
@@ -332,8 +386,16 @@ impl Sources<'_> {
         let message = message.into();
         match raw {
             Some(r) => {
-                let shown = if k.secret { "***".to_string() } else { r.value.clone() };
-                ConfigError { key: path.into(), origin: r.origin.clone(), message: format!("`{shown}` {message}") }
+                let shown = if k.secret {
+                    "***".to_string()
+                } else {
+                    r.value.clone()
+                };
+                ConfigError {
+                    key: path.into(),
+                    origin: r.origin.clone(),
+                    message: format!("`{shown}` {message}"),
+                }
             }
             None => ConfigError {
                 key: path.into(),
@@ -345,26 +407,41 @@ impl Sources<'_> {
 
     fn string(&self, path: &str) -> Option<String> {
         // `ChangeMe` is the placeholder of the sample configs: not a value.
-        self.get(path).map(|r| r.value.trim().to_string()).filter(|s| !s.is_empty() && s != "ChangeMe")
+        self.get(path)
+            .map(|r| r.value.trim().to_string())
+            .filter(|s| !s.is_empty() && s != "ChangeMe")
     }
 
     fn required(&self, path: &str, what: &str) -> Result<String, ConfigError> {
-        self.string(path).ok_or_else(|| self.err(path, None, format!("is required: {what}")))
+        self.string(path)
+            .ok_or_else(|| self.err(path, None, format!("is required: {what}")))
     }
 
     fn boolean(&self, path: &str, default: bool) -> Result<bool, ConfigError> {
         match self.get(path) {
             None => Ok(default),
-            Some(r) => parse_bool(&r.value).ok_or_else(|| self.err(path, Some(&r), "is not a boolean: use true or false")),
+            Some(r) => parse_bool(&r.value)
+                .ok_or_else(|| self.err(path, Some(&r), "is not a boolean: use true or false")),
         }
     }
 
-    fn number(&self, path: &str, default: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
+    fn number(
+        &self,
+        path: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+        unit: &str,
+    ) -> Result<u64, ConfigError> {
         match self.get(path) {
             None => Ok(default),
             Some(r) => match r.value.trim().parse::<u64>() {
                 Ok(n) if (min..=max).contains(&n) => Ok(n),
-                _ => Err(self.err(path, Some(&r), format!("is not a whole number of {unit} from {min} to {max}"))),
+                _ => Err(self.err(
+                    path,
+                    Some(&r),
+                    format!("is not a whole number of {unit} from {min} to {max}"),
+                )),
             },
         }
     }
@@ -392,15 +469,25 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
             "warn" | "warning" => log::LevelFilter::Warn,
             "error" => log::LevelFilter::Error,
             "trace" => log::LevelFilter::Trace,
-            _ => return Err(src.err("connector.log_level", Some(&r), "is not a log level: use debug, info, warn or error")),
+            _ => {
+                return Err(src.err(
+                    "connector.log_level",
+                    Some(&r),
+                    "is not a log level: use debug, info, warn or error",
+                ))
+            }
         },
     };
     let consumer_count = match &ov.consumer_count {
-        Some(v) => v.parse::<usize>().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| ConfigError {
-            key: "connector.consumer_count".into(),
-            origin: "--consumer-count".into(),
-            message: format!("`{v}` is not a number of threads from 1 to 64"),
-        })?,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| ConfigError {
+                key: "connector.consumer_count".into(),
+                origin: "--consumer-count".into(),
+                message: format!("`{v}` is not a number of threads from 1 to 64"),
+            })?,
         None => src.number("connector.consumer_count", 2, 1, 64, "threads")? as usize,
     };
     let queue_size = src.number("queue.size", 1000, 1, 1_000_000, "events")? as usize;
@@ -409,24 +496,39 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
         max_events: src.number("write.max_events", 20_000, 1, 10_000_000, "events")? as usize,
         max_bytes: src.number("write.max_bytes", 8 << 20, 1024, 4 << 30, "bytes")? as usize,
     };
-    let folder = src.string("minio.folder").unwrap_or_else(|| "opencti".to_string());
+    let folder = src
+        .string("minio.folder")
+        .unwrap_or_else(|| "opencti".to_string());
     let folder = folder.trim_matches('/').to_string();
     if folder.is_empty() || folder.contains("//") || folder.contains('\\') {
-        return Err(src.err("minio.folder", src.get("minio.folder").as_ref(), "is not a usable folder: use a name like `opencti` or `exports/opencti`"));
+        return Err(src.err(
+            "minio.folder",
+            src.get("minio.folder").as_ref(),
+            "is not a usable folder: use a name like `opencti` or `exports/opencti`",
+        ));
     }
 
-    let config_dir = file.and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let config_dir = file
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let state_path = match (&ov.state_path, src.string("state.path")) {
         (Some(p), _) => p.clone(),
         (None, Some(p)) => PathBuf::from(p),
         (None, None) => config_dir.join("opencti-stream-exporter.state.json"),
     };
-    let state_path = if state_path.as_os_str().is_empty() { PathBuf::from("opencti-stream-exporter.state.json") } else { state_path };
+    let state_path = if state_path.as_os_str().is_empty() {
+        PathBuf::from("opencti-stream-exporter.state.json")
+    } else {
+        state_path
+    };
 
     let output = output(src, ov);
     let fetch_files = src.boolean("files.fetch", true)?;
     let file_retries = src.number("files.retries", 3, 1, 100, "attempts")? as u32;
-    let connector_name = src.string("connector.name").unwrap_or_else(|| "StreamExporter".to_string());
+    let connector_name = src
+        .string("connector.name")
+        .unwrap_or_else(|| "StreamExporter".to_string());
 
     // Keys read elsewhere by the reference but with no effect here are still
     // checked so that a typo in a value does not go unnoticed.
@@ -434,7 +536,14 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
 
     // A value error anywhere fails the load; a missing required key only
     // fails the commands that need it (`state show` works without OpenCTI).
-    for part in [opencti.as_ref().err(), stream.as_ref().err(), output.as_ref().err()].into_iter().flatten() {
+    for part in [
+        opencti.as_ref().err(),
+        stream.as_ref().err(),
+        output.as_ref().err(),
+    ]
+    .into_iter()
+    .flatten()
+    {
         if !part.origin.starts_with("set `") {
             return Err(part.clone());
         }
@@ -462,24 +571,49 @@ fn opencti(src: &Sources) -> Result<OpenCti, ConfigError> {
     let ca_file = src.string("opencti.ca_file").map(PathBuf::from);
     if let Some(ca) = &ca_file {
         if !ca.is_file() {
-            return Err(src.err("opencti.ca_file", src.get("opencti.ca_file").as_ref(), "is not a readable file: give the path of a PEM CA bundle"));
+            return Err(src.err(
+                "opencti.ca_file",
+                src.get("opencti.ca_file").as_ref(),
+                "is not a readable file: give the path of a PEM CA bundle",
+            ));
         }
     }
     let url_raw = src.get("opencti.url");
-    let url = src.required("opencti.url", "the base URL of OpenCTI, e.g. `https://opencti.example.org`")?;
+    let url = src.required(
+        "opencti.url",
+        "the base URL of OpenCTI, e.g. `https://opencti.example.org`",
+    )?;
     let url = url.trim_end_matches('/').to_string();
     if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-        return Err(src.err("opencti.url", url_raw.as_ref(), "is not an http(s) URL: write it like `https://opencti.example.org`"));
+        return Err(src.err(
+            "opencti.url",
+            url_raw.as_ref(),
+            "is not an http(s) URL: write it like `https://opencti.example.org`",
+        ));
     }
-    let token = src.required("opencti.token", "an OpenCTI API token of a user that can read the live stream")?;
-    Ok(OpenCti { url, token: Secret::new(token), ssl_verify, ca_file })
+    let token = src.required(
+        "opencti.token",
+        "an OpenCTI API token of a user that can read the live stream",
+    )?;
+    Ok(OpenCti {
+        url,
+        token: Secret::new(token),
+        ssl_verify,
+        ca_file,
+    })
 }
 
 fn stream(src: &Sources) -> Result<StreamSettings, ConfigError> {
     let start = match src.get("connector.live_stream_start_timestamp") {
-        Some(r) if !r.value.trim().is_empty() => Some(
-            id::parse_position(&r.value).map_err(|e| src.err("connector.live_stream_start_timestamp", Some(&r), format!("is refused: {e}")))?,
-        ),
+        Some(r) if !r.value.trim().is_empty() => {
+            Some(id::parse_position(&r.value).map_err(|e| {
+                src.err(
+                    "connector.live_stream_start_timestamp",
+                    Some(&r),
+                    format!("is refused: {e}"),
+                )
+            })?)
+        }
         _ => None,
     };
     let recover = match src.get("connector.live_stream_recover_iso_date") {
@@ -488,20 +622,34 @@ fn stream(src: &Sources) -> Result<StreamSettings, ConfigError> {
             Some(false) => Recover::Off,
             Some(true) => Recover::UntilNow,
             None => Recover::Until(id::parse_iso_ms(r.value.trim()).map_err(|e| {
-                src.err("connector.live_stream_recover_iso_date", Some(&r), format!("is neither false nor a date: {e}"))
+                src.err(
+                    "connector.live_stream_recover_iso_date",
+                    Some(&r),
+                    format!("is neither false nor a date: {e}"),
+                )
             })?),
         },
     };
     let listen_delete = src.boolean("connector.live_stream_listen_delete", true)?;
     let no_dependencies = src.boolean("connector.live_stream_no_dependencies", true)?;
     let with_inferences = src.boolean("connector.live_stream_with_inferences", false)?;
-    let idle_timeout = Duration::from_secs(src.number("stream.idle_timeout_sec", 60, 6, 3600, "seconds")?);
-    let max_event_bytes = src.number("stream.max_event_bytes", 64 << 20, 1024, 1 << 30, "bytes")? as usize;
-    let reconnect_max = Duration::from_secs(src.number("stream.reconnect_max_sec", 60, 1, 3600, "seconds")?);
+    let idle_timeout =
+        Duration::from_secs(src.number("stream.idle_timeout_sec", 60, 6, 3600, "seconds")?);
+    let max_event_bytes =
+        src.number("stream.max_event_bytes", 64 << 20, 1024, 1 << 30, "bytes")? as usize;
+    let reconnect_max =
+        Duration::from_secs(src.number("stream.reconnect_max_sec", 60, 1, 3600, "seconds")?);
     let id_raw = src.get("connector.live_stream_id");
-    let live_stream_id = src.required("connector.live_stream_id", "the id of the live stream to export (Data > Data sharing > Live streams)")?;
+    let live_stream_id = src.required(
+        "connector.live_stream_id",
+        "the id of the live stream to export (Data > Data sharing > Live streams)",
+    )?;
     if live_stream_id.contains('/') || live_stream_id.contains(char::is_whitespace) {
-        return Err(src.err("connector.live_stream_id", id_raw.as_ref(), "is not a live stream id: copy the id of the stream from OpenCTI"));
+        return Err(src.err(
+            "connector.live_stream_id",
+            id_raw.as_ref(),
+            "is not a live stream id: copy the id of the stream from OpenCTI",
+        ));
     }
     Ok(StreamSettings {
         live_stream_id,
@@ -518,7 +666,12 @@ fn stream(src: &Sources) -> Result<StreamSettings, ConfigError> {
 
 fn output(src: &Sources, ov: &Overrides) -> Result<Output, ConfigError> {
     let kind_raw = src.get("output.kind");
-    let kind = match (&ov.output_dir, kind_raw.as_ref().map(|r| r.value.trim().to_ascii_lowercase())) {
+    let kind = match (
+        &ov.output_dir,
+        kind_raw
+            .as_ref()
+            .map(|r| r.value.trim().to_ascii_lowercase()),
+    ) {
         (Some(_), _) => "directory".to_string(),
         (None, Some(k)) => k,
         (None, None) if src.string("minio.endpoint").is_some() => "s3".to_string(),
@@ -531,37 +684,72 @@ fn output(src: &Sources, ov: &Overrides) -> Result<Output, ConfigError> {
                 .clone()
                 .or_else(|| src.string("output.directory").map(PathBuf::from))
                 .unwrap_or_else(|| PathBuf::from("export"));
-            let dead_letter_root = src.string("dead_letter.directory").map(PathBuf::from).unwrap_or_else(|| {
-                let mut name = root.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "export".into());
-                name.push("-dead-letter");
-                root.with_file_name(name)
-            });
-            Ok(Output::Directory { root, dead_letter_root })
+            let dead_letter_root = src
+                .string("dead_letter.directory")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    let mut name = root
+                        .file_name()
+                        .map(|n| n.to_os_string())
+                        .unwrap_or_else(|| "export".into());
+                    name.push("-dead-letter");
+                    root.with_file_name(name)
+                });
+            Ok(Output::Directory {
+                root,
+                dead_letter_root,
+            })
         }
         "s3" | "minio" => {
-            let endpoint = src.required("minio.endpoint", "the S3/MinIO host name, e.g. `minio.example.org`")?;
+            let endpoint = src.required(
+                "minio.endpoint",
+                "the S3/MinIO host name, e.g. `minio.example.org`",
+            )?;
             let port = match src.get("minio.port") {
                 None => None,
                 Some(r) => Some(
-                    r.value.trim().parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| src.err("minio.port", Some(&r), "is not a port number: give a number from 1 to 65535"))?,
+                    r.value
+                        .trim()
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|p| *p > 0)
+                        .ok_or_else(|| {
+                            src.err(
+                                "minio.port",
+                                Some(&r),
+                                "is not a port number: give a number from 1 to 65535",
+                            )
+                        })?,
                 ),
             };
             let bucket_raw = src.get("minio.bucket");
             let bucket = src.required("minio.bucket", "the bucket the stream-importer reads")?;
             if !valid_bucket(&bucket) {
-                return Err(src.err("minio.bucket", bucket_raw.as_ref(), "is not a valid bucket name: 3-63 lowercase letters, digits, dots or hyphens"));
+                return Err(src.err(
+                    "minio.bucket",
+                    bucket_raw.as_ref(),
+                    "is not a valid bucket name: 3-63 lowercase letters, digits, dots or hyphens",
+                ));
             }
             let access_key = src.required("minio.access_key", "the S3 access key")?;
             let secret_key = Secret::new(src.required("minio.secret_key", "the S3 secret key")?);
             let ca_file = src.string("minio.ca_file").map(PathBuf::from);
             if let Some(ca) = &ca_file {
                 if !ca.is_file() {
-                    return Err(src.err("minio.ca_file", src.get("minio.ca_file").as_ref(), "is not a readable file: give the path of a PEM CA bundle"));
+                    return Err(src.err(
+                        "minio.ca_file",
+                        src.get("minio.ca_file").as_ref(),
+                        "is not a readable file: give the path of a PEM CA bundle",
+                    ));
                 }
             }
             let dead_letter_bucket = src.string("dead_letter.bucket").unwrap_or_else(|| {
                 let b = format!("{bucket}-dead-letter");
-                if b.len() > 63 { "opencti-dead-letter".to_string() } else { b }
+                if b.len() > 63 {
+                    "opencti-dead-letter".to_string()
+                } else {
+                    b
+                }
             });
             if !valid_bucket(&dead_letter_bucket) || dead_letter_bucket == bucket {
                 return Err(src.err("dead_letter.bucket", src.get("dead_letter.bucket").as_ref(), "must be a valid bucket name other than `minio.bucket` (the importer reads every key of that bucket)"));
@@ -576,17 +764,32 @@ fn output(src: &Sources, ov: &Overrides) -> Result<Output, ConfigError> {
                 bucket,
                 access_key,
                 secret_key,
-                timeout: Duration::from_secs(src.number("minio.timeout_sec", 120, 1, 3600, "seconds")?),
+                timeout: Duration::from_secs(src.number(
+                    "minio.timeout_sec",
+                    120,
+                    1,
+                    3600,
+                    "seconds",
+                )?),
             };
-            Ok(Output::S3 { settings, bucket_done: src.string("minio.bucket_done"), dead_letter_bucket })
+            Ok(Output::S3 {
+                settings,
+                bucket_done: src.string("minio.bucket_done"),
+                dead_letter_bucket,
+            })
         }
-        _ => Err(src.err("output.kind", kind_raw.as_ref(), "is not a destination: use `s3` or `directory`")),
+        _ => Err(src.err(
+            "output.kind",
+            kind_raw.as_ref(),
+            "is not a destination: use `s3` or `directory`",
+        )),
     }
 }
 
 fn valid_bucket(b: &str) -> bool {
     (3..=63).contains(&b.len())
-        && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
         && b.as_bytes()[0].is_ascii_alphanumeric()
         && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
 }
@@ -596,7 +799,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     const BASE: &[(&str, &str)] = &[
@@ -636,7 +842,11 @@ mod tests {
         ])
         .unwrap();
         match c.output().unwrap() {
-            Output::S3 { settings, dead_letter_bucket, .. } => {
+            Output::S3 {
+                settings,
+                dead_letter_bucket,
+                ..
+            } => {
                 assert_eq!(settings.port, Some(9000));
                 assert!(!settings.secure);
                 assert_eq!(dead_letter_bucket, "exports-dead-letter");
@@ -651,13 +861,41 @@ mod tests {
     #[test]
     fn bad_values_name_the_key_the_origin_and_the_fix() {
         let cases: &[(&[(&str, &str)], &str, &str)] = &[
-            (&[("MINIO_ENDPOINT", "h"), ("MINIO_PORT", "abc")], "minio.port", "MINIO_PORT"),
-            (&[("WRITE_EVERY_SEC", "0")], "write.every_sec", "WRITE_EVERY_SEC"),
-            (&[("CONNECTOR_LIVE_STREAM_START_TIMESTAMP", "1718446500")], "connector.live_stream_start_timestamp", "epoch seconds"),
-            (&[("CONNECTOR_LIVE_STREAM_LISTEN_DELETE", "maybe")], "connector.live_stream_listen_delete", "true or false"),
-            (&[("CONNECTOR_LIVE_STREAM_ID", "live/1")], "connector.live_stream_id", "copy the id"),
-            (&[("OPENCTI_URL", "localhost:4000")], "opencti.url", "http(s) URL"),
-            (&[("OUTPUT_KIND", "ftp")], "output.kind", "`s3` or `directory`"),
+            (
+                &[("MINIO_ENDPOINT", "h"), ("MINIO_PORT", "abc")],
+                "minio.port",
+                "MINIO_PORT",
+            ),
+            (
+                &[("WRITE_EVERY_SEC", "0")],
+                "write.every_sec",
+                "WRITE_EVERY_SEC",
+            ),
+            (
+                &[("CONNECTOR_LIVE_STREAM_START_TIMESTAMP", "1718446500")],
+                "connector.live_stream_start_timestamp",
+                "epoch seconds",
+            ),
+            (
+                &[("CONNECTOR_LIVE_STREAM_LISTEN_DELETE", "maybe")],
+                "connector.live_stream_listen_delete",
+                "true or false",
+            ),
+            (
+                &[("CONNECTOR_LIVE_STREAM_ID", "live/1")],
+                "connector.live_stream_id",
+                "copy the id",
+            ),
+            (
+                &[("OPENCTI_URL", "localhost:4000")],
+                "opencti.url",
+                "http(s) URL",
+            ),
+            (
+                &[("OUTPUT_KIND", "ftp")],
+                "output.kind",
+                "`s3` or `directory`",
+            ),
             (&[("QUEUE_SIZE", "-1")], "queue.size", "whole number"),
         ];
         for (extra, key, hint) in cases {
@@ -678,7 +916,12 @@ mod tests {
 
     #[test]
     fn a_missing_secret_key_fails_the_destination_not_the_load() {
-        let c = with(&[("MINIO_ENDPOINT", "h"), ("MINIO_BUCKET", "bkt"), ("MINIO_ACCESS_KEY", "a")]).unwrap();
+        let c = with(&[
+            ("MINIO_ENDPOINT", "h"),
+            ("MINIO_BUCKET", "bkt"),
+            ("MINIO_ACCESS_KEY", "a"),
+        ])
+        .unwrap();
         let e = c.output().unwrap_err();
         assert_eq!(e.key, "minio.secret_key");
         assert!(e.to_string().contains("MINIO_SECRET_KEY"), "{e}");
@@ -693,11 +936,19 @@ mod tests {
             "opencti:\n  url: http://a:1\n  token: t\nconnector:\n  live_stream_id: s1\n  live_stream_recover_iso_date: false\n  consumer_count: 4\nwrite:\n  every_sec: 5\n",
         )
         .unwrap();
-        let c = load_from(Some(&path), &env(&[("WRITE_EVERY_SEC", "7")]), &Overrides::default()).unwrap();
+        let c = load_from(
+            Some(&path),
+            &env(&[("WRITE_EVERY_SEC", "7")]),
+            &Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(c.consumer_count, 4);
         assert_eq!(c.batch.max_age, Duration::from_secs(7));
         assert_eq!(c.stream().unwrap().recover, Recover::Off);
-        assert_eq!(c.state_path, dir.path().join("opencti-stream-exporter.state.json"));
+        assert_eq!(
+            c.state_path,
+            dir.path().join("opencti-stream-exporter.state.json")
+        );
     }
 
     #[test]
@@ -706,7 +957,12 @@ mod tests {
         let c = load_from(Some(&path), &env(&[]), &Overrides::default()).unwrap();
         let e = c.check_for_run().unwrap_err();
         assert_eq!(e.key, "opencti.token", "{e}");
-        let c = load_from(Some(&path), &env(&[("OPENCTI_TOKEN", "t"), ("CONNECTOR_LIVE_STREAM_ID", "s")]), &Overrides::default()).unwrap();
+        let c = load_from(
+            Some(&path),
+            &env(&[("OPENCTI_TOKEN", "t"), ("CONNECTOR_LIVE_STREAM_ID", "s")]),
+            &Overrides::default(),
+        )
+        .unwrap();
         c.check_for_run().unwrap();
         assert_eq!(c.batch.max_bytes, 8 << 20);
         assert!(c.opencti().unwrap().ssl_verify);

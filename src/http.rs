@@ -20,7 +20,10 @@ pub fn agent(opencti: &OpenCti, read_timeout: Duration) -> Result<ureq::Agent> {
         .timeout_read(read_timeout)
         .timeout_write(Duration::from_secs(30))
         .redirects(0)
-        .user_agent(concat!("opencti-stream-exporter/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!(
+            "opencti-stream-exporter/",
+            env!("CARGO_PKG_VERSION")
+        ))
         .tls_config(Arc::new(tls))
         .build())
 }
@@ -31,7 +34,10 @@ fn tls_config(opencti: &OpenCti) -> Result<rustls::ClientConfig> {
         .with_safe_default_protocol_versions()
         .context("TLS setup")?;
     if !opencti.ssl_verify {
-        return Ok(builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth());
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth());
     }
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -39,12 +45,19 @@ fn tls_config(opencti: &OpenCti) -> Result<rustls::ClientConfig> {
         use rustls::pki_types::pem::PemObject;
         let certs: Vec<CertificateDer> = CertificateDer::pem_file_iter(ca)
             .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| anyhow::anyhow!("`opencti.ca_file` `{}`: not a PEM certificate file ({e})", ca.display()))?;
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "`opencti.ca_file` `{}`: not a PEM certificate file ({e})",
+                    ca.display()
+                )
+            })?;
         if certs.is_empty() {
             anyhow::bail!("`opencti.ca_file` `{}` holds no certificate", ca.display());
         }
         for c in certs {
-            roots.add(c).with_context(|| format!("`opencti.ca_file` `{}`: unusable certificate", ca.display()))?;
+            roots.add(c).with_context(|| {
+                format!("`opencti.ca_file` `{}`: unusable certificate", ca.display())
+            })?;
         }
     }
     Ok(builder.with_root_certificates(roots).with_no_client_auth())
@@ -72,7 +85,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -81,7 +99,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -125,8 +148,13 @@ impl OpenCtiFiles {
 impl crate::transform::FileFetcher for OpenCtiFiles {
     fn fetch(&self, storage_path: &str) -> Result<Vec<u8>, String> {
         // Whatever host the uri named, only the configured base URL is used.
-        let url = format!("{}/{}", self.base, encode_path(storage_path.trim_start_matches('/')));
-        let mut backoff = crate::retry::Backoff::new(Duration::from_millis(300), Duration::from_secs(5));
+        let url = format!(
+            "{}/{}",
+            self.base,
+            encode_path(storage_path.trim_start_matches('/'))
+        );
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_millis(300), Duration::from_secs(5));
         let mut last = String::new();
         for attempt in 1..=self.retries {
             match self.agent.get(&url).set("Authorization", &self.auth).call() {

@@ -42,14 +42,21 @@ impl FromStr for EventId {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (ms, seq) = s.split_once('-').ok_or_else(|| format!("`{s}` is not a stream id of the form `<ms>-<seq>`"))?;
-        let digits = |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        let (ms, seq) = s
+            .split_once('-')
+            .ok_or_else(|| format!("`{s}` is not a stream id of the form `<ms>-<seq>`"))?;
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
         if !digits(ms) || !digits(seq) {
             return Err(format!("`{s}` is not a stream id of the form `<ms>-<seq>`"));
         }
         Ok(EventId {
-            ms: ms.parse().map_err(|_| format!("`{s}`: millisecond part out of range"))?,
-            seq: seq.parse().map_err(|_| format!("`{s}`: sequence part out of range"))?,
+            ms: ms
+                .parse()
+                .map_err(|_| format!("`{s}`: millisecond part out of range"))?,
+            seq: seq
+                .parse()
+                .map_err(|_| format!("`{s}`: sequence part out of range"))?,
         })
     }
 }
@@ -74,7 +81,10 @@ pub fn parse_position(input: &str) -> Result<EventId, String> {
     if s.is_empty() {
         return Err("empty position: give a date like `2024-06-15T10:00:00Z`, epoch milliseconds, or an id `<ms>-<seq>`".into());
     }
-    if s.contains('-') && s.bytes().all(|b| b.is_ascii_digit() || b == b'-') && s.matches('-').count() == 1 {
+    if s.contains('-')
+        && s.bytes().all(|b| b.is_ascii_digit() || b == b'-')
+        && s.matches('-').count() == 1
+    {
         return s.parse();
     }
     if s.bytes().all(|b| b.is_ascii_digit()) {
@@ -95,7 +105,8 @@ pub fn parse_position(input: &str) -> Result<EventId, String> {
 pub fn parse_iso_ms(s: &str) -> Result<u64, String> {
     let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
         let b = s.as_bytes();
-        let dated = b.len() >= 10 && b[4] == b'-' && b[7] == b'-' && b[..4].iter().all(u8::is_ascii_digit);
+        let dated =
+            b.len() >= 10 && b[4] == b'-' && b[7] == b'-' && b[..4].iter().all(u8::is_ascii_digit);
         let zoned = s.ends_with(['Z', 'z']) || s.get(19..).is_some_and(|t| t.contains(['+', '-']));
         if dated && !zoned {
             format!("`{s}` has no time zone: write it in full, e.g. `2024-06-15T10:00:00Z`")
@@ -109,7 +120,8 @@ pub fn parse_iso_ms(s: &str) -> Result<u64, String> {
 
 /// Epoch milliseconds as an RFC 3339 UTC date with milliseconds.
 pub fn ms_to_iso(ms: u64) -> String {
-    let t = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let t = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         t.year(),
@@ -178,6 +190,9 @@ mod tests {
     #[test]
     fn ms_prints_as_utc_iso() {
         assert_eq!(ms_to_iso(1718446500250), "2024-06-15T10:15:00.250Z");
-        assert_eq!(parse_iso_ms(&ms_to_iso(1700000000187)).unwrap(), 1700000000187);
+        assert_eq!(
+            parse_iso_ms(&ms_to_iso(1700000000187)).unwrap(),
+            1700000000187
+        );
     }
 }

@@ -24,7 +24,11 @@ pub fn init(quiet: bool, verbose: u8) {
         .add_filter_allow_str("opencti_stream_exporter")
         .build();
     use std::io::IsTerminal;
-    let color = if std::io::stderr().is_terminal() { ColorChoice::Auto } else { ColorChoice::Never };
+    let color = if std::io::stderr().is_terminal() {
+        ColorChoice::Auto
+    } else {
+        ColorChoice::Never
+    };
     let _ = TermLogger::init(LevelFilter::Trace, config, TerminalMode::Stderr, color);
     log::set_max_level(level);
 }

@@ -117,8 +117,15 @@ pub struct Outcome {
 }
 
 enum Work {
-    Data { id: EventId, event: String, data: Vec<u8> },
-    Dead { id: Option<EventId>, letter: DeadLetter },
+    Data {
+        id: EventId,
+        event: String,
+        data: Vec<u8>,
+    },
+    Dead {
+        id: Option<EventId>,
+        letter: DeadLetter,
+    },
     Mark(EventId),
 }
 
@@ -159,7 +166,9 @@ impl Reader {
     }
 
     fn done(&self) -> bool {
-        let Some(complete) = self.complete else { return false };
+        let Some(complete) = self.complete else {
+            return false;
+        };
         if self.stop_rule.until.is_some_and(|u| complete >= u) {
             return true;
         }
@@ -186,16 +195,25 @@ impl Handler for Reader {
                 let c: Connected = serde_json::from_slice(&msg.data).unwrap_or_default();
                 log::info!(
                     "stream connected: {} events retained, from `{}` ({}) to `{}` ({})",
-                    c.stream_size.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                    c.stream_size
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "?".into()),
                     c.first_event_id.as_deref().unwrap_or("?"),
                     c.first_event_date.as_deref().unwrap_or("?"),
                     c.last_event_id.as_deref().unwrap_or("?"),
                     c.last_event_date.as_deref().unwrap_or("?"),
                 );
-                let head: EventId = c.last_event_id.as_deref().and_then(|s| s.parse().ok()).unwrap_or_default();
+                let head: EventId = c
+                    .last_event_id
+                    .as_deref()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_default();
                 self.stats.head_ms.store(head.ms, Ordering::Relaxed);
                 if self.once_target.is_none() {
-                    let recover = self.recover_until_ms.map(EventId::at_ms).unwrap_or_default();
+                    let recover = self
+                        .recover_until_ms
+                        .map(EventId::at_ms)
+                        .unwrap_or_default();
                     self.once_target = Some(head.max(recover));
                 }
                 *self.connected.lock().expect("not poisoned") = Some(c);
@@ -217,11 +235,17 @@ impl Handler for Reader {
             },
             "consumer_metrics" => Flow::Continue,
             "no-recover" => {
-                log::warn!("the server refused recovery: {}; continuing with live events", String::from_utf8_lossy(&msg.data));
+                log::warn!(
+                    "the server refused recovery: {}; continuing with live events",
+                    String::from_utf8_lossy(&msg.data)
+                );
                 Flow::Continue
             }
             "error" => {
-                log::warn!("the stream reported an error: {}", String::from_utf8_lossy(&msg.data));
+                log::warn!(
+                    "the stream reported an error: {}",
+                    String::from_utf8_lossy(&msg.data)
+                );
                 Flow::Continue
             }
             name if DATA_EVENTS.contains(&name) => {
@@ -237,10 +261,15 @@ impl Handler for Reader {
                         }
                         self.track(id);
                         if let Some(size) = msg.oversized {
-                            let reason = format!("event of {size} bytes exceeds `stream.max_event_bytes`");
+                            let reason =
+                                format!("event of {size} bytes exceeds `stream.max_event_bytes`");
                             self.dead(Some(id), &msg, reason)
                         } else {
-                            self.send(Work::Data { id, event: msg.event, data: msg.data })
+                            self.send(Work::Data {
+                                id,
+                                event: msg.event,
+                                data: msg.data,
+                            })
                         }
                     }
                     None => {
@@ -275,27 +304,47 @@ impl Handler for Reader {
     }
 }
 
-fn worker(rx: Receiver<Work>, tx: Sender<Item>, files: Arc<dyn FileFetcher + Send>, stats: Arc<Stats>) {
+fn worker(
+    rx: Receiver<Work>,
+    tx: Sender<Item>,
+    files: Arc<dyn FileFetcher + Send>,
+    stats: Arc<Stats>,
+) {
     for work in rx {
         let item = match work {
             Work::Mark(id) => Item::Mark { id },
             Work::Dead { id, letter } => Item::Dead { id, letter },
-            Work::Data { id, event, data } => match transform::transform(&id, &event, &data, files.as_ref()) {
-                Ok(line) => {
-                    stats.transformed.fetch_add(1, Ordering::Relaxed);
-                    if line.files_failed > 0 {
-                        stats.files_failed.fetch_add(line.files_failed as u64, Ordering::Relaxed);
+            Work::Data { id, event, data } => {
+                match transform::transform(&id, &event, &data, files.as_ref()) {
+                    Ok(line) => {
+                        stats.transformed.fetch_add(1, Ordering::Relaxed);
+                        if line.files_failed > 0 {
+                            stats
+                                .files_failed
+                                .fetch_add(line.files_failed as u64, Ordering::Relaxed);
+                        }
+                        if line.files_fetched > 0 {
+                            stats
+                                .files_fetched
+                                .fetch_add(line.files_fetched as u64, Ordering::Relaxed);
+                        }
+                        Item::Line {
+                            id,
+                            bytes: line.bytes,
+                        }
                     }
-                    if line.files_fetched > 0 {
-                        stats.files_fetched.fetch_add(line.files_fetched as u64, Ordering::Relaxed);
-                    }
-                    Item::Line { id, bytes: line.bytes }
+                    Err(reject) => Item::Dead {
+                        id: Some(id),
+                        letter: DeadLetter {
+                            id: Some(id.to_string()),
+                            event,
+                            reason: reject.reason,
+                            size: data.len(),
+                            raw: data,
+                        },
+                    },
                 }
-                Err(reject) => Item::Dead {
-                    id: Some(id),
-                    letter: DeadLetter { id: Some(id.to_string()), event, reason: reject.reason, size: data.len(), raw: data },
-                },
-            },
+            }
         };
         if tx.send(item).is_err() {
             return;
@@ -403,7 +452,12 @@ pub fn run(
     (committer, Ok(outcome))
 }
 
-fn batcher_loop(inputs: Vec<Receiver<Item>>, out: Sender<Batch>, limits: BatchLimits, stop: &AtomicBool) {
+fn batcher_loop(
+    inputs: Vec<Receiver<Item>>,
+    out: Sender<Batch>,
+    limits: BatchLimits,
+    stop: &AtomicBool,
+) {
     let mut batcher = Batcher::new(limits);
     let mut next = 0;
     let tick = Duration::from_millis(200);
@@ -412,7 +466,10 @@ fn batcher_loop(inputs: Vec<Receiver<Item>>, out: Sender<Batch>, limits: BatchLi
             break;
         }
         let now = Instant::now();
-        let wait = batcher.deadline().map(|d| d.saturating_duration_since(now).min(tick)).unwrap_or(tick);
+        let wait = batcher
+            .deadline()
+            .map(|d| d.saturating_duration_since(now).min(tick))
+            .unwrap_or(tick);
         match inputs[next].recv_timeout(wait) {
             Ok(item) => {
                 next = (next + 1) % inputs.len();

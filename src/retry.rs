@@ -19,7 +19,12 @@ impl Backoff {
     /// Starts at `base`, doubles up to `max`.
     pub fn new(base: Duration, max: Duration) -> Self {
         let seed = std::process::id() as u64 ^ crate::id::now_ms();
-        Backoff { base, max, attempt: 0, seed }
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+            seed,
+        }
     }
 
     /// The next wait.

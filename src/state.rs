@@ -110,7 +110,9 @@ mod recover_until {
         match serde_json::Value::deserialize(d)? {
             serde_json::Value::String(s) => Ok(Some(s)),
             serde_json::Value::Bool(false) | serde_json::Value::Null => Ok(None),
-            other => Err(serde::de::Error::custom(format!("`recover_until` must be a date or false, not {other}"))),
+            other => Err(serde::de::Error::custom(format!(
+                "`recover_until` must be a date or false, not {other}"
+            ))),
         }
     }
 }
@@ -120,7 +122,10 @@ impl State {
     pub fn cursor(&self) -> Result<Option<EventId>, String> {
         match &self.start_from {
             None => Ok(None),
-            Some(s) => s.parse().map(Some).map_err(|e| format!("`start_from`: {e}")),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|e| format!("`start_from`: {e}")),
         }
     }
 
@@ -151,7 +156,9 @@ pub enum StateError {
         reason: String,
     },
     /// Another process holds the lock.
-    #[error("another run holds the lock on `{path}` (pid {holder}): wait for it to end, or stop it")]
+    #[error(
+        "another run holds the lock on `{path}` (pid {holder}): wait for it to end, or stop it"
+    )]
     Locked {
         /// The lock file.
         path: PathBuf,
@@ -169,7 +176,10 @@ pub enum StateError {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> StateError {
-    StateError::Io { path: path.to_path_buf(), source }
+    StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Reads the state; `Ok(None)` when there is no file yet.
@@ -180,14 +190,25 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
         Err(e) => return Err(io_err(path, e)),
     };
     if text.iter().all(u8::is_ascii_whitespace) {
-        return Err(StateError::Corrupt { path: path.into(), reason: "the file is empty".into() });
+        return Err(StateError::Corrupt {
+            path: path.into(),
+            reason: "the file is empty".into(),
+        });
     }
-    let state: State = serde_json::from_slice(&text)
-        .map_err(|e| StateError::Corrupt { path: path.into(), reason: e.to_string() })?;
-    state.cursor().map_err(|reason| StateError::Corrupt { path: path.into(), reason })?;
+    let state: State = serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    state.cursor().map_err(|reason| StateError::Corrupt {
+        path: path.into(),
+        reason,
+    })?;
     if let Some(p) = &state.pending {
         if crate::dest::naming::file_number(&p.key) != Some(p.file_number) {
-            return Err(StateError::Corrupt { path: path.into(), reason: format!("pending key `{}` does not match its number", p.key) });
+            return Err(StateError::Corrupt {
+                path: path.into(),
+                reason: format!("pending key `{}` does not match its number", p.key),
+            });
         }
     }
     Ok(Some(state))
@@ -206,7 +227,10 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
 pub fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let dir = parent_dir(path);
     fs::create_dir_all(&dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = create_private(&tmp)?;
@@ -263,7 +287,10 @@ impl StateLock {
 
 /// The lock file of a state file.
 pub fn lock_path(state: &Path) -> PathBuf {
-    let mut name = state.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = state
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".lock");
     state.with_file_name(name)
 }
@@ -283,8 +310,15 @@ pub fn lock(state: &Path) -> Result<StateLock, StateError> {
     match file.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
-            let holder = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
-            let holder = if holder.is_empty() { "unknown".to_string() } else { holder };
+            let holder = fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let holder = if holder.is_empty() {
+                "unknown".to_string()
+            } else {
+                holder
+            };
             return Err(StateError::Locked { path, holder });
         }
         Err(fs::TryLockError::Error(e)) => return Err(io_err(&path, e)),
@@ -324,16 +358,28 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 
     #[test]
     fn recovery_ends_once_the_cursor_passes_its_date() {
-        let mut s = State { recover_until: Some("2023-11-14T22:13:20.100Z".into()), ..State::default() };
-        s.advance_cursor(EventId { ms: 1_700_000_000_100, seq: 0 });
+        let mut s = State {
+            recover_until: Some("2023-11-14T22:13:20.100Z".into()),
+            ..State::default()
+        };
+        s.advance_cursor(EventId {
+            ms: 1_700_000_000_100,
+            seq: 0,
+        });
         assert!(s.recover_until.is_some());
-        s.advance_cursor(EventId { ms: 1_700_000_000_101, seq: 0 });
+        s.advance_cursor(EventId {
+            ms: 1_700_000_000_101,
+            seq: 0,
+        });
         assert!(s.recover_until.is_none());
     }
 
@@ -341,10 +387,19 @@ mod tests {
     fn broken_state_is_refused_with_its_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
-        for content in ["", "{\"start_from\":\"5-", "{\"start_from\":\"abc\"}", "[1]", "{\"file_count\":-1}"] {
+        for content in [
+            "",
+            "{\"start_from\":\"5-",
+            "{\"start_from\":\"abc\"}",
+            "[1]",
+            "{\"file_count\":-1}",
+        ] {
             fs::write(&path, content).unwrap();
             let e = load(&path).unwrap_err().to_string();
-            assert!(e.contains("corrupt") && e.contains("s.json"), "{content}: {e}");
+            assert!(
+                e.contains("corrupt") && e.contains("s.json"),
+                "{content}: {e}"
+            );
         }
         assert!(load(&dir.path().join("missing.json")).unwrap().is_none());
     }

@@ -72,14 +72,21 @@ impl fmt::Display for Reject {
 }
 
 fn reject(reason: impl Into<String>) -> Reject {
-    Reject { reason: reason.into() }
+    Reject {
+        reason: reason.into(),
+    }
 }
 
 /// Turns one data event into its output line.
 ///
 /// `id` is the SSE id (already checked by the caller to be `<ms>-<seq>`),
 /// `event` the SSE event name (one of [`DATA_EVENTS`]), `data` the raw bytes.
-pub fn transform(id: &EventId, event: &str, data: &[u8], files: &dyn FileFetcher) -> Result<Line, Reject> {
+pub fn transform(
+    id: &EventId,
+    event: &str,
+    data: &[u8],
+    files: &dyn FileFetcher,
+) -> Result<Line, Reject> {
     let text = std::str::from_utf8(data)
         .map_err(|e| reject(format!("event data is not valid UTF-8 ({e})")))?;
     let fields = parse_top_level(text)?;
@@ -97,25 +104,30 @@ pub fn transform(id: &EventId, event: &str, data: &[u8], files: &dyn FileFetcher
         return Err(reject("event `data` is not a JSON object"));
     }
 
-    let previous_standard = if event == "update" { previous_standard(id, context_raw) } else { None };
+    let previous_standard = if event == "update" {
+        previous_standard(id, context_raw)
+    } else {
+        None
+    };
 
     // Files are rare: look for the word before parsing the STIX object.
     let mut files_fetched = 0;
     let mut files_failed = 0;
-    let new_data: Option<String> = if memchr::memmem::find(data_raw.get().as_bytes(), b"\"files\"").is_some() {
-        let mut value: Value = serde_json::from_str(data_raw.get())
-            .map_err(|e| reject(format!("event `data` is not valid JSON ({e})")))?;
-        let (ok, failed) = fill_files(id, &mut value, files);
-        files_fetched = ok;
-        files_failed = failed;
-        if ok + failed > 0 || value.get("files").is_some() {
-            Some(serde_json::to_string(&value).expect("a JSON value serialises"))
+    let new_data: Option<String> =
+        if memchr::memmem::find(data_raw.get().as_bytes(), b"\"files\"").is_some() {
+            let mut value: Value = serde_json::from_str(data_raw.get())
+                .map_err(|e| reject(format!("event `data` is not valid JSON ({e})")))?;
+            let (ok, failed) = fill_files(id, &mut value, files);
+            files_fetched = ok;
+            files_failed = failed;
+            if ok + failed > 0 || value.get("files").is_some() {
+                Some(serde_json::to_string(&value).expect("a JSON value serialises"))
+            } else {
+                None
+            }
         } else {
             None
-        }
-    } else {
-        None
-    };
+        };
 
     let mut out = Vec::with_capacity(data.len() + 64);
     out.push(b'{');
@@ -158,7 +170,11 @@ pub fn transform(id: &EventId, event: &str, data: &[u8], files: &dyn FileFetcher
         out = serde_json::to_vec(&value).expect("a JSON value serialises");
     }
     out.push(b'\n');
-    Ok(Line { bytes: out, files_failed, files_fetched })
+    Ok(Line {
+        bytes: out,
+        files_failed,
+        files_fetched,
+    })
 }
 
 fn push_key(out: &mut Vec<u8>, first: &mut bool, key: &str) {
@@ -192,7 +208,9 @@ fn previous_standard(id: &EventId, context: Option<&RawValue>) -> Option<String>
     let parsed: Context = match serde_json::from_str(context.get()) {
         Ok(c) => c,
         Err(e) => {
-            log::warn!("event `{id}`: `context` is not in the expected form ({e}); no `previous_standard`");
+            log::warn!(
+                "event `{id}`: `context` is not in the expected form ({e}); no `previous_standard`"
+            );
             return None;
         }
     };
@@ -206,7 +224,9 @@ fn previous_standard(id: &EventId, context: Option<&RawValue>) -> Option<String>
         0 => None,
         1 => ops[0].value.map(|v| v.get().to_string()),
         n => {
-            log::warn!("event `{id}`: {n} reverse-patch operations on `/id`; no `previous_standard` set");
+            log::warn!(
+                "event `{id}`: {n} reverse-patch operations on `/id`; no `previous_standard` set"
+            );
             None
         }
     }
@@ -215,13 +235,19 @@ fn previous_standard(id: &EventId, context: Option<&RawValue>) -> Option<String>
 /// Fills `data` of each attached file; returns (fetched, failed).
 fn fill_files(id: &EventId, data: &mut Value, files: &dyn FileFetcher) -> (u32, u32) {
     let (mut fetched, mut failed) = (0, 0);
-    let Some(list) = files_list_mut(data) else { return (0, 0) };
-    let Some(entries) = list.as_array_mut() else { return (0, 0) };
+    let Some(list) = files_list_mut(data) else {
+        return (0, 0);
+    };
+    let Some(entries) = list.as_array_mut() else {
+        return (0, 0);
+    };
     if entries.is_empty() {
         return (0, 0);
     }
     for entry in entries.iter_mut() {
-        let Some(obj) = entry.as_object_mut() else { continue };
+        let Some(obj) = entry.as_object_mut() else {
+            continue;
+        };
         if obj.get("data").is_some_and(|d| !d.is_null()) {
             continue; // newer servers send the content inline
         }
@@ -244,20 +270,31 @@ fn fill_files(id: &EventId, data: &mut Value, files: &dyn FileFetcher) -> (u32, 
         }
     }
     let copy = list.clone();
-    data.as_object_mut().expect("data is an object").insert("files".to_string(), copy);
+    data.as_object_mut()
+        .expect("data is an object")
+        .insert("files".to_string(), copy);
     (fetched, failed)
 }
 
 /// The files list the way pycti's `get_attribute_in_extension` finds it.
 fn files_list_mut(data: &mut Value) -> Option<&mut Value> {
     let has = |data: &Value, ext: &str| {
-        data.get("extensions").and_then(|e| e.get(ext)).and_then(|x| x.get("files")).is_some()
+        data.get("extensions")
+            .and_then(|e| e.get(ext))
+            .and_then(|x| x.get("files"))
+            .is_some()
     };
     if has(data, EXT_OPENCTI) {
-        return data.get_mut("extensions")?.get_mut(EXT_OPENCTI)?.get_mut("files");
+        return data
+            .get_mut("extensions")?
+            .get_mut(EXT_OPENCTI)?
+            .get_mut("files");
     }
     if has(data, EXT_OPENCTI_SDO) {
-        return data.get_mut("extensions")?.get_mut(EXT_OPENCTI_SDO)?.get_mut("files");
+        return data
+            .get_mut("extensions")?
+            .get_mut(EXT_OPENCTI_SDO)?
+            .get_mut("files");
     }
     data.get_mut("files")
 }
@@ -323,7 +360,10 @@ mod tests {
 
     impl FileFetcher for MapFetcher {
         fn fetch(&self, storage_path: &str) -> Result<Vec<u8>, String> {
-            self.0.get(storage_path).cloned().ok_or_else(|| "404".to_string())
+            self.0
+                .get(storage_path)
+                .cloned()
+                .ok_or_else(|| "404".to_string())
         }
     }
 
@@ -397,7 +437,8 @@ mod tests {
 
     #[test]
     fn keeps_payload_bytes_untouched_when_nothing_changes() {
-        let data = r#"{"version":"4","type":"create","data":{"n":1.50,"s":"\u00e9"},"event_id":"x"}"#;
+        let data =
+            r#"{"version":"4","type":"create","data":{"n":1.50,"s":"\u00e9"},"event_id":"x"}"#;
         let l = transform(&id("7-0"), "create", data.as_bytes(), &NoFiles).unwrap();
         assert_eq!(
             String::from_utf8(l.bytes).unwrap(),
@@ -410,7 +451,10 @@ mod tests {
         let data = format!(
             r#"{{"data":{{"extensions":{{"{EXT_OPENCTI}":{{"files":[{{"name":"a b.txt","uri":"/storage/get/import/X/1/a b.txt"}},{{"name":"gone","uri":"/storage/get/import/X/1/gone"}},{{"name":"inline","uri":"unknown","data":"QQ=="}}]}}}}}}}}"#
         );
-        let fetcher = MapFetcher(HashMap::from([("storage/get/import/X/1/a b.txt".to_string(), b"hello".to_vec())]));
+        let fetcher = MapFetcher(HashMap::from([(
+            "storage/get/import/X/1/a b.txt".to_string(),
+            b"hello".to_vec(),
+        )]));
         let l = transform(&id("1-0"), "create", data.as_bytes(), &fetcher).unwrap();
         assert_eq!((l.files_fetched, l.files_failed), (1, 1));
         let v: Value = serde_json::from_slice(&l.bytes).unwrap();
@@ -423,13 +467,31 @@ mod tests {
 
     #[test]
     fn reads_files_from_the_sdo_extension_then_data() {
-        let fetcher = MapFetcher(HashMap::from([("storage/get/k".to_string(), b"z".to_vec())]));
-        let sdo = format!(r#"{{"data":{{"extensions":{{"{EXT_OPENCTI_SDO}":{{"files":[{{"uri":"/storage/get/k"}}]}}}}}}}}"#);
-        let v: Value = serde_json::from_slice(&transform(&id("1-0"), "create", sdo.as_bytes(), &fetcher).unwrap().bytes).unwrap();
-        assert_eq!(v["data"]["extensions"][EXT_OPENCTI_SDO]["files"][0]["data"], "eg==");
+        let fetcher = MapFetcher(HashMap::from([(
+            "storage/get/k".to_string(),
+            b"z".to_vec(),
+        )]));
+        let sdo = format!(
+            r#"{{"data":{{"extensions":{{"{EXT_OPENCTI_SDO}":{{"files":[{{"uri":"/storage/get/k"}}]}}}}}}}}"#
+        );
+        let v: Value = serde_json::from_slice(
+            &transform(&id("1-0"), "create", sdo.as_bytes(), &fetcher)
+                .unwrap()
+                .bytes,
+        )
+        .unwrap();
+        assert_eq!(
+            v["data"]["extensions"][EXT_OPENCTI_SDO]["files"][0]["data"],
+            "eg=="
+        );
         assert_eq!(v["data"]["files"][0]["data"], "eg==");
         let plain = r#"{"data":{"files":[{"uri":"http://elsewhere/storage/get/k"}]}}"#;
-        let v: Value = serde_json::from_slice(&transform(&id("1-0"), "create", plain.as_bytes(), &fetcher).unwrap().bytes).unwrap();
+        let v: Value = serde_json::from_slice(
+            &transform(&id("1-0"), "create", plain.as_bytes(), &fetcher)
+                .unwrap()
+                .bytes,
+        )
+        .unwrap();
         assert_eq!(v["data"]["files"][0]["data"], "eg==");
     }
 
@@ -453,7 +515,12 @@ mod tests {
         ];
         for (data, want) in cases {
             let err = transform(&id("1-0"), "create", data, &NoFiles).unwrap_err();
-            assert!(err.reason.contains(want), "{:?}: {}", String::from_utf8_lossy(data), err.reason);
+            assert!(
+                err.reason.contains(want),
+                "{:?}: {}",
+                String::from_utf8_lossy(data),
+                err.reason
+            );
         }
     }
 
@@ -462,14 +529,17 @@ mod tests {
 
     impl FileFetcher for GoldenFiles {
         fn fetch(&self, storage_path: &str) -> Result<Vec<u8>, String> {
-            let key = storage_path.strip_prefix("storage/get/").ok_or("not a storage path")?;
+            let key = storage_path
+                .strip_prefix("storage/get/")
+                .ok_or("not a storage path")?;
             std::fs::read(self.0.join(key)).map_err(|e| e.to_string())
         }
     }
 
     #[test]
     fn golden_transcript_gives_the_reference_lines() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference-golden");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/reference-golden");
         let transcript = std::fs::read(dir.join("stream.sse")).unwrap();
         let expected: Vec<Value> = std::fs::read_to_string(dir.join("expected.ndjson"))
             .unwrap()

@@ -12,12 +12,18 @@ const BIN: &str = "opencti-stream-exporter";
 
 fn man_pages(cmd: &clap::Command, parents: &[&str], out: &mut Vec<(PathBuf, Vec<u8>)>) {
     let mut names: Vec<&str> = parents.to_vec();
-    names.push(if parents.is_empty() { BIN } else { cmd.get_name() });
+    names.push(if parents.is_empty() {
+        BIN
+    } else {
+        cmd.get_name()
+    });
     let file = names.join("-");
     let leaked: &'static str = Box::leak(file.clone().into_boxed_str());
     let page_cmd = cmd.clone().name(leaked).bin_name(names.join(" "));
     let mut buf = Vec::new();
-    clap_mangen::Man::new(page_cmd).render(&mut buf).expect("render man page");
+    clap_mangen::Man::new(page_cmd)
+        .render(&mut buf)
+        .expect("render man page");
     out.push((PathBuf::from(format!("man/{file}.1")), buf));
     for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
         man_pages(sub, &names, out);

@@ -54,7 +54,7 @@ pub fn entries(m: &Model, obj: &Obj) -> Vec<FileEntry> {
     let n = 1 + h(seed, T_NFILES, obj.key) % 2;
     // About 1 in 50 objects with files has a name with a space and non-ASCII
     // letters, which a client must percent-encode in the request path.
-    let fancy = h(seed, T_FANCY, obj.key) % 50 == 0;
+    let fancy = h(seed, T_FANCY, obj.key).is_multiple_of(50);
     (0..n)
         .map(|f| {
             let (name, mime) = if fancy && f == 0 {
@@ -68,7 +68,7 @@ pub fn entries(m: &Model, obj: &Obj) -> Vec<FileEntry> {
             FileEntry {
                 name,
                 mime,
-                inline: h2(seed, T_INLINE, obj.key, f) % 20 == 0,
+                inline: h2(seed, T_INLINE, obj.key, f).is_multiple_of(20),
             }
         })
         .collect()

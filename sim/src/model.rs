@@ -356,7 +356,7 @@ impl Model {
     /// The id of history event `i` (ids never decrease with `i`).
     pub fn id(&self, i: u64) -> EventId {
         let l = self.leader(i);
-        if l > 0 && self.hs(T_BUMP, l) % 32 == 0 {
+        if l > 0 && self.hs(T_BUMP, l).is_multiple_of(32) {
             EventId::new(self.p.base_ms + 2 * (l - 1), 1)
         } else {
             EventId::new(self.p.base_ms + 2 * l, 0)
@@ -537,7 +537,7 @@ impl Model {
         }
         let w1 = WORDS[(x % 16) as usize];
         let w2 = WORDS[((x >> 4) % 16) as usize];
-        let odd = if (x >> 8) % 25 == 0 {
+        let odd = if (x >> 8).is_multiple_of(25) {
             ODD_SUFFIXES[((x >> 16) % ODD_SUFFIXES.len() as u64) as usize]
         } else {
             ""
@@ -630,7 +630,7 @@ impl Model {
         out.push(b' ');
         raw(out, &WORDS[((x >> 4) % 16) as usize].to_ascii_lowercase());
         out.push(b'.');
-        if x % 30 == 0 {
+        if x.is_multiple_of(30) {
             raw(out, " Ελληνικά κείμενα, été.");
         }
         if pad > 0 {
@@ -976,6 +976,46 @@ impl Model {
         v
     }
 
+    /// The ops of update `ev` to `patch`, and their inverses to `reverse`.
+    fn write_update_ops(&self, patch: &mut Vec<u8>, reverse: &mut Vec<u8>, ev: &Event) {
+        let sco = std::ptr::eq(ev.obj.ty, &TYPES[IPV4]);
+        match self.update_variant(ev.index) {
+            Update::StandardId => {
+                let stix_ids = format!("/extensions/{EXT_OCTI}/stix_ids/0");
+                let prev = self.std_id_json(&self.previous_id(ev));
+                let cur = self.std_id_json(&ev.obj);
+                self.write_op(patch, "replace", "/id", Some(&cur));
+                patch.push(b',');
+                self.write_op(patch, "add", &stix_ids, Some(&prev));
+                self.write_op(reverse, "replace", "/id", Some(&prev));
+                reverse.push(b',');
+                self.write_op(reverse, "remove", &stix_ids, None);
+            }
+            Update::Confidence => {
+                let path = if sco {
+                    format!("/extensions/{EXT_SCO}/score")
+                } else {
+                    "/confidence".to_string()
+                };
+                let (cur, old) = (self.confidence(ev.index, 0), self.confidence(ev.index, 1));
+                self.write_op(patch, "replace", &path, Some(cur.to_string().as_bytes()));
+                self.write_op(reverse, "replace", &path, Some(old.to_string().as_bytes()));
+            }
+            Update::Label => {
+                let n = Self::label_count(self.label_bits(&ev.obj));
+                let path = if sco {
+                    format!("/extensions/{EXT_SCO}/labels/{n}")
+                } else {
+                    format!("/labels/{n}")
+                };
+                let mut label = Vec::new();
+                jsonw::str(&mut label, self.added_label(ev));
+                self.write_op(patch, "add", &path, Some(&label));
+                self.write_op(reverse, "remove", &path, None);
+            }
+        }
+    }
+
     fn write_context(&self, out: &mut Vec<u8>, ev: &Event) {
         let stix_ids = format!("/extensions/{EXT_OCTI}/stix_ids");
         let prev_ms = ev.obj.created_ms;
@@ -983,57 +1023,9 @@ impl Model {
             Kind::Create | Kind::Dependency => {}
             Kind::Delete => raw(out, ",\"context\":{\"deletions\":[]}"),
             Kind::Update => {
+                let mut reverse = Vec::with_capacity(256);
                 raw(out, ",\"context\":{\"patch\":[");
-                let sco = std::ptr::eq(ev.obj.ty, &TYPES[IPV4]);
-                let labels_path = if sco {
-                    format!("/extensions/{EXT_SCO}/labels")
-                } else {
-                    "/labels".to_string()
-                };
-                let reverse: Vec<u8>;
-                match self.update_variant(ev.index) {
-                    Update::StandardId => {
-                        let prev = self.std_id_json(&self.previous_id(ev));
-                        let cur = self.std_id_json(&ev.obj);
-                        self.write_op(out, "replace", "/id", Some(&cur));
-                        out.push(b',');
-                        self.write_op(out, "add", &format!("{stix_ids}/0"), Some(&prev));
-                        let mut r = Vec::new();
-                        self.write_op(&mut r, "replace", "/id", Some(&prev));
-                        r.push(b',');
-                        self.write_op(&mut r, "remove", &format!("{stix_ids}/0"), None);
-                        reverse = r;
-                    }
-                    Update::Confidence => {
-                        let (path, cur, old) = if sco {
-                            (
-                                format!("/extensions/{EXT_SCO}/score"),
-                                self.confidence(ev.index, 0),
-                                self.confidence(ev.index, 1),
-                            )
-                        } else {
-                            (
-                                "/confidence".to_string(),
-                                self.confidence(ev.index, 0),
-                                self.confidence(ev.index, 1),
-                            )
-                        };
-                        self.write_op(out, "replace", &path, Some(cur.to_string().as_bytes()));
-                        let mut r = Vec::new();
-                        self.write_op(&mut r, "replace", &path, Some(old.to_string().as_bytes()));
-                        reverse = r;
-                    }
-                    Update::Label => {
-                        let n = Self::label_count(self.label_bits(&ev.obj));
-                        let path = format!("{labels_path}/{n}");
-                        let mut l = Vec::new();
-                        jsonw::str(&mut l, self.added_label(ev));
-                        self.write_op(out, "add", &path, Some(&l));
-                        let mut r = Vec::new();
-                        self.write_op(&mut r, "remove", &path, None);
-                        reverse = r;
-                    }
-                }
+                self.write_update_ops(out, &mut reverse, ev);
                 out.push(b',');
                 self.write_time_ops(out, ev.id.ms);
                 raw(out, "],\"reverse_patch\":[");

@@ -92,7 +92,7 @@ impl Shape {
     /// How event `i` (history or live index) is broken, if it is.
     pub fn malformed(&self, i: u64) -> Option<Malformed> {
         let k = self.malformed_every.filter(|k| *k > 0)?;
-        if (i + 1) % k != 0 {
+        if !(i + 1).is_multiple_of(k) {
             return None;
         }
         Some(match ((i + 1) / k - 1) % 4 {

@@ -289,7 +289,11 @@ fn file_endpoint(
         return answer(sh, req, stream, 401, "Unauthorized", "unauthorized\n");
     }
     let n = sh.file_requests.fetch_add(1, Ordering::SeqCst) + 1;
-    if sh.cfg.file_fail_every.is_some_and(|k| k > 0 && n % k == 0) {
+    if sh
+        .cfg
+        .file_fail_every
+        .is_some_and(|k| k > 0 && n.is_multiple_of(k))
+    {
         return answer(
             sh,
             req,
@@ -466,7 +470,7 @@ impl Conn<'_> {
                 return Ok(());
             }
             n += 1;
-            if (cfg.rate > 0 || n % CLOCK_EVERY == 0) && Instant::now() >= self.hb_due {
+            if (cfg.rate > 0 || n.is_multiple_of(CLOCK_EVERY)) && Instant::now() >= self.hb_due {
                 self.busy_heartbeat()?;
             }
         }

@@ -22,15 +22,31 @@ pub struct Check {
 pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
     let mut checks = Vec::new();
     match cfg.check_for_run() {
-        Ok(()) => checks.push(Check { item: "configuration".into(), ok: true, detail: "valid".into() }),
-        Err(e) => checks.push(Check { item: "configuration".into(), ok: false, detail: e.to_string() }),
+        Ok(()) => checks.push(Check {
+            item: "configuration".into(),
+            ok: true,
+            detail: "valid".into(),
+        }),
+        Err(e) => checks.push(Check {
+            item: "configuration".into(),
+            ok: false,
+            detail: e.to_string(),
+        }),
     }
     let all_ok = checks.iter().all(|c| c.ok);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"ok": all_ok, "checks": checks}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"ok": all_ok, "checks": checks}))?
+        );
     } else {
         for c in &checks {
-            println!("{} {}: {}", if c.ok { "ok  " } else { "FAIL" }, c.item, c.detail);
+            println!(
+                "{} {}: {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.item,
+                c.detail
+            );
         }
     }
     Ok(if all_ok { exit::OK } else { exit::FAILURE })

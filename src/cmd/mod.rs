@@ -17,7 +17,10 @@ use crate::dest::Destination;
 /// Runs the chosen subcommand; returns the exit status.
 pub fn dispatch(cli: Cli) -> Result<i32> {
     let file = config::find_file(cli.config.as_deref())?;
-    let mut overrides = Overrides { state_path: cli.state.clone(), ..Overrides::default() };
+    let mut overrides = Overrides {
+        state_path: cli.state.clone(),
+        ..Overrides::default()
+    };
     if let Command::Run(args) = &cli.command {
         overrides.output_dir = args.output_dir.clone();
         overrides.consumer_count = args.consumer_count.clone();
@@ -46,12 +49,19 @@ pub struct Destinations {
 /// Builds the destinations the config names.
 pub fn destinations(cfg: &Config) -> Result<Destinations> {
     Ok(match cfg.output()? {
-        config::Output::Directory { root, dead_letter_root } => Destinations {
+        config::Output::Directory {
+            root,
+            dead_letter_root,
+        } => Destinations {
             files: Box::new(DirDestination::new(root)),
             dead: Box::new(DirDestination::new(dead_letter_root)),
             done: None,
         },
-        config::Output::S3 { settings, bucket_done, dead_letter_bucket } => {
+        config::Output::S3 {
+            settings,
+            bucket_done,
+            dead_letter_bucket,
+        } => {
             let files = S3Destination::new(settings.clone())?;
             let mut dl = settings.clone();
             dl.bucket = dead_letter_bucket.clone();
@@ -64,7 +74,11 @@ pub fn destinations(cfg: &Config) -> Result<Destinations> {
                 }
                 None => None,
             };
-            Destinations { files: Box::new(files), dead: Box::new(dead), done }
+            Destinations {
+                files: Box::new(files),
+                dead: Box::new(dead),
+                done,
+            }
         }
     })
 }

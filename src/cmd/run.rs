@@ -16,7 +16,11 @@ use crate::transform::{FileFetcher, NoFiles};
 use crate::{exit, http};
 
 fn flag_error(flag: &str, message: String) -> ConfigError {
-    ConfigError { key: flag.to_string(), origin: "command line".into(), message }
+    ConfigError {
+        key: flag.to_string(),
+        origin: "command line".into(),
+        message,
+    }
 }
 
 /// Runs the export; returns the exit status.
@@ -24,7 +28,11 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     cfg.check_for_run()?;
     let opencti = cfg.opencti()?;
     let stream = cfg.stream()?;
-    let from = args.from.as_deref().map(|s| id::parse_position(s).map_err(|e| flag_error("--from", e))).transpose()?;
+    let from = args
+        .from
+        .as_deref()
+        .map(|s| id::parse_position(s).map_err(|e| flag_error("--from", e)))
+        .transpose()?;
     let until = match args.until.as_deref() {
         None => None,
         Some("now") => Some(EventId::at_ms(id::now_ms())),
@@ -32,7 +40,11 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     };
     if let (Some(f), Some(u)) = (from, until) {
         if u <= f {
-            return Err(flag_error("--until", format!("`{u}` is not after `--from` `{f}`: the window is empty")).into());
+            return Err(flag_error(
+                "--until",
+                format!("`{u}` is not after `--from` `{f}`: the window is empty"),
+            )
+            .into());
         }
     }
 
@@ -67,23 +79,47 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         }
         None => first_state(cfg, from)?,
     };
-    let start = Start {
-        after: state.cursor().map_err(anyhow::Error::msg)?.or(if state.start_from.is_none() { first_start(cfg, from) } else { None }),
-        recover_until_ms: state.recover_until.as_deref().and_then(|d| id::parse_iso_ms(d).ok()),
-    };
-
     let dests = super::destinations(cfg)?;
     let abort = Arc::new(AtomicBool::new(false));
-    let mut committer = Committer::new(cfg.state_path.clone(), state, cfg.folder.clone(), dests.files, dests.dead, dests.done, abort);
+    let mut committer = Committer::new(
+        cfg.state_path.clone(),
+        state,
+        cfg.folder.clone(),
+        dests.files,
+        dests.dead,
+        dests.done,
+        abort,
+    );
     let started_at = id::ms_to_iso(id::now_ms());
     committer.start()?;
+    // The start position is read after settling: a stored pending file moves the cursor.
+    let state = committer.state();
+    let start = Start {
+        after: state
+            .cursor()
+            .map_err(anyhow::Error::msg)?
+            .or(if state.start_from.is_none() {
+                first_start(cfg, from)
+            } else {
+                None
+            }),
+        recover_until_ms: state
+            .recover_until
+            .as_deref()
+            .and_then(|d| id::parse_iso_ms(d).ok()),
+    };
     committer.update_state(|s| {
-        s.last_run = Some(RunSummary { started_at: started_at.clone(), outcome: "running".into(), ..RunSummary::default() });
+        s.last_run = Some(RunSummary {
+            started_at: started_at.clone(),
+            outcome: "running".into(),
+            ..RunSummary::default()
+        });
     })?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, exit::INTERRUPTED, stop.clone()).context("installing signal handlers")?;
+        signal_hook::flag::register_conditional_shutdown(sig, exit::INTERRUPTED, stop.clone())
+            .context("installing signal handlers")?;
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
 
@@ -98,19 +134,29 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         client.url(),
         committer_describe(cfg),
         cfg.folder,
-        start.after.map(|a| a.to_string()).unwrap_or_else(|| "now".into()),
-        start.recover_until_ms.map(|ms| format!(" with a snapshot up to {}", id::ms_to_iso(ms))).unwrap_or_default()
+        start
+            .after
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "now".into()),
+        start
+            .recover_until_ms
+            .map(|ms| format!(" with a snapshot up to {}", id::ms_to_iso(ms)))
+            .unwrap_or_default()
     );
     let settings = PipelineSettings {
         stream: stream.clone(),
         start,
-        stop_rule: StopRule { once: args.once, until },
+        stop_rule: StopRule {
+            once: args.once,
+            until,
+        },
         workers: cfg.consumer_count,
         queue_size: cfg.queue_size,
         limits: cfg.batch,
     };
     let stats = Arc::new(Stats::default());
-    let (mut committer, result) = pipeline::run(client, settings, committer, files, stop, stats.clone());
+    let (mut committer, result) =
+        pipeline::run(client, settings, committer, files, stop, stats.clone());
     let ended_at = id::ms_to_iso(id::now_ms());
     let totals = committer.totals.clone();
     let (outcome_text, result) = match result {
@@ -136,7 +182,9 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         });
     });
     let outcome = result?;
-    let files_failed = stats.files_failed.load(std::sync::atomic::Ordering::Relaxed);
+    let files_failed = stats
+        .files_failed
+        .load(std::sync::atomic::Ordering::Relaxed);
     let summary = format!(
         "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects; cursor `{}`, next file {}",
         totals.events,
@@ -164,7 +212,9 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
 fn committer_describe(cfg: &Config) -> String {
     match cfg.output() {
         Ok(crate::config::Output::S3 { settings, .. }) => format!("bucket `{}`", settings.bucket),
-        Ok(crate::config::Output::Directory { root, .. }) => format!("directory `{}`", root.display()),
+        Ok(crate::config::Output::Directory { root, .. }) => {
+            format!("directory `{}`", root.display())
+        }
         Err(_) => "?".into(),
     }
 }
@@ -186,7 +236,11 @@ fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
             Recover::Until(ms) => Some(id::ms_to_iso(ms)),
         }
     };
-    let state = State { recover_until, stream_id: Some(stream.live_stream_id.clone()), ..State::default() };
+    let state = State {
+        recover_until,
+        stream_id: Some(stream.live_stream_id.clone()),
+        ..State::default()
+    };
     state::save(&cfg.state_path, &state)?;
     Ok(state)
 }

@@ -6,9 +6,9 @@ use anyhow::{bail, Result};
 
 use crate::cli::{ResetArgs, ShowArgs};
 use crate::config::{Config, ConfigError};
+use crate::exit;
 use crate::id::{self, EventId};
 use crate::state::{self, State};
-use crate::exit;
 
 /// Prints the saved state.
 pub fn show(cfg: &Config, args: &ShowArgs) -> Result<i32> {
@@ -27,7 +27,11 @@ pub fn show(cfg: &Config, args: &ShowArgs) -> Result<i32> {
         return Ok(exit::OK);
     }
     let mut out = String::new();
-    out.push_str(&format!("state file:     {}{}\n", cfg.state_path.display(), if locked { " (a run holds it now)" } else { "" }));
+    out.push_str(&format!(
+        "state file:     {}{}\n",
+        cfg.state_path.display(),
+        if locked { " (a run holds it now)" } else { "" }
+    ));
     match &saved {
         None => {
             let start = cfg
@@ -49,17 +53,31 @@ fn describe(out: &mut String, s: &State) {
     match cursor {
         Some(c) => {
             let lag = id::now_ms().saturating_sub(c.ms) / 1000;
-            out.push_str(&format!("cursor:         {c} ({}, {} behind now)\n", c.date(), human_secs(lag)));
+            out.push_str(&format!(
+                "cursor:         {c} ({}, {} behind now)\n",
+                c.date(),
+                human_secs(lag)
+            ));
         }
         None => out.push_str("cursor:         none yet (nothing committed)\n"),
     }
     out.push_str(&format!(
         "recover_until:  {}\n",
-        s.recover_until.as_deref().map(|d| format!("{d} (snapshot in progress)")).unwrap_or_else(|| "false".into())
+        s.recover_until
+            .as_deref()
+            .map(|d| format!("{d} (snapshot in progress)"))
+            .unwrap_or_else(|| "false".into())
     ));
-    out.push_str(&format!("files stored:   {} (next file number {})\n", s.file_count, s.file_count + 1));
+    out.push_str(&format!(
+        "files stored:   {} (next file number {})\n",
+        s.file_count,
+        s.file_count + 1
+    ));
     if let Some(p) = &s.pending {
-        out.push_str(&format!("pending upload: file {} `{}` ({} events), settled at the next run\n", p.file_number, p.key, p.events));
+        out.push_str(&format!(
+            "pending upload: file {} `{}` ({} events), settled at the next run\n",
+            p.file_number, p.key, p.events
+        ));
     }
     if let Some(sid) = &s.stream_id {
         out.push_str(&format!("stream:         {sid}\n"));
@@ -69,7 +87,11 @@ fn describe(out: &mut String, s: &State) {
         out.push_str(&format!(
             "last run:       {} .. {}: {}; {} events, {} files, {} bytes\n",
             r.started_at,
-            if r.ended_at.is_empty() { "-" } else { &r.ended_at },
+            if r.ended_at.is_empty() {
+                "-"
+            } else {
+                &r.ended_at
+            },
             r.outcome,
             r.events,
             r.files,
@@ -93,7 +115,11 @@ pub fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
         .start_from
         .as_deref()
         .map(|s| {
-            id::parse_position(s).map_err(|e| ConfigError { key: "--start-from".into(), origin: "command line".into(), message: e })
+            id::parse_position(s).map_err(|e| ConfigError {
+                key: "--start-from".into(),
+                origin: "command line".into(),
+                message: e,
+            })
         })
         .transpose()?;
     let _lock = state::lock(&cfg.state_path)?;
@@ -115,7 +141,10 @@ pub fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
             return Ok(exit::FAILURE);
         }
     }
-    let mut new = State { stream_id: cfg.stream().ok().map(|s| s.live_stream_id.clone()), ..State::default() };
+    let mut new = State {
+        stream_id: cfg.stream().ok().map(|s| s.live_stream_id.clone()),
+        ..State::default()
+    };
     if let Some(s) = start {
         new.start_from = Some(s.to_string());
         new.last_written_msg_id = Some(s.to_string());
@@ -138,7 +167,10 @@ pub fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
         "state reset at `{}`: the next run starts after `{}`{}, and its first file is number {}",
         cfg.state_path.display(),
         new.start_from.as_deref().unwrap_or("0-0"),
-        new.recover_until.as_deref().map(|d| format!(" with a snapshot up to {d}")).unwrap_or_default(),
+        new.recover_until
+            .as_deref()
+            .map(|d| format!(" with a snapshot up to {d}"))
+            .unwrap_or_default(),
         new.file_count + 1
     );
     Ok(exit::OK)

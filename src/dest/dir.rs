@@ -36,13 +36,21 @@ impl DirDestination {
         let msg = format!("{what} `{}`: {e}", path.display());
         match e.kind() {
             // A full disk or quota may be freed by the operator: keep trying.
-            ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::Interrupted | ErrorKind::TimedOut => {
+            ErrorKind::StorageFull
+            | ErrorKind::QuotaExceeded
+            | ErrorKind::Interrupted
+            | ErrorKind::TimedOut => {
                 DestError::Transient(format!("{msg} (free some space; retrying)"))
             }
             ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
-                DestError::Permanent(format!("{msg}: give the exporter's user write access to `{}`", self.root.display()))
+                DestError::Permanent(format!(
+                    "{msg}: give the exporter's user write access to `{}`",
+                    self.root.display()
+                ))
             }
-            _ if e.raw_os_error() == Some(28) => DestError::Transient(format!("{msg} (free some space; retrying)")),
+            _ if e.raw_os_error() == Some(28) => {
+                DestError::Transient(format!("{msg} (free some space; retrying)"))
+            }
             _ => DestError::Permanent(msg),
         }
     }
@@ -58,11 +66,14 @@ impl Destination for DirDestination {
     }
 
     fn prepare(&mut self) -> Result<(), DestError> {
-        fs::create_dir_all(&self.root).map_err(|e| self.err("cannot create directory", &self.root, e))?;
+        fs::create_dir_all(&self.root)
+            .map_err(|e| self.err("cannot create directory", &self.root, e))?;
         // Remove temporary files left by a killed run.
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 let p = entry.path();
                 let name = entry.file_name().to_string_lossy().into_owned();
@@ -80,7 +91,10 @@ impl Destination for DirDestination {
         let path = self.path(key);
         let dir = crate::state::parent_dir(&path);
         fs::create_dir_all(&dir).map_err(|e| self.err("cannot create directory", &dir, e))?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let result = (|| {
             let mut f = fs::File::create(&tmp)?;
@@ -165,7 +179,10 @@ pub fn meta_of(body: &[u8]) -> ObjectMeta {
             .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
             .unwrap_or_default()
     };
-    let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&[u8]> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
     ObjectMeta {
         events: lines.len() as u64,
         first_id: lines.first().map(|l| id_of(l)).unwrap_or_default(),
@@ -189,10 +206,18 @@ mod tests {
         let mut d = DirDestination::new(dir.path().join("out"));
         d.prepare().unwrap();
         let meta = meta_of(b"{\"id\":\"1-0\"}\n");
-        d.put("f/stream_0000000000002_2.json", b"b\n", &meta).unwrap();
-        d.put("f/stream_0000000000001_1.json", b"a\n", &meta).unwrap();
+        d.put("f/stream_0000000000002_2.json", b"b\n", &meta)
+            .unwrap();
+        d.put("f/stream_0000000000001_1.json", b"a\n", &meta)
+            .unwrap();
         fs::write(dir.path().join("out/f/.stream_3_3.json.tmp-1"), b"half").unwrap();
-        assert_eq!(d.list("f/").unwrap(), vec!["f/stream_0000000000001_1.json", "f/stream_0000000000002_2.json"]);
+        assert_eq!(
+            d.list("f/").unwrap(),
+            vec![
+                "f/stream_0000000000001_1.json",
+                "f/stream_0000000000002_2.json"
+            ]
+        );
         d.prepare().unwrap();
         assert!(!dir.path().join("out/f/.stream_3_3.json.tmp-1").exists());
         assert!(d.exists("f/stream_0000000000001_1.json").unwrap());

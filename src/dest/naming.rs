@@ -23,12 +23,26 @@ pub fn file_number(key: &str) -> Option<u64> {
 /// The millisecond stamp of a key written by [`object_key`].
 pub fn key_ms(key: &str) -> Option<u64> {
     let name = key.rsplit('/').next()?;
-    name.strip_prefix("stream_")?.split('_').next()?.parse().ok()
+    name.strip_prefix("stream_")?
+        .split('_')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The key of a dead letter: sortable by stream position, unique per run.
 pub fn dead_letter_key(folder: &str, id: &str, received_ms: u64, seq: u64) -> String {
-    let safe: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(64).collect();
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
     format!("{folder}/dead-letter/{received_ms:013}_{seq:010}_{safe}.json")
 }
 
@@ -38,7 +52,13 @@ mod tests {
 
     #[test]
     fn keys_keep_order_when_the_clock_goes_backwards() {
-        let clock = [1_718_446_500_000u64, 1_718_446_499_000, 1_718_446_499_000, 1_718_446_600_000, 5];
+        let clock = [
+            1_718_446_500_000u64,
+            1_718_446_499_000,
+            1_718_446_499_000,
+            1_718_446_600_000,
+            5,
+        ];
         let mut prev = 0;
         let mut keys = Vec::new();
         for (i, now) in clock.iter().enumerate() {
@@ -56,7 +76,10 @@ mod tests {
     #[test]
     fn importer_rule_reads_the_number() {
         assert_eq!(file_number("a_b/stream_1718446500000_42.json"), Some(42));
-        assert_eq!(key_ms("x/y/stream_1718446500000_42.json"), Some(1_718_446_500_000));
+        assert_eq!(
+            key_ms("x/y/stream_1718446500000_42.json"),
+            Some(1_718_446_500_000)
+        );
         assert_eq!(file_number("opencti/dead-letter/x.json"), None);
     }
 }

@@ -87,8 +87,13 @@ pub struct StreamClient {
 
 impl StreamClient {
     /// A client for the configured stream; `shutdown` ends reconnect waits.
-    pub fn new(opencti: &OpenCti, settings: &StreamSettings, shutdown: Arc<AtomicBool>) -> Result<Self, StreamError> {
-        let agent = crate::http::agent(opencti, settings.idle_timeout).map_err(|e| StreamError::Setup(format!("{e:#}")))?;
+    pub fn new(
+        opencti: &OpenCti,
+        settings: &StreamSettings,
+        shutdown: Arc<AtomicBool>,
+    ) -> Result<Self, StreamError> {
+        let agent = crate::http::agent(opencti, settings.idle_timeout)
+            .map_err(|e| StreamError::Setup(format!("{e:#}")))?;
         Ok(StreamClient {
             agent,
             url: format!("{}/stream/{}", opencti.url, settings.live_stream_id),
@@ -104,7 +109,11 @@ impl StreamClient {
     }
 
     /// Opens one connection; the response when the server accepted it.
-    pub fn connect(&self, after: Option<EventId>, recover_until_ms: Option<u64>) -> Result<ureq::Response, ConnectError> {
+    pub fn connect(
+        &self,
+        after: Option<EventId>,
+        recover_until_ms: Option<u64>,
+    ) -> Result<ureq::Response, ConnectError> {
         let mut url = self.url.clone();
         if let (Some(ms), Some(after)) = (recover_until_ms, after) {
             if after.ms <= ms {
@@ -118,9 +127,30 @@ impl StreamClient {
             .set("Authorization", &self.auth)
             .set("Accept", "text/event-stream")
             .set("Cache-Control", "no-cache")
-            .set("listen-delete", if self.settings.listen_delete { "true" } else { "false" })
-            .set("no-dependencies", if self.settings.no_dependencies { "true" } else { "false" })
-            .set("with-inferences", if self.settings.with_inferences { "true" } else { "false" });
+            .set(
+                "listen-delete",
+                if self.settings.listen_delete {
+                    "true"
+                } else {
+                    "false"
+                },
+            )
+            .set(
+                "no-dependencies",
+                if self.settings.no_dependencies {
+                    "true"
+                } else {
+                    "false"
+                },
+            )
+            .set(
+                "with-inferences",
+                if self.settings.with_inferences {
+                    "true"
+                } else {
+                    "false"
+                },
+            );
         if let Some(after) = after {
             req = req.set("Last-Event-ID", &after.to_string());
         }
@@ -133,8 +163,14 @@ impl StreamClient {
                     Err(ConnectError::NotAStream(ct))
                 }
             }
-            Err(ureq::Error::Status(401, _)) => Err(ConnectError::Fatal(StreamError::Unauthorized { url: self.url.clone() })),
-            Err(ureq::Error::Status(410, _)) => Err(ConnectError::Fatal(StreamError::Gone { url: self.url.clone() })),
+            Err(ureq::Error::Status(401, _)) => {
+                Err(ConnectError::Fatal(StreamError::Unauthorized {
+                    url: self.url.clone(),
+                }))
+            }
+            Err(ureq::Error::Status(410, _)) => Err(ConnectError::Fatal(StreamError::Gone {
+                url: self.url.clone(),
+            })),
             Err(ureq::Error::Status(code, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
                 let text: String = text.chars().take(200).collect();
@@ -159,7 +195,11 @@ impl StreamClient {
             let why = match self.connect(after, start.recover_until_ms) {
                 Ok(resp) => {
                     wrong_type = 0;
-                    log::info!("connected to `{}`{}", self.url, after.map(|a| format!(" after `{a}`")).unwrap_or_default());
+                    log::info!(
+                        "connected to `{}`{}",
+                        self.url,
+                        after.map(|a| format!(" after `{a}`")).unwrap_or_default()
+                    );
                     let mut reader = resp.into_reader();
                     parser.reset();
                     let mut got_message = false;
@@ -173,8 +213,16 @@ impl StreamClient {
                                     stop = true;
                                 }
                             }),
-                            Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
-                                break format!("no data for {} s", self.settings.idle_timeout.as_secs())
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                                ) =>
+                            {
+                                break format!(
+                                    "no data for {} s",
+                                    self.settings.idle_timeout.as_secs()
+                                )
                             }
                             Err(e) => break format!("read error: {e}"),
                         }
@@ -191,7 +239,11 @@ impl StreamClient {
                 Err(ConnectError::NotAStream(ct)) => {
                     wrong_type += 1;
                     if wrong_type >= 3 {
-                        return Err(StreamError::NotAStream { url: self.url.clone(), content_type: ct, attempts: wrong_type });
+                        return Err(StreamError::NotAStream {
+                            url: self.url.clone(),
+                            content_type: ct,
+                            attempts: wrong_type,
+                        });
                     }
                     format!("answered with `{ct}` instead of an event stream")
                 }
@@ -203,7 +255,11 @@ impl StreamClient {
                 "stream `{}`: {why}; reconnecting in {:.1} s after `{}`",
                 self.url,
                 delay.as_secs_f64(),
-                handler.resume_after().or(start.after).map(|a| a.to_string()).unwrap_or_else(|| "now".into())
+                handler
+                    .resume_after()
+                    .or(start.after)
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| "now".into())
             );
             if !sleep_unless(delay, &self.shutdown) {
                 return Ok(());

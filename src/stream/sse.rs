@@ -148,7 +148,11 @@ impl SseParser {
                 if line.get(start) == Some(&b' ') {
                     start += 1;
                 }
-                (&line[..colon], &line[start.min(line.len())..], full_len.saturating_sub(start))
+                (
+                    &line[..colon],
+                    &line[start.min(line.len())..],
+                    full_len.saturating_sub(start),
+                )
             }
             None => (line, &line[line.len()..], 0),
         };
@@ -288,7 +292,10 @@ field-without-meaning: 1\n\
 
     #[test]
     fn parses_the_golden_transcript_at_every_split() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference-golden/stream.sse");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/reference-golden/stream.sse"
+        );
         let bytes = std::fs::read(path).expect("golden transcript");
         let whole = parse_all(&[&bytes], 1 << 24);
         assert_eq!(whole.len(), 121);
@@ -304,7 +311,10 @@ field-without-meaning: 1\n\
     #[test]
     fn crlf_split_between_chunks_counts_as_one_line_end() {
         let got = parse_all(&[b"data: a\r", b"\n\r", b"\ndata: b\r\n\r\n"], 1024);
-        assert_eq!(got, vec![msg(None, "message", "a"), msg(None, "message", "b")]);
+        assert_eq!(
+            got,
+            vec![msg(None, "message", "a"), msg(None, "message", "b")]
+        );
     }
 
     #[test]
@@ -338,7 +348,9 @@ field-without-meaning: 1\n\
         assert!(out.is_empty());
         assert!(p.in_message());
         p.reset();
-        p.feed(b"id: 2-0\nevent: create\ndata: {}\n\n", &mut |m| out.push(m));
+        p.feed(b"id: 2-0\nevent: create\ndata: {}\n\n", &mut |m| {
+            out.push(m)
+        });
         assert_eq!(out, vec![msg(Some("2-0"), "create", "{}")]);
     }
 
@@ -346,7 +358,10 @@ field-without-meaning: 1\n\
     fn reads_retry_and_ignores_id_with_nul() {
         let mut p = SseParser::new(1024);
         let mut out = Vec::new();
-        p.feed(b"retry: 2500\nid: a\0b\ndata: x\n\nretry: x1\n\n", &mut |m| out.push(m));
+        p.feed(
+            b"retry: 2500\nid: a\0b\ndata: x\n\nretry: x1\n\n",
+            &mut |m| out.push(m),
+        );
         assert_eq!(p.retry_ms(), Some(2500));
         assert_eq!(out[0].id, None);
     }

@@ -27,7 +27,15 @@ pub const RO_ACCESS_KEY: &str = "AKRO";
 /// Secret key of the identity that may only read and list.
 pub const RO_SECRET_KEY: &str = "SKRO-readonly-secret-0000";
 
-/// How long a start may take until S3 answers.
+/// The bucket holding the object that proves a (re)started server can read
+/// what it stored. It is there in every server, next to the tests' buckets.
+pub const PROBE_BUCKET: &str = "it-harness-probe";
+/// The probe object's key.
+const PROBE_KEY: &str = "probe";
+/// The probe object's content.
+const PROBE: &[u8] = b"written at the first start";
+
+/// How long a start may take until S3 answers and reads back the probe.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a SIGTERM may take before SIGKILL follows.
 const STOP_DEADLINE: Duration = Duration::from_secs(15);
@@ -64,12 +72,15 @@ struct Ports {
 pub struct Seaweed {
     ports: Ports,
     child: Option<Child>,
+    /// Whether the probe object exists (written at the first start).
+    probe_written: bool,
     // Declared last: dropped after the process is killed.
     dir: TempDir,
 }
 
 impl Seaweed {
-    /// Starts a server on free ports and waits until S3 calls work.
+    /// Starts a server on free ports and waits until S3 calls work and an
+    /// object can be written and read back.
     pub fn start() -> Seaweed {
         let dir = tempfile::Builder::new()
             .prefix("it-seaweed-")
@@ -89,6 +100,7 @@ impl Seaweed {
                 admin,
             },
             child: None,
+            probe_written: false,
             dir,
         };
         weed.spawn_and_wait();
@@ -257,7 +269,8 @@ impl Seaweed {
         self.wait_ready();
     }
 
-    /// Waits for `/healthz`, then for a signed S3 call to succeed.
+    /// Waits for `/healthz` to answer 200, then for the probe object to be
+    /// written and read back (first start) or read back (restart).
     fn wait_ready(&mut self) {
         let start = Instant::now();
         let healthz = format!("{}/healthz", self.url());
@@ -281,10 +294,26 @@ impl Seaweed {
                 "`{healthz}` never answered 200 (last: {last_error})"
             ));
         }
+
+        // Answering is not enough: after a restart under load, reads of
+        // existing objects fail with InternalError for seconds, until the
+        // volume server has registered again. So a signed round trip through
+        // the whole server must work, and after a restart the object written
+        // at the first start must read back.
         let client = self.s3();
+        let first_start = !self.probe_written;
         let ready = wait_until_or_exit(self, start, || {
-            match client.bucket_exists("it-readiness-probe") {
-                Ok(_) => true,
+            let read_back = if first_start {
+                write_probe(&client).and_then(|()| client.get_object(PROBE_BUCKET, PROBE_KEY))
+            } else {
+                client.get_object(PROBE_BUCKET, PROBE_KEY)
+            };
+            match read_back {
+                Ok(content) if content == PROBE => true,
+                Ok(content) => {
+                    last_error = format!("read back {content:?}");
+                    false
+                }
                 Err(e) => {
                     last_error = format!("{e:#}");
                     false
@@ -293,10 +322,12 @@ impl Seaweed {
         });
         if !ready {
             self.fail_start(&format!(
-                "S3 at {} never answered a signed call (last: {last_error})",
+                "S3 at {} never read back the probe object `{PROBE_BUCKET}/{PROBE_KEY}` \
+                 (last: {last_error})",
                 self.url()
             ));
         }
+        self.probe_written = true;
     }
 
     fn fail_start(&mut self, why: &str) -> ! {
@@ -362,6 +393,14 @@ impl Drop for Seaweed {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Creates the probe bucket if needed and writes the probe object.
+fn write_probe(client: &S3) -> anyhow::Result<()> {
+    if !client.bucket_exists(PROBE_BUCKET)? {
+        client.create_bucket(PROBE_BUCKET)?;
+    }
+    client.put_object(PROBE_BUCKET, PROBE_KEY, PROBE.to_vec(), &[])
 }
 
 /// Polls `ready` until it holds (true), or the process exits or the start
