@@ -142,8 +142,8 @@ impl Committer {
 
     /// Stores one batch and commits it. Returns the key written, if any.
     pub fn store(&mut self, batch: Batch) -> Result<Option<String>> {
-        for (i, letter) in batch.dead.iter().enumerate() {
-            self.keep_dead_letter(letter, i as u64)?;
+        for letter in &batch.dead {
+            self.keep_dead_letter(letter)?;
         }
         if batch.events == 0 {
             if let Some(c) = batch.cursor {
@@ -206,12 +206,12 @@ impl Committer {
         }
     }
 
-    fn keep_dead_letter(&mut self, letter: &DeadLetter, n: u64) -> Result<()> {
+    fn keep_dead_letter(&mut self, letter: &DeadLetter) -> Result<()> {
         let key = dead_letter_key(
             &self.folder,
             letter.id.as_deref().unwrap_or("no-id"),
             now_ms(),
-            self.state.dead_letters + n,
+            self.state.dead_letters,
         );
         let record = dead_letter_record(letter);
         let meta = ObjectMeta {

@@ -1,11 +1,23 @@
-//! `check-stream`: check the configuration, OpenCTI, the stream and the
-//! storage, one line per item with the fix. Never changes the state.
+//! `check-stream`: the pre-flight an operator runs before trusting a setup,
+//! and the command to run when something is wrong. One line per item, with
+//! the fix when it fails. Reads the state but never changes it.
+
+use std::io::Read;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
 use crate::cli::CheckArgs;
-use crate::config::Config;
+use crate::config::{Config, Output};
+use crate::dest::dir::meta_of;
 use crate::exit;
+use crate::id::EventId;
+use crate::pipeline::Connected;
+use crate::state;
+use crate::stream::client::{ConnectError, StreamClient, StreamError};
+use crate::stream::sse::SseParser;
 
 /// One checked item.
 #[derive(Debug, serde::Serialize)]
@@ -14,33 +26,92 @@ pub struct Check {
     pub item: String,
     /// Whether it passed.
     pub ok: bool,
-    /// What was found, or the fix.
+    /// What was found, or what is wrong and the fix.
     pub detail: String,
+}
+
+struct Report(Vec<Check>);
+
+impl Report {
+    fn add(&mut self, item: &str, result: Result<String, String>) -> bool {
+        let ok = result.is_ok();
+        let detail = result.unwrap_or_else(|e| e);
+        self.0.push(Check {
+            item: item.to_string(),
+            ok,
+            detail,
+        });
+        ok
+    }
 }
 
 /// Runs the checks; exit 0 when all pass.
 pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
-    let mut checks = Vec::new();
-    match cfg.check_for_run() {
-        Ok(()) => checks.push(Check {
-            item: "configuration".into(),
-            ok: true,
-            detail: "valid".into(),
-        }),
-        Err(e) => checks.push(Check {
-            item: "configuration".into(),
-            ok: false,
-            detail: e.to_string(),
-        }),
+    let mut r = Report(Vec::new());
+    let config_ok = r.add(
+        "configuration",
+        cfg.check_for_run()
+            .map(|_| match &cfg.file {
+                Some(f) => format!("valid (`{}` and the environment)", f.display()),
+                None => "valid (environment only)".to_string(),
+            })
+            .map_err(|e| e.to_string()),
+    );
+    if let Ok(stream) = cfg.stream() {
+        r.add("live stream id", Ok(format!("`{}`", stream.live_stream_id)));
+    } else if let Err(e) = cfg.stream() {
+        r.add("live stream id", Err(e.to_string()));
     }
-    let all_ok = checks.iter().all(|c| c.ok);
+
+    let saved = state::load(&cfg.state_path);
+    let cursor = match &saved {
+        Ok(Some(s)) => {
+            let c = s.cursor().ok().flatten();
+            r.add(
+                "state",
+                Ok(format!(
+                    "`{}`: cursor `{}`, next file {}{}",
+                    cfg.state_path.display(),
+                    c.map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
+                    s.file_count + 1,
+                    if s.recover_until.is_some() {
+                        ", snapshot in progress"
+                    } else {
+                        ""
+                    }
+                )),
+            );
+            c.map(|c| (c, s.recover_until.is_some()))
+        }
+        Ok(None) => {
+            r.add(
+                "state",
+                Ok(format!(
+                    "none yet at `{}`: the next run is a first run",
+                    cfg.state_path.display()
+                )),
+            );
+            None
+        }
+        Err(e) => {
+            r.add("state", Err(e.to_string()));
+            None
+        }
+    };
+
+    if config_ok {
+        check_stream(cfg, &mut r, cursor);
+        check_storage(cfg, &mut r);
+    }
+
+    let all_ok = r.0.iter().all(|c| c.ok);
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"ok": all_ok, "checks": checks}))?
+            serde_json::to_string_pretty(&serde_json::json!({"ok": all_ok, "checks": r.0}))?
         );
     } else {
-        for c in &checks {
+        for c in &r.0 {
             println!(
                 "{} {}: {}",
                 if c.ok { "ok  " } else { "FAIL" },
@@ -48,6 +119,226 @@ pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
                 c.detail
             );
         }
+        println!(
+            "{}",
+            if all_ok {
+                "all checks passed"
+            } else {
+                "some checks failed"
+            }
+        );
     }
     Ok(if all_ok { exit::OK } else { exit::FAILURE })
+}
+
+fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
+    let (Ok(opencti), Ok(stream)) = (cfg.opencti(), cfg.stream()) else {
+        return;
+    };
+    let mut settings = stream.clone();
+    settings.idle_timeout = Duration::from_secs(15);
+    let client = match StreamClient::new(opencti, &settings, Arc::new(AtomicBool::new(false))) {
+        Ok(c) => c,
+        Err(e) => {
+            r.add("OpenCTI", Err(e.to_string()));
+            return;
+        }
+    };
+    let resp = match client.connect(Some(EventId::default()), None) {
+        Ok(resp) => resp,
+        Err(ConnectError::Fatal(e @ StreamError::Unauthorized { .. })) => {
+            r.add("OpenCTI", Ok(format!("`{}` answers", opencti.url)));
+            r.add("token and stream access", Err(e.to_string()));
+            return;
+        }
+        Err(ConnectError::Fatal(e @ StreamError::Gone { .. })) => {
+            r.add("OpenCTI", Ok(format!("`{}` answers", opencti.url)));
+            r.add("token and stream access", Ok("accepted".into()));
+            r.add("stream running", Err(e.to_string()));
+            return;
+        }
+        Err(ConnectError::Fatal(e)) => {
+            r.add("OpenCTI", Err(e.to_string()));
+            return;
+        }
+        Err(ConnectError::NotAStream(ct)) => {
+            r.add(
+                "OpenCTI",
+                Err(format!(
+                    "`{}` answered with `{ct}` instead of an event stream: check `opencti.url`",
+                    client.url()
+                )),
+            );
+            return;
+        }
+        Err(ConnectError::Retry(why)) => {
+            r.add(
+                "OpenCTI",
+                Err(format!(
+                    "cannot reach `{}`: {why}; check `opencti.url`, the network and the proxy",
+                    opencti.url
+                )),
+            );
+            return;
+        }
+    };
+    r.add("OpenCTI", Ok(format!("`{}` answers", opencti.url)));
+    r.add("token and stream access", Ok("accepted".into()));
+    r.add("stream running", Ok(format!("`{}`", client.url())));
+
+    let connected = read_connected(resp, Duration::from_secs(15));
+    let Some(c) = connected else {
+        r.add(
+            "connected event",
+            Err(
+                "no `connected` event within 15 s: the stream is not answering as OpenCTI does"
+                    .into(),
+            ),
+        );
+        return;
+    };
+    r.add(
+        "connected event",
+        Ok(format!(
+            "{} events retained, from `{}` ({}) to `{}` ({})",
+            c.stream_size
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "?".into()),
+            c.first_event_id.as_deref().unwrap_or("?"),
+            c.first_event_date.as_deref().unwrap_or("?"),
+            c.last_event_id.as_deref().unwrap_or("?"),
+            c.last_event_date.as_deref().unwrap_or("?")
+        )),
+    );
+    let first: Option<EventId> = c.first_event_id.as_deref().and_then(|s| s.parse().ok());
+    let retention = match (cursor, first) {
+        (Some((cur, recovering)), Some(first)) if cur < first && cur != EventId::default() => {
+            if recovering {
+                Ok(format!(
+                    "cursor `{cur}` ({}) is older than the first retained event `{first}` ({}), but a snapshot is in progress: objects are sent again from the database",
+                    cur.date(),
+                    first.date()
+                ))
+            } else {
+                Err(format!(
+                    "cursor `{cur}` ({}) is older than the first event the server retains, `{first}` ({}): events between them were LOST on the server side and cannot be exported; raise the stream's retention, or start over with a snapshot (`state reset`)",
+                    cur.date(),
+                    first.date()
+                ))
+            }
+        }
+        (Some((cur, _)), _) => Ok(format!("cursor `{cur}` ({}) is retained", cur.date())),
+        (None, _) => Ok("no cursor yet".into()),
+    };
+    r.add("cursor within retention", retention);
+}
+
+fn read_connected(resp: ureq::Response, limit: Duration) -> Option<Connected> {
+    let deadline = Instant::now() + limit;
+    let mut reader = resp.into_reader();
+    let mut parser = SseParser::new(1 << 20);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut found = None;
+    while found.is_none() && Instant::now() < deadline {
+        let n = match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        parser.feed(&buf[..n], &mut |m| {
+            if m.event == "connected" && found.is_none() {
+                found = Some(serde_json::from_slice(&m.data).unwrap_or_default());
+            }
+        });
+    }
+    found
+}
+
+fn check_storage(cfg: &Config, r: &mut Report) {
+    let dests = match super::destinations(cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            r.add("storage", Err(format!("{e:#}")));
+            return;
+        }
+    };
+    let mut files = dests.files;
+    let what = files.describe();
+    if let Err(e) = files.prepare() {
+        r.add("storage", Err(format!("{what}: {e}")));
+        return;
+    }
+    r.add("storage", Ok(format!("{what} is reachable and exists")));
+    // The importer reads every key that sorts after the folder name, so the
+    // probe uses a key that sorts before it.
+    let key = probe_key(&cfg.folder);
+    let body = format!("opencti-stream-exporter probe {}\n", crate::id::now_ms()).into_bytes();
+    let meta = meta_of(&body);
+    let result = files
+        .put(&key, &body, &meta)
+        .and_then(|_| files.get(&key))
+        .and_then(|got| {
+            if got == body {
+                Ok(())
+            } else {
+                Err(crate::dest::DestError::Permanent(
+                    "read back different bytes".into(),
+                ))
+            }
+        })
+        .and_then(|_| files.delete(&key));
+    r.add(
+        "storage write, read, delete",
+        result
+            .map(|_| format!("probe `{key}` written, read back and deleted"))
+            .map_err(|e| format!("{what}: {e}")),
+    );
+    let mut dead = dests.dead;
+    let dwhat = dead.describe();
+    r.add(
+        "dead-letter storage",
+        dead.prepare()
+            .map(|_| format!("{dwhat} is ready"))
+            .map_err(|e| format!("{dwhat}: {e}")),
+    );
+    if let Ok(Output::S3 {
+        bucket_done: Some(b),
+        ..
+    }) = cfg.output()
+    {
+        r.add(
+            "importer done bucket",
+            Ok(format!(
+                "`{b}` is checked when settling an unconfirmed upload"
+            )),
+        );
+    }
+}
+
+/// A key that the importer never reads: it sorts before `folder`.
+pub fn probe_key(folder: &str) -> String {
+    let mut bytes = folder.as_bytes().to_vec();
+    if let Some(b) = bytes.first_mut() {
+        *b = b.saturating_sub(1).max(b'!');
+    }
+    let head: String = String::from_utf8_lossy(&bytes)
+        .chars()
+        .take_while(|c| *c != '/')
+        .collect();
+    format!(
+        "{head}.opencti-stream-exporter-probe-{}",
+        std::process::id()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_key_sorts_before_the_folder() {
+        for folder in ["opencti", "a", "exports/opencti", "0x"] {
+            let k = probe_key(folder);
+            assert!(k.as_str() < folder, "{k} !< {folder}");
+        }
+    }
 }
