@@ -530,9 +530,12 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
         .string("connector.name")
         .unwrap_or_else(|| "StreamExporter".to_string());
 
-    // Keys read elsewhere by the reference but with no effect here are still
-    // checked so that a typo in a value does not go unnoticed.
+    // Values checked even when the destination does not use them (or the
+    // reference read them but they have no effect here), so that a typo
+    // never goes unnoticed.
     src.number("connector.confidence_level", 100, 0, 100, "percent")?;
+    src.boolean("minio.secure", false)?;
+    src.boolean("minio.cert_check", true)?;
 
     // A value error anywhere fails the load; a missing required key only
     // fails the commands that need it (`state show` works without OpenCTI).
@@ -860,7 +863,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key_the_origin_and_the_fix() {
-        let cases: &[(&[(&str, &str)], &str, &str)] = &[
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
             (
                 &[("MINIO_ENDPOINT", "h"), ("MINIO_PORT", "abc")],
                 "minio.port",

@@ -8,5 +8,6 @@
 
 mod support;
 
+mod commands;
 mod export;
 mod smoke;

@@ -2,10 +2,11 @@
 //! up buckets: the `minio` crate driven from synchronous code.
 //!
 //! Every call runs in a current-thread tokio runtime owned by the client and
-//! is bounded by [`CALL_TIMEOUT`]. Errors are one message holding the whole
-//! cause chain, since the crate's own message is often only "Validation error
-//! occurred". S3 error codes the crate does not know come out lowercase
-//! (`signaturedoesnotmatch`): compare codes without case.
+//! is bounded by a timeout ([`CALL_TIMEOUT`] unless set). Errors are one
+//! message holding the whole cause chain, since the crate's own message is
+//! often only "Validation error occurred". S3 error codes the crate does not
+//! know come out lowercase (`signaturedoesnotmatch`): compare codes without
+//! case.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,7 +21,7 @@ use minio::s3::multimap_ext::{Multimap, MultimapExt};
 use minio::s3::types::{S3Api, ToStream};
 use minio::s3::{MinioClient, MinioClientBuilder};
 
-/// Upper bound of one S3 call, pages of a listing included.
+/// Default upper bound of one S3 call, pages of a listing included.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A synchronous S3 client bound to one endpoint and one identity.
@@ -28,6 +29,8 @@ pub struct S3 {
     client: MinioClient,
     runtime: tokio::runtime::Runtime,
     url: String,
+    timeout: Duration,
+    page_size: Option<u16>,
 }
 
 impl S3 {
@@ -49,17 +52,32 @@ impl S3 {
             client,
             runtime,
             url: url.to_string(),
+            timeout: CALL_TIMEOUT,
+            page_size: None,
         }
     }
 
-    /// Runs one S3 call to completion, bounded by [`CALL_TIMEOUT`].
+    /// The same client listing `keys` keys a page instead of the server's
+    /// default (1000), to exercise paging with few objects.
+    pub fn with_page_size(mut self, keys: u16) -> S3 {
+        self.page_size = Some(keys);
+        self
+    }
+
+    /// The same client with another bound on each call.
+    pub fn with_call_timeout(mut self, timeout: Duration) -> S3 {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs one S3 call to completion, bounded by the call timeout.
     fn call<T, F>(&self, what: String, call: F) -> Result<T>
     where
         F: Future<Output = Result<T>>,
     {
         self.runtime
-            .block_on(async { tokio::time::timeout(CALL_TIMEOUT, call).await })
-            .map_err(|_| anyhow!("timed out after {CALL_TIMEOUT:?}"))
+            .block_on(async { tokio::time::timeout(self.timeout, call).await })
+            .map_err(|_| anyhow!("timed out after {:?}", self.timeout))
             .and_then(|result| result)
             .map_err(|e| anyhow!("{what} at {}: {}", self.url, condensed_chain(&e)))
     }
@@ -112,6 +130,7 @@ impl S3 {
                 .client
                 .list_objects(bucket)?
                 .prefix(Some(prefix.to_string()))
+                .max_keys(self.page_size)
                 .recursive(true)
                 .build()
                 .to_stream()

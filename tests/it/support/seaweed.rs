@@ -300,7 +300,7 @@ impl Seaweed {
         // volume server has registered again. So a signed round trip through
         // the whole server must work, and after a restart the object written
         // at the first start must read back.
-        let client = self.s3();
+        let client = self.s3().with_call_timeout(Duration::from_secs(5));
         let first_start = !self.probe_written;
         let ready = wait_until_or_exit(self, start, || {
             let read_back = if first_start {
