@@ -49,6 +49,66 @@ pub struct Stats {
     pub complete_ms: AtomicU64,
     /// Millisecond part of the stream head announced by `connected`.
     pub head_ms: AtomicU64,
+    /// Lines stored and committed.
+    pub stored_events: AtomicU64,
+    /// Files stored and committed.
+    pub stored_files: AtomicU64,
+    /// Bytes stored and committed.
+    pub stored_bytes: AtomicU64,
+}
+
+/// Reports progress until `done`: a status line redrawn every second on a
+/// terminal, else an info log line every `interval`.
+pub fn spawn_progress(stats: Arc<Stats>, done: Arc<AtomicBool>, interval: Duration) {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let _ = std::thread::Builder::new().name("progress".into()).spawn(move || {
+        let mut last_print = Instant::now();
+        let mut last_events = 0u64;
+        let mut last_t = Instant::now();
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            let every = if tty { Duration::from_secs(1) } else { interval };
+            if last_print.elapsed() < every {
+                continue;
+            }
+            last_print = Instant::now();
+            let events = stats.received.load(Ordering::Relaxed);
+            let rate = (events - last_events) as f64 / last_t.elapsed().as_secs_f64().max(0.001);
+            last_events = events;
+            last_t = Instant::now();
+            let cursor_ms = stats.complete_ms.load(Ordering::Relaxed);
+            let head_ms = stats.head_ms.load(Ordering::Relaxed);
+            let lag = if cursor_ms == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.0} s", crate::id::now_ms().saturating_sub(cursor_ms) as f64 / 1000.0)
+            };
+            let line = format!(
+                "{} events received ({:.0}/s), {} stored in {} files ({:.1} MB); at {}{}, {} behind now; {:.0} s",
+                events,
+                rate,
+                stats.stored_events.load(Ordering::Relaxed),
+                stats.stored_files.load(Ordering::Relaxed),
+                stats.stored_bytes.load(Ordering::Relaxed) as f64 / 1e6,
+                if cursor_ms == 0 { "-".to_string() } else { crate::id::ms_to_iso(cursor_ms) },
+                if head_ms > cursor_ms && cursor_ms > 0 { format!(" ({:.0} s before the head)", (head_ms - cursor_ms) as f64 / 1000.0) } else { String::new() },
+                lag,
+                started.elapsed().as_secs_f64(),
+            );
+            if tty {
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "\r\x1b[2K{line}");
+                let _ = err.flush();
+            } else {
+                log::info!("progress: {line}");
+            }
+        }
+        if tty {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        }
+    });
 }
 
 /// What the stream's `connected` event said.
@@ -420,8 +480,12 @@ pub fn run(
         let mut failure = None;
         for batch in batch_rx.iter() {
             let (f, l) = (batch.first_id, batch.last_id);
+            let (events, bytes) = (batch.events, batch.body.len() as u64);
             match committer.store(batch) {
                 Ok(Some(_)) => {
+                    stats.stored_events.fetch_add(events, Ordering::Relaxed);
+                    stats.stored_files.fetch_add(1, Ordering::Relaxed);
+                    stats.stored_bytes.fetch_add(bytes, Ordering::Relaxed);
                     first_id = first_id.or(f);
                     last_id = l.or(last_id);
                 }

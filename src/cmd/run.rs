@@ -2,6 +2,7 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -155,8 +156,17 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         limits: cfg.batch,
     };
     let stats = Arc::new(Stats::default());
+    let progress_done = Arc::new(AtomicBool::new(false));
+    if !quiet {
+        pipeline::spawn_progress(
+            stats.clone(),
+            progress_done.clone(),
+            Duration::from_secs(60),
+        );
+    }
     let (mut committer, result) =
         pipeline::run(client, settings, committer, files, stop, stats.clone());
+    progress_done.store(true, std::sync::atomic::Ordering::Relaxed);
     let ended_at = id::ms_to_iso(id::now_ms());
     let totals = committer.totals.clone();
     let (outcome_text, result) = match result {
@@ -202,7 +212,6 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     if !quiet {
         println!("{summary}");
     }
-    log::info!("{summary}");
     if let Some(e) = outcome.stream_error {
         return Err(e.into());
     }

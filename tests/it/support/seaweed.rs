@@ -214,6 +214,11 @@ impl Seaweed {
         for socket in ["filer.sock", "s3.sock"] {
             let _ = fs::remove_file(dir.join(socket));
         }
+        // Its gRPC sockets go to TMPDIR, and stay there after a SIGKILL: keep
+        // them inside the directory that is deleted with the server.
+        let tmp = dir.join("tmp");
+        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).expect("SeaweedFS TMPDIR");
         // Appended to, so that the output of earlier runs stays visible.
         let out = OpenOptions::new()
             .create(true)
@@ -258,6 +263,7 @@ impl Seaweed {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", dir)
+            .env("TMPDIR", &tmp)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out)
