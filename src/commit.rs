@@ -99,12 +99,24 @@ impl Committer {
     /// Makes the destination ready and settles a pending upload.
     pub fn start(&mut self) -> Result<()> {
         let what = self.dest.describe();
-        self.with_retry(&format!("prepare {what}"), |c| c.dest.prepare())?;
+        retry_loop(
+            &format!("prepare {what}"),
+            &self.stop,
+            self.retry_max,
+            &mut self.totals,
+            || self.dest.prepare(),
+        )?;
         let Some(p) = self.state.pending.clone() else {
             return Ok(());
         };
         let key = p.key.clone();
-        let mut stored = self.with_retry(&format!("look for `{key}`"), |c| c.dest.exists(&key))?;
+        let mut stored = retry_loop(
+            &format!("look for `{key}`"),
+            &self.stop,
+            self.retry_max,
+            &mut self.totals,
+            || self.dest.exists(&key),
+        )?;
         if !stored {
             if let Some(done) = self.done.as_mut() {
                 stored = retry_loop(
@@ -174,9 +186,13 @@ impl Committer {
         };
         let body = batch.body;
         self.crash_if("before-upload", number);
-        self.with_retry(&format!("store `{key}`"), |c| {
-            c.dest.put(&key, &body, &meta)
-        })?;
+        retry_loop(
+            &format!("store `{key}`"),
+            &self.stop,
+            self.retry_max,
+            &mut self.totals,
+            || self.dest.put(&key, &body, &meta),
+        )?;
         self.crash_if("after-upload", number);
 
         self.commit(&pending);
@@ -233,32 +249,6 @@ impl Committer {
         self.state.dead_letters += 1;
         self.totals.dead_letters += 1;
         Ok(())
-    }
-
-    fn with_retry<T>(
-        &mut self,
-        what: &str,
-        mut f: impl FnMut(&mut Self) -> Result<T, DestError>,
-    ) -> Result<T> {
-        let mut backoff = Backoff::new(Duration::from_millis(500), self.retry_max);
-        loop {
-            match f(self) {
-                Ok(v) => return Ok(v),
-                Err(DestError::Permanent(m)) => return Err(anyhow!("cannot {what}: {m}")),
-                Err(DestError::Transient(m)) => {
-                    self.totals.retries += 1;
-                    let d = backoff.next_delay();
-                    log::warn!(
-                        "cannot {what} (attempt {}): {m}; retrying in {:.1} s",
-                        backoff.attempts(),
-                        d.as_secs_f64()
-                    );
-                    if !sleep_unless(d, &self.stop) {
-                        return Err(anyhow!("stopped while trying to {what}: {m}"));
-                    }
-                }
-            }
-        }
     }
 }
 

@@ -132,6 +132,22 @@ pub struct Connected {
     pub stream_size: Option<u64>,
 }
 
+impl Connected {
+    /// One line: how many events, from which id and date to which.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} events retained, from `{}` ({}) to `{}` ({})",
+            self.stream_size
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "?".into()),
+            self.first_event_id.as_deref().unwrap_or("?"),
+            self.first_event_date.as_deref().unwrap_or("?"),
+            self.last_event_id.as_deref().unwrap_or("?"),
+            self.last_event_date.as_deref().unwrap_or("?"),
+        )
+    }
+}
+
 /// When a run ends by itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StopRule {
@@ -253,16 +269,7 @@ impl Handler for Reader {
         let flow = match msg.event.as_str() {
             "connected" => {
                 let c: Connected = serde_json::from_slice(&msg.data).unwrap_or_default();
-                log::info!(
-                    "stream connected: {} events retained, from `{}` ({}) to `{}` ({})",
-                    c.stream_size
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| "?".into()),
-                    c.first_event_id.as_deref().unwrap_or("?"),
-                    c.first_event_date.as_deref().unwrap_or("?"),
-                    c.last_event_id.as_deref().unwrap_or("?"),
-                    c.last_event_date.as_deref().unwrap_or("?"),
-                );
+                log::info!("stream connected: {}", c.describe());
                 let head: EventId = c
                     .last_event_id
                     .as_deref()

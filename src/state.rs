@@ -220,11 +220,14 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
     state.updated_at = crate::id::ms_to_iso(crate::id::now_ms());
     let mut body = serde_json::to_vec_pretty(&state).expect("state serialises");
     body.push(b'\n');
-    write_atomic(path, &body).map_err(|e| io_err(path, e))
+    write_atomic(path, &body, true).map_err(|e| io_err(path, e))
 }
 
-/// Writes `body` to `path` so that a reader sees the old or the new content, never a mix.
-pub fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
+/// Writes `body` to `path` so that a reader sees the old or the new content,
+/// never a mix: a hidden temporary file (`.<name>.tmp-<pid>`) in the same
+/// directory, fsynced, renamed, then the directory fsynced. `private`
+/// creates the file mode 0600.
+pub fn write_atomic(path: &Path, body: &[u8], private: bool) -> std::io::Result<()> {
     let dir = parent_dir(path);
     fs::create_dir_all(&dir)?;
     let name = path
@@ -233,7 +236,11 @@ pub fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = create_private(&tmp)?;
+        let mut f = if private {
+            create_private(&tmp)?
+        } else {
+            File::create(&tmp)?
+        };
         f.write_all(body)?;
         f.sync_all()?;
         drop(f);

@@ -197,19 +197,7 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
         );
         return;
     };
-    r.add(
-        "connected event",
-        Ok(format!(
-            "{} events retained, from `{}` ({}) to `{}` ({})",
-            c.stream_size
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "?".into()),
-            c.first_event_id.as_deref().unwrap_or("?"),
-            c.first_event_date.as_deref().unwrap_or("?"),
-            c.last_event_id.as_deref().unwrap_or("?"),
-            c.last_event_date.as_deref().unwrap_or("?")
-        )),
-    );
+    r.add("connected event", Ok(c.describe()));
     let first: Option<EventId> = c.first_event_id.as_deref().and_then(|s| s.parse().ok());
     let retention = match (cursor, first) {
         (Some((cur, recovering)), Some(first)) if cur < first && cur != EventId::default() => {

@@ -8,13 +8,12 @@
 //! data); `meta()` recomputes it from the body.
 
 use std::fs;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 use super::{DestError, Destination, ObjectMeta};
-use crate::state::sync_dir;
 
 /// Files under a local directory.
 #[derive(Debug, Clone)]
@@ -89,26 +88,8 @@ impl Destination for DirDestination {
 
     fn put(&mut self, key: &str, body: &[u8], _meta: &ObjectMeta) -> Result<(), DestError> {
         let path = self.path(key);
-        let dir = crate::state::parent_dir(&path);
-        fs::create_dir_all(&dir).map_err(|e| self.err("cannot create directory", &dir, e))?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-        let result = (|| {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(body)?;
-            f.sync_all()?;
-            drop(f);
-            fs::rename(&tmp, &path)?;
-            sync_dir(&dir)
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(self.err("cannot write", &path, e));
-        }
-        Ok(())
+        crate::state::write_atomic(&path, body, false)
+            .map_err(|e| self.err("cannot write", &path, e))
     }
 
     fn exists(&mut self, key: &str) -> Result<bool, DestError> {

@@ -385,3 +385,50 @@ fn bad_config_values_exit_2_naming_the_key_and_the_fix() {
     out.assert_code(2);
     assert!(out.stderr.contains("no time zone"), "{out}");
 }
+
+#[test]
+fn check_stream_names_a_wrong_s3_secret_without_printing_it() {
+    let weed = Seaweed::start();
+    let sim = Sim::start(&["--events", "10", "--heartbeat-ms", "300"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &s3_config(&sim, &weed, "export", "opencti", dir.path()),
+    );
+    let ok = exporter().config_file(&cfg).arg("check-stream").run(LONG);
+    ok.assert_success();
+    assert!(
+        ok.stdout.contains("probe") && weed.list_keys("export", "").is_empty(),
+        "the probe is removed\n{ok}"
+    );
+    let wrong = "wrong-secret-key-123456";
+    let out = exporter()
+        .config_file(&cfg)
+        .arg("check-stream")
+        .env("MINIO_SECRET_KEY", wrong)
+        .run(LONG);
+    out.assert_code(1);
+    assert!(
+        out.stdout.contains("FAIL storage") && out.stdout.contains("SignatureDoesNotMatch"),
+        "{out}"
+    );
+    assert!(
+        !out.stdout.contains(wrong) && !out.stderr.contains(wrong),
+        "{out}"
+    );
+    // A run with the wrong secret stops with a message naming the bucket, not a loop.
+    let run = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .env("MINIO_SECRET_KEY", wrong)
+        .run(LONG);
+    run.assert_code(1);
+    assert!(
+        run.stderr.contains("export") && run.stderr.contains("minio.secret_key"),
+        "{run}"
+    );
+    assert!(
+        !run.stderr.contains(wrong) && !run.stdout.contains(wrong),
+        "{run}"
+    );
+}

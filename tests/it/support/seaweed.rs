@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::ports::free_ports_with_grpc;
+use super::ports::{free_ports_with_grpc, GRPC_OFFSET};
 use super::process::{kill_and_reap, send_signal, tail, wait_timeout};
 use super::s3::S3;
 
@@ -74,7 +74,7 @@ pub struct Seaweed {
     child: Option<Child>,
     /// Whether the probe object exists (written at the first start).
     probe_written: bool,
-    // Declared last: dropped after the process is killed.
+    /// Deleted once `drop` has killed the process.
     dir: TempDir,
 }
 
@@ -177,6 +177,7 @@ impl Seaweed {
                 eprintln!("SeaweedFS did not stop within {STOP_DEADLINE:?} of SIGTERM: killing it");
                 kill_and_reap(&mut child);
             }
+            self.remove_grpc_sockets();
         }
     }
 
@@ -185,6 +186,30 @@ impl Seaweed {
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             kill_and_reap(&mut child);
+            self.remove_grpc_sockets();
+        }
+    }
+
+    /// Removes the `/tmp/seaweedfs-<component>-grpc-<port>.sock` files of the
+    /// exited server: it puts them there whatever TMPDIR says and leaves them
+    /// behind when killed, which would otherwise be one set per test.
+    fn remove_grpc_sockets(&self) {
+        let Ports {
+            s3,
+            master,
+            volume,
+            filer,
+            admin,
+        } = self.ports;
+        for (component, port) in [
+            ("s3", s3),
+            ("master", master),
+            ("volume", volume),
+            ("filer", filer),
+            ("admin", admin),
+        ] {
+            let grpc = port + GRPC_OFFSET;
+            let _ = fs::remove_file(format!("/tmp/seaweedfs-{component}-grpc-{grpc}.sock"));
         }
     }
 
@@ -214,11 +239,6 @@ impl Seaweed {
         for socket in ["filer.sock", "s3.sock"] {
             let _ = fs::remove_file(dir.join(socket));
         }
-        // Its gRPC sockets go to TMPDIR, and stay there after a SIGKILL: keep
-        // them inside the directory that is deleted with the server.
-        let tmp = dir.join("tmp");
-        let _ = fs::remove_dir_all(&tmp);
-        fs::create_dir_all(&tmp).expect("SeaweedFS TMPDIR");
         // Appended to, so that the output of earlier runs stays visible.
         let out = OpenOptions::new()
             .create(true)
@@ -263,7 +283,6 @@ impl Seaweed {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", dir)
-            .env("TMPDIR", &tmp)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out)

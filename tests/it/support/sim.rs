@@ -52,7 +52,7 @@ pub struct Sim {
     child: Option<Child>,
     port: u16,
     args: Vec<String>,
-    // Declared last: dropped after the process is killed.
+    /// Deleted once `drop` has killed the process.
     dir: TempDir,
 }
 
