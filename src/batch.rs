@@ -110,9 +110,27 @@ pub struct Batcher {
     tail_oldest: Option<Instant>,
     /// Events whose id was lower than one seen before.
     backwards: u64,
+    /// Cut as soon as this id is complete (see [`Batcher::cut_after`]).
+    cut_after: Option<EventId>,
 }
 
 impl Batcher {
+    /// Makes the next batch end as soon as `id` is complete: after a kill,
+    /// a file that may still land on the server is uploaded again with the
+    /// same events.
+    pub fn cut_after(&mut self, id: EventId) {
+        self.cut_after = Some(id);
+    }
+
+    fn forced_cut(&mut self) -> Option<Batch> {
+        let x = self.cut_after?;
+        if self.boundary.cursor.is_some_and(|c| c >= x) {
+            self.cut_after = None;
+            return self.cut(true);
+        }
+        None
+    }
+
     /// An empty batcher with these limits.
     pub fn new(limits: BatchLimits) -> Self {
         Batcher {
@@ -124,6 +142,7 @@ impl Batcher {
             oldest: None,
             tail_oldest: None,
             backwards: 0,
+            cut_after: None,
         }
     }
 
@@ -137,17 +156,16 @@ impl Batcher {
         match item {
             Item::Mark { id } => {
                 self.see(id);
-                None
+                self.forced_cut()
             }
             Item::Line { id, bytes } => {
                 self.see(id);
+                let mut out = self.forced_cut();
                 let full = self.cur.body.len() + bytes.len() > self.limits.max_bytes
                     || self.cur.events as usize >= self.limits.max_events;
-                let out = if self.cur.events > 0 && full {
-                    self.cut(false)
-                } else {
-                    None
-                };
+                if out.is_none() && self.cur.events > 0 && full {
+                    out = self.cut(false);
+                }
                 self.note_arrival(now);
                 self.cur.first_id.get_or_insert(id);
                 self.tail_first.get_or_insert(id);
@@ -160,9 +178,10 @@ impl Batcher {
                 if let Some(id) = id {
                     self.see(id);
                 }
+                let out = self.forced_cut();
                 self.note_arrival(now);
                 self.cur.dead.push(letter);
-                None
+                out
             }
         }
     }
@@ -410,6 +429,23 @@ mod tests {
         assert_eq!(batch.dead, vec![letter]);
         assert_eq!(batch.cursor, Some(id(2, 0)));
         assert_eq!(batch.last_id, Some(id(1, 0)));
+    }
+
+    #[test]
+    fn cut_after_ends_the_first_batch_exactly_at_the_given_cursor() {
+        let t = Instant::now();
+        let mut b = Batcher::new(limits(100));
+        b.cut_after(id(2, 0));
+        assert!(b.push(line(1, 0), t).is_none());
+        assert!(b.push(line(2, 0), t).is_none());
+        assert!(b.push(line(2, 0), t).is_none());
+        let batch = b.push(line(3, 0), t).unwrap();
+        assert_eq!(ids(&batch), ["1-0", "2-0", "2-0"]);
+        assert_eq!(batch.cursor, Some(id(2, 0)));
+        assert!(
+            b.push(line(4, 0), t).is_none(),
+            "only the first batch is forced"
+        );
     }
 
     #[test]

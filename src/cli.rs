@@ -93,6 +93,14 @@ pub struct RunArgs {
     #[arg(long, conflicts_with = "until")]
     pub once: bool,
 
+    /// Continue when the saved cursor is older than what the server retains, recording the gap in the state
+    ///
+    /// Without it such a run stops: events the server removed cannot be
+    /// exported, and an operator must choose between accepting the gap and
+    /// starting over with a snapshot (`state reset`).
+    #[arg(long)]
+    pub accept_gap: bool,
+
     /// Write to this directory instead of the configured destination
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
@@ -141,4 +149,8 @@ pub struct CheckArgs {
     /// Print JSON for machines
     #[arg(long)]
     pub json: bool,
+
+    /// Also read back every exported file: metadata, SHA-256, lines, and the number sequence
+    #[arg(long)]
+    pub verify: bool,
 }

@@ -24,9 +24,13 @@ use crate::batch::{Batch, DeadLetter};
 use crate::dest::dir::hex;
 use crate::dest::naming::{dead_letter_key, key_ms, next_key_ms, object_key};
 use crate::dest::{DestError, Destination, ObjectMeta};
-use crate::id::now_ms;
+use crate::id::{now_ms, EventId};
 use crate::retry::{sleep_unless, Backoff};
 use crate::state::{self, Pending, State};
+
+/// How long to wait before looking again for a pending file that was not
+/// found: an upload cut by a kill can still complete on the server.
+const SETTLE_GRACE: Duration = Duration::from_secs(2);
 
 /// Totals of what was committed in this run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,6 +59,9 @@ pub struct Committer {
     stop: Arc<AtomicBool>,
     retry_max: Duration,
     fault: Option<(String, u64)>,
+    /// The key of a pending file that was not found: used again.
+    reuse_key: Option<String>,
+    gaps: Arc<std::sync::Mutex<Vec<String>>>,
     /// What has been committed so far in this run.
     pub totals: Totals,
 }
@@ -81,8 +88,21 @@ impl Committer {
             stop,
             retry_max: Duration::from_secs(30),
             fault: fault_point(),
+            reuse_key: None,
+            gaps: Arc::default(),
             totals: Totals::default(),
         }
+    }
+
+    /// Where the reader reports gaps an operator accepted; they are recorded
+    /// in the state with the next save.
+    pub fn accepted_gaps(&self) -> Arc<std::sync::Mutex<Vec<String>>> {
+        self.gaps.clone()
+    }
+
+    fn take_gaps(&mut self) {
+        let mut gaps = self.gaps.lock().expect("not poisoned");
+        self.state.accepted_gaps.append(&mut gaps);
     }
 
     /// The state as last saved.
@@ -92,12 +112,15 @@ impl Committer {
 
     /// Changes the state outside a batch (run summary) and saves it.
     pub fn update_state(&mut self, f: impl FnOnce(&mut State)) -> Result<()> {
+        self.take_gaps();
         f(&mut self.state);
         state::save(&self.state_path, &self.state).map_err(Into::into)
     }
 
-    /// Makes the destination ready and settles a pending upload.
-    pub fn start(&mut self) -> Result<()> {
+    /// Makes the destination ready and settles a pending upload. Returns
+    /// the cursor the first batch must end at when the pending file was not
+    /// found (see [`Committer::settle`]).
+    pub fn start(&mut self) -> Result<Option<EventId>> {
         let what = self.dest.describe();
         retry_loop(
             &format!("prepare {what}"),
@@ -106,41 +129,64 @@ impl Committer {
             &mut self.totals,
             || self.dest.prepare(),
         )?;
+        self.settle()
+    }
+
+    /// Settles the upload a stopped run left pending. Found (in the bucket,
+    /// or in the importer's done bucket): committed. Not found: an upload cut
+    /// by a kill may still land on the server a moment later, so the check is
+    /// repeated after a grace period, and then the file is uploaded again
+    /// under the same key and number, ending at the same cursor: whichever
+    /// copy lands last holds the same events, and no number is used twice.
+    fn settle(&mut self) -> Result<Option<EventId>> {
         let Some(p) = self.state.pending.clone() else {
-            return Ok(());
+            return Ok(None);
         };
         let key = p.key.clone();
-        let mut stored = retry_loop(
-            &format!("look for `{key}`"),
-            &self.stop,
-            self.retry_max,
-            &mut self.totals,
-            || self.dest.exists(&key),
-        )?;
-        if !stored {
-            if let Some(done) = self.done.as_mut() {
-                stored = retry_loop(
-                    &format!("look for `{key}` in the done bucket"),
-                    &self.stop,
-                    self.retry_max,
-                    &mut self.totals,
-                    || done.exists(&key),
-                )?;
+        let mut stored = false;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(SETTLE_GRACE);
+            }
+            stored = retry_loop(
+                &format!("look for `{key}`"),
+                &self.stop,
+                self.retry_max,
+                &mut self.totals,
+                || self.dest.exists(&key),
+            )?;
+            if !stored {
+                if let Some(done) = self.done.as_mut() {
+                    stored = retry_loop(
+                        &format!("look for `{key}` in the done bucket"),
+                        &self.stop,
+                        self.retry_max,
+                        &mut self.totals,
+                        || done.exists(&key),
+                    )?;
+                }
+            }
+            if stored {
+                break;
             }
         }
-        if stored {
+        let cut = if stored {
             log::info!(
                 "file {} (`{key}`) was stored before the last run stopped: committing it",
                 p.file_number
             );
             self.commit(&p);
+            None
         } else {
-            log::info!("file {} (`{key}`) was not stored before the last run stopped: its events will be exported again", p.file_number);
-            self.state.last_key_ms = self.state.last_key_ms.max(key_ms(&key).unwrap_or(0));
-            self.state.pending = None;
-        }
+            log::info!(
+                "file {} (`{key}`) was not stored before the last run stopped: its events are exported again under the same key",
+                p.file_number
+            );
+            self.reuse_key = Some(key);
+            p.cursor
+        };
         state::save(&self.state_path, &self.state)?;
-        Ok(())
+        Ok(cut)
     }
 
     fn commit(&mut self, p: &Pending) {
@@ -154,6 +200,7 @@ impl Committer {
 
     /// Stores one batch and commits it. Returns the key written, if any.
     pub fn store(&mut self, batch: Batch) -> Result<Option<String>> {
+        self.take_gaps();
         for letter in &batch.dead {
             self.keep_dead_letter(letter)?;
         }
@@ -165,8 +212,16 @@ impl Committer {
             return Ok(None);
         }
         let number = self.state.file_count + 1;
-        let ms = next_key_ms(now_ms(), self.state.last_key_ms);
-        let key = object_key(&self.folder, ms, number);
+        let (key, ms) = match self.reuse_key.take() {
+            Some(k) => {
+                let ms = key_ms(&k).unwrap_or(self.state.last_key_ms);
+                (k, ms)
+            }
+            None => {
+                let ms = next_key_ms(now_ms(), self.state.last_key_ms);
+                (object_key(&self.folder, ms, number), ms)
+            }
+        };
         let pending = Pending {
             file_number: number,
             key: key.clone(),
@@ -175,7 +230,7 @@ impl Committer {
             bytes: batch.body.len() as u64,
         };
         self.state.pending = Some(pending.clone());
-        self.state.last_key_ms = ms;
+        self.state.last_key_ms = self.state.last_key_ms.max(ms);
         state::save(&self.state_path, &self.state).context("saving the pending upload")?;
 
         let meta = ObjectMeta {

@@ -171,6 +171,10 @@ pub struct PipelineSettings {
     pub queue_size: usize,
     /// Batch limits.
     pub limits: BatchLimits,
+    /// Continue past a gap on the server side instead of stopping.
+    pub accept_gap: bool,
+    /// End the first batch as soon as this id is complete.
+    pub first_cut_after: Option<EventId>,
 }
 
 /// How a run ended.
@@ -215,9 +219,53 @@ struct Reader {
     once_target: Option<EventId>,
     connected: Arc<Mutex<Option<Connected>>>,
     stats: Arc<Stats>,
+    start_after: Option<EventId>,
+    accept_gap: bool,
+    /// A gap found and refused: the reason the run stops.
+    gap: Option<StreamError>,
+    /// Gaps found and accepted, for the committer to record in the state.
+    accepted_gaps: Arc<Mutex<Vec<String>>>,
 }
 
 impl Reader {
+    /// Compares where this connection resumes with what the server retains.
+    fn check_gap(&mut self, c: &Connected) -> Flow {
+        let Some(resume) = self.complete.or(self.start_after) else {
+            return Flow::Continue;
+        };
+        let Some(first) = c
+            .first_event_id
+            .as_deref()
+            .and_then(|s| s.parse::<EventId>().ok())
+        else {
+            return Flow::Continue;
+        };
+        let recovering = self.recover_until_ms.is_some_and(|ms| resume.ms <= ms);
+        if resume == EventId::default() || recovering || resume >= first {
+            return Flow::Continue;
+        }
+        let gap = StreamError::Gap {
+            cursor: resume.to_string(),
+            cursor_date: resume.date(),
+            first: first.to_string(),
+            first_date: first.date(),
+        };
+        if self.accept_gap {
+            let note = format!(
+                "{} .. {} accepted at {}",
+                resume,
+                first,
+                crate::id::ms_to_iso(crate::id::now_ms())
+            );
+            log::warn!("gap accepted (`--accept-gap`): events between `{resume}` and `{first}` may be missing from the export");
+            self.accepted_gaps.lock().expect("not poisoned").push(note);
+            Flow::Continue
+        } else {
+            self.gap = Some(gap);
+            Flow::Stop
+        }
+    }
+
     fn send(&mut self, w: Work) -> Flow {
         let i = self.next;
         self.next = (self.next + 1) % self.senders.len();
@@ -283,8 +331,9 @@ impl Handler for Reader {
                         .unwrap_or_default();
                     self.once_target = Some(head.max(recover));
                 }
+                let flow = self.check_gap(&c);
                 *self.connected.lock().expect("not poisoned") = Some(c);
-                Flow::Continue
+                flow
             }
             "heartbeat" => match parsed {
                 Some(h) if self.last_seen.is_none_or(|l| h > l) => {
@@ -461,6 +510,10 @@ pub fn run(
             once_target: None,
             connected: connected.clone(),
             stats: stats.clone(),
+            start_after: settings.start.after,
+            accept_gap: settings.accept_gap,
+            gap: None,
+            accepted_gaps: committer.accepted_gaps(),
         };
         let start = settings.start;
         let stream_error = stream_error.clone();
@@ -468,7 +521,8 @@ pub fn run(
         std::thread::Builder::new()
             .name("reader".into())
             .spawn(move || {
-                if let Err(e) = client.run(start, &mut reader) {
+                let result = client.run(start, &mut reader);
+                if let Some(e) = reader.gap.take().map(Err).unwrap_or(result).err() {
                     *stream_error.lock().expect("not poisoned") = Some(e);
                 }
                 reader_done.store(true, Ordering::Relaxed);
@@ -479,9 +533,11 @@ pub fn run(
 
     let (batch_tx, batch_rx) = bounded::<Batch>(1);
     let limits = settings.limits;
+    let first_cut = settings.first_cut_after;
     let batch_stop = stop.clone();
     let result = std::thread::scope(|scope| {
-        let batcher = scope.spawn(move || batcher_loop(item_rx, batch_tx, limits, &batch_stop));
+        let batcher =
+            scope.spawn(move || batcher_loop(item_rx, batch_tx, limits, first_cut, &batch_stop));
         let mut first_id = None;
         let mut last_id = None;
         let mut failure = None;
@@ -527,9 +583,13 @@ fn batcher_loop(
     inputs: Vec<Receiver<Item>>,
     out: Sender<Batch>,
     limits: BatchLimits,
+    first_cut: Option<EventId>,
     stop: &AtomicBool,
 ) {
     let mut batcher = Batcher::new(limits);
+    if let Some(id) = first_cut {
+        batcher.cut_after(id);
+    }
     let mut next = 0;
     let tick = Duration::from_millis(200);
     loop {

@@ -102,6 +102,14 @@ pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
     if config_ok {
         check_stream(cfg, &mut r, cursor);
         check_storage(cfg, &mut r);
+        if args.verify {
+            let file_count = saved
+                .as_ref()
+                .ok()
+                .and_then(|s| s.as_ref())
+                .map(|s| s.file_count);
+            verify_files(cfg, &mut r, file_count);
+        }
     }
 
     let all_ok = r.0.iter().all(|c| c.ok);
@@ -297,6 +305,127 @@ fn check_storage(cfg: &Config, r: &mut Report) {
             "importer done bucket",
             Ok(format!(
                 "`{b}` is checked when settling an unconfirmed upload"
+            )),
+        );
+    }
+}
+
+/// Reads back every exported object under the folder and checks it the way
+/// the importer will read it: names, number sequence, key order, metadata,
+/// SHA-256 and that every line is JSON.
+fn verify_files(cfg: &Config, r: &mut Report, file_count: Option<u64>) {
+    use sha2::Digest;
+    let mut dest = match super::destinations(cfg) {
+        Ok(d) => d.files,
+        Err(e) => {
+            r.add("verify files", Err(format!("{e:#}")));
+            return;
+        }
+    };
+    let prefix = format!("{}/", cfg.folder);
+    let keys = match dest.list(&prefix) {
+        Ok(k) => k,
+        Err(e) => {
+            r.add("verify files", Err(e.to_string()));
+            return;
+        }
+    };
+    let mut problems = Vec::new();
+    let mut numbers = Vec::new();
+    let (mut lines_total, mut bytes_total) = (0u64, 0u64);
+    for key in &keys {
+        let Some(n) = crate::dest::naming::file_number(key) else {
+            problems.push(format!(
+                "`{key}` is not named `stream_<ms>_<N>.json`: the importer would stop on it"
+            ));
+            continue;
+        };
+        numbers.push(n);
+        let body = match dest.get(key) {
+            Ok(b) => b,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        bytes_total += body.len() as u64;
+        let recomputed = meta_of(&body);
+        let lines = body.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+        for (i, line) in lines.enumerate() {
+            if serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err() {
+                problems.push(format!("`{key}` line {}: not JSON", i + 1));
+            }
+        }
+        lines_total += recomputed.events;
+        match dest.meta(key) {
+            Ok(Some(m)) => {
+                let sha = crate::dest::dir::hex(&sha2::Sha256::digest(&body));
+                if m.sha256_hex != sha {
+                    problems.push(format!(
+                        "`{key}`: SHA-256 `{sha}` differs from its metadata `{}`",
+                        m.sha256_hex
+                    ));
+                }
+                if m.events != recomputed.events
+                    || m.first_id != recomputed.first_id
+                    || m.last_id != recomputed.last_id
+                {
+                    problems.push(format!(
+                        "`{key}`: metadata says {} events `{}`..`{}`, the body holds {} `{}`..`{}`",
+                        m.events,
+                        m.first_id,
+                        m.last_id,
+                        recomputed.events,
+                        recomputed.first_id,
+                        recomputed.last_id
+                    ));
+                }
+            }
+            Ok(None) => problems.push(format!("`{key}` has no metadata")),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    for pair in numbers.windows(2) {
+        if pair[1] != pair[0] + 1 {
+            problems.push(format!(
+                "file numbers jump from {} to {} (in key order): the importer would stop there",
+                pair[0], pair[1]
+            ));
+        }
+    }
+    if let (Some(last), Some(count)) = (numbers.last(), file_count) {
+        if *last != count {
+            problems.push(format!(
+                "the last file is number {last} but the state counts {count}"
+            ));
+        }
+    }
+    let summary = format!(
+        "{} files ({}), {} lines, {} bytes under `{prefix}`",
+        keys.len(),
+        match (numbers.first(), numbers.last()) {
+            (Some(a), Some(b)) => format!("numbers {a}..{b}"),
+            _ => "none".to_string(),
+        },
+        lines_total,
+        bytes_total
+    );
+    if problems.is_empty() {
+        r.add("verify files", Ok(summary));
+    } else {
+        let shown: Vec<String> = problems.iter().take(20).cloned().collect();
+        let more = problems.len().saturating_sub(shown.len());
+        r.add(
+            "verify files",
+            Err(format!(
+                "{summary}; {} problems: {}{}",
+                problems.len(),
+                shown.join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
             )),
         );
     }

@@ -92,7 +92,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         abort,
     );
     let started_at = id::ms_to_iso(id::now_ms());
-    committer.start()?;
+    let first_cut_after = committer.start()?;
     // The start position is read after settling: a stored pending file moves the cursor.
     let state = committer.state();
     let start = Start {
@@ -154,6 +154,8 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         workers: cfg.consumer_count,
         queue_size: cfg.queue_size,
         limits: cfg.batch,
+        accept_gap: args.accept_gap,
+        first_cut_after,
     };
     let stats = Arc::new(Stats::default());
     let progress_done = Arc::new(AtomicBool::new(false));

@@ -43,6 +43,18 @@ pub enum StreamError {
         /// How many times.
         attempts: u32,
     },
+    /// The saved cursor is older than what the server retains.
+    #[error("the cursor `{cursor}` ({cursor_date}) is older than the first event the server still retains, `{first}` ({first_date}): events in between may have been removed by the server and cannot be exported. Choose one: run again with `--accept-gap` to continue from `{first}` and record the gap in the state; or `opencti-stream-exporter state reset` to start over with a full snapshot; and raise the stream's retention")]
+    Gap {
+        /// The resume position.
+        cursor: String,
+        /// Its date.
+        cursor_date: String,
+        /// The first id the server retains.
+        first: String,
+        /// Its date.
+        first_date: String,
+    },
     /// The HTTP client could not be set up (TLS files).
     #[error("{0}")]
     Setup(String),

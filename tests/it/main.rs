@@ -10,4 +10,5 @@ mod support;
 
 mod commands;
 mod export;
+mod faults;
 mod smoke;
