@@ -41,6 +41,7 @@ complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_sub
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -s c -l config -d 'YAML configuration file [default: ./config.yml when present]' -r -F
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -l state -d 'State file [default: `state.path`, else next to the config file]' -r -F
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -l once -d 'Stop once caught up with the stream head announced at connection'
+complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -l accept-gap -d 'Continue when the saved cursor is older than what the server retains, recording the gap in the state'
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -s q -l quiet -d 'Print only warnings and errors'
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -s v -l verbose -d 'Print more (-v: debug, -vv: trace)'
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -76,6 +77,7 @@ complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_sub
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand check-stream" -s c -l config -d 'YAML configuration file [default: ./config.yml when present]' -r -F
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand check-stream" -l state -d 'State file [default: `state.path`, else next to the config file]' -r -F
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand check-stream" -l json -d 'Print JSON for machines'
+complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand check-stream" -l verify -d 'Also read back every exported file: metadata, SHA-256, lines, and the number sequence'
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand check-stream" -s q -l quiet -d 'Print only warnings and errors'
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand check-stream" -s v -l verbose -d 'Print more (-v: debug, -vv: trace)'
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand check-stream" -s h -l help -d 'Print help'
