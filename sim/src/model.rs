@@ -8,6 +8,12 @@
 //! sequence numbers. Ids never decrease with `i` and every event of a group
 //! shares its id, the way OpenCTI sends an event's dependencies.
 //!
+//! Growth. Event `i` does not depend on the history length, except that the
+//! last event of a history is never a dependency. Groups never straddle a
+//! multiple of 10, so a history of `10*k` events is an exact prefix of every
+//! longer one: restarting with more events appends events with greater ids,
+//! like a stream that grew.
+//!
 //! Events. Every member of a group but the last is a dependency (SSE `create`
 //! with the minimal `init-dependencies` payload); other events are about 60 %
 //! create, 25 % update, 10 % delete, 5 % merge, over a pool of objects that
@@ -176,6 +182,8 @@ const FILLER: &str = "Observed infrastructure overlaps with earlier campaigns; t
 
 const DAY_MS: u64 = 86_400_000;
 const MAX_GROUP: u64 = 4;
+/// Groups never cross a multiple of this index (see "Growth" above).
+const GROUP_BLOCK: u64 = 10;
 /// Objects that exist before the first event.
 const POOL_MIN: u64 = 16;
 
@@ -355,7 +363,7 @@ impl Model {
     // ---- ids ------------------------------------------------------------
 
     fn joins_prev(&self, i: u64) -> bool {
-        i > 0 && unit(self.hs(T_GROUP, i)) < self.p.group_ratio
+        !i.is_multiple_of(GROUP_BLOCK) && unit(self.hs(T_GROUP, i)) < self.p.group_ratio
     }
 
     /// First event of `i`'s group.
@@ -475,7 +483,7 @@ impl Model {
         unreachable!("weights sum to weight_total")
     }
 
-    /// Pool object `k` (`k < objects`).
+    /// Pool object `k` (any `k`; events use the first `pool_at(i)`).
     pub fn pool_object(&self, k: u64) -> Obj {
         let ty = self.pick_type(self.hs(T_TYPE, k));
         let files = !std::ptr::eq(ty, &TYPES[RELATIONSHIP])
@@ -737,11 +745,12 @@ impl Model {
             out.push(b',');
         }
         let rel = Self::is_relationship(obj);
-        let (src, tgt) = if rel {
-            (
-                self.pool_object(h2(self.p.seed, T_REF, obj.key, 0) % Self::pool_at(obj.key)),
-                self.pool_object(h2(self.p.seed, T_REF, obj.key, 1) % Self::pool_at(obj.key)),
-            )
+        // What a relationship links, or what a report contains: objects that
+        // exist by the time this one does.
+        let refs =
+            |n| self.pool_object(h2(self.p.seed, T_REF, obj.key, n) % Self::pool_at(obj.key));
+        let (src, tgt) = if rel || obj.ty.stix == "report" {
+            (refs(0), refs(1))
         } else {
             (*obj, *obj)
         };
@@ -1220,6 +1229,30 @@ mod tests {
             if short.event(i).kind == long.event(i).kind {
                 assert_eq!(a, b, "event {i}");
             }
+        }
+    }
+
+    #[test]
+    fn a_round_history_is_a_prefix_of_every_longer_one() {
+        let m = |events| {
+            Model::new(Params {
+                events,
+                group_ratio: 0.5,
+                ..Params::default()
+            })
+        };
+        let render = |m: &Model, i| {
+            let mut out = Vec::new();
+            m.write_payload(&mut out, &m.event(i));
+            out
+        };
+        for (short, long) in [(10, 20), (60, 100), (6000, 10_000)] {
+            let (a, b) = (m(short), m(long));
+            for i in (0..short).rev().take(30) {
+                assert_eq!(render(&a, i), render(&b, i), "{short} vs {long}: event {i}");
+                assert_eq!(a.id(i), b.id(i));
+            }
+            assert!(b.id(short) > b.id(short - 1), "{short} vs {long}");
         }
     }
 

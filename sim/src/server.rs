@@ -109,16 +109,19 @@ impl Live {
     fn id(&self, j: u64) -> EventId {
         let off = self.offset(j);
         let first_in_ms = (u128::from(off) * u128::from(self.rate)).div_ceil(1000) as u64;
-        EventId::new(self.t0_ms + off, j - first_in_ms)
+        EventId::new(self.t0_ms.saturating_add(off), j - first_in_ms)
     }
 
-    /// How many live events are due at `now_ms`.
+    /// How many live events are due at `now_ms` (saturating: a client may
+    /// send any start id).
     fn due(&self, now_ms: u64) -> u64 {
         if now_ms < self.t0_ms {
             return 0;
         }
         let d = u128::from(now_ms - self.t0_ms) + 1;
-        (d * u128::from(self.rate)).div_ceil(1000) as u64
+        let n = (d * u128::from(self.rate)).div_ceil(1000);
+        // Far enough that no id computation overflows.
+        n.min(1 << 53) as u64
     }
 
     /// First live event with an id strictly after `after`.

@@ -591,3 +591,70 @@ fn a_token_revoked_mid_run_stores_what_was_received_then_stops_with_status_3() {
         assert!(!text.contains("t0ken-value-xyz"), "{out}");
     }
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_minute_of_storage_outage_freezes_the_cursor_and_memory() {
+    let outage = Duration::from_secs(env_u64("OUTAGE_SECS", 60));
+    let mut weed = Seaweed::start();
+    // 60,000 events of ~3 KB at 4,000 a second: the stream keeps coming
+    // during the outage, about 180 MB of it, and must wait in the socket.
+    let sim = Sim::start(&[
+        "--events",
+        "60000",
+        "--heartbeat-ms",
+        "300",
+        "--rate",
+        "4000",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = s3_config(&sim, &weed, "export", "opencti", dir.path()).replace(
+        "write:\n  every_sec: 1\n",
+        "write:\n  every_sec: 1\n  max_bytes: 2097152\n",
+    );
+    let cfg = write_config(dir.path(), &yaml);
+    let mut running = exporter().config_file(&cfg).args(["run", "--once"]).spawn();
+    wait_until("a first file is stored", LONG, || {
+        weed.s3()
+            .list_keys("export", "opencti/")
+            .is_ok_and(|k| !k.is_empty())
+    });
+    weed.stop();
+    let state_path = dir.path().join("state.json");
+    std::thread::sleep(Duration::from_secs(5));
+    let rss_early = rss_kib(running.pid());
+    let cursor_early: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    std::thread::sleep(outage.saturating_sub(Duration::from_secs(5)));
+    let rss_late = rss_kib(running.pid());
+    let cursor_late: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    assert!(
+        running.is_running(),
+        "the exporter waits for storage\n{}",
+        running.outcome()
+    );
+    assert_eq!(
+        cursor_early["start_from"], cursor_late["start_from"],
+        "the cursor is frozen while storage is down"
+    );
+    assert!(
+        rss_late < rss_early + 32 * 1024,
+        "memory grew from {rss_early} KiB to {rss_late} KiB during the outage"
+    );
+    weed.start_again();
+    let out = running.wait(LONG);
+    out.assert_success();
+    let files = read_export_lines_s3(&weed, "export", "opencti");
+    let keys: Vec<&String> = files.iter().map(|(k, _)| k).collect();
+    assert_importer_sequence(&keys);
+    no_loss(&lines_of(files), &sim_dump(&["--events", "60000"]));
+    println!("outage of {outage:?}: RSS {rss_early} KiB -> {rss_late} KiB");
+}

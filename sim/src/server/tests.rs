@@ -608,3 +608,29 @@ fn files_are_served_by_percent_encoded_key_with_auth() {
         .collect();
     assert_eq!(statuses, [200, 200, 500, 200, 200, 500]);
 }
+
+#[test]
+fn the_live_timeline_is_strictly_increasing_and_searchable() {
+    for rate in [1, 7, 10, 999, 1000, 2500] {
+        let live = Live {
+            t0_ms: 1_000_000,
+            rate,
+        };
+        let mut prev = None;
+        for j in 0..3000 {
+            let id = live.id(j);
+            assert!(prev.is_none_or(|p| id > p), "rate {rate}: {id}");
+            assert_eq!(
+                live.due(id.ms),
+                live.first_after(EventId::new(id.ms, u64::MAX))
+            );
+            assert_eq!(live.first_after(id), j + 1);
+            assert!(live.due(id.ms) > j);
+            prev = Some(id);
+        }
+        assert_eq!(live.due(999_999), 0);
+        assert_eq!(live.first_after(EventId::ZERO), 0);
+        let far = live.first_after(EventId::new(u64::MAX, u64::MAX));
+        assert!(live.id(far).ms >= 1_000_000);
+    }
+}
