@@ -17,6 +17,9 @@ use std::time::Instant;
 use crate::config::BatchLimits;
 use crate::id::EventId;
 
+/// Largest buffer reserved up front for a batch body, in bytes.
+const FRESH_CAPACITY_MAX: usize = 64 << 20;
+
 /// A malformed event kept aside with the reason it was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -112,9 +115,28 @@ pub struct Batcher {
     backwards: u64,
     /// Cut as soon as this id is complete (see [`Batcher::cut_after`]).
     cut_after: Option<EventId>,
+    /// A body buffer given back after its batch was stored.
+    spare: Option<Vec<u8>>,
 }
 
 impl Batcher {
+    /// Takes back the body of a stored batch, so that memory is reused
+    /// rather than allocated anew for every batch.
+    pub fn recycle(&mut self, mut body: Vec<u8>) {
+        body.clear();
+        if body.capacity() >= self.limits.max_bytes.min(FRESH_CAPACITY_MAX) {
+            self.spare = Some(body);
+        }
+    }
+
+    /// An empty body: the spare one, else a new one sized for a full batch
+    /// (growing a buffer by doubling would leave it up to twice too big).
+    fn fresh_body(&mut self) -> Vec<u8> {
+        self.spare
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(self.limits.max_bytes.min(FRESH_CAPACITY_MAX)))
+    }
+
     /// Makes the next batch end as soon as `id` is complete: after a kill,
     /// a file that may still land on the server is uploaded again with the
     /// same events.
@@ -135,7 +157,10 @@ impl Batcher {
     pub fn new(limits: BatchLimits) -> Self {
         Batcher {
             limits,
-            cur: Batch::default(),
+            cur: Batch {
+                body: Vec::with_capacity(limits.max_bytes.min(FRESH_CAPACITY_MAX)),
+                ..Batch::default()
+            },
             boundary: Boundary::default(),
             open: None,
             tail_first: None,
@@ -143,6 +168,7 @@ impl Batcher {
             tail_oldest: None,
             backwards: 0,
             cut_after: None,
+            spare: None,
         }
     }
 
@@ -207,7 +233,11 @@ impl Batcher {
     /// Everything buffered, open group included (end of run). The cursor
     /// stays before an open group.
     pub fn finish(&mut self) -> Option<Batch> {
-        let mut batch = std::mem::take(&mut self.cur);
+        let fresh = Batch {
+            body: self.fresh_body(),
+            ..Batch::default()
+        };
+        let mut batch = std::mem::replace(&mut self.cur, fresh);
         batch.cursor = self.boundary.cursor;
         self.boundary = Boundary::default();
         self.tail_first = None;
@@ -253,8 +283,11 @@ impl Batcher {
             return self.finish();
         }
         let mut batch = std::mem::take(&mut self.cur);
+        let mut body = self.fresh_body();
+        body.extend_from_slice(&batch.body[b.bytes..]);
+        batch.body.truncate(b.bytes);
         let tail = Batch {
-            body: batch.body.split_off(b.bytes),
+            body,
             events: batch.events - b.events,
             first_id: self.tail_first,
             last_id: if batch.events > b.events {

@@ -119,7 +119,7 @@ impl Committer {
 
     /// Makes the destination ready and settles a pending upload. Returns
     /// the cursor the first batch must end at when the pending file was not
-    /// found (see [`Committer::settle`]).
+    /// found (see the private `settle`).
     pub fn start(&mut self) -> Result<Option<EventId>> {
         let what = self.dest.describe();
         retry_loop(
@@ -198,8 +198,9 @@ impl Committer {
         self.state.pending = None;
     }
 
-    /// Stores one batch and commits it. Returns the key written, if any.
-    pub fn store(&mut self, batch: Batch) -> Result<Option<String>> {
+    /// Stores one batch and commits it. Returns the key written, if any, and
+    /// the batch's body buffer for reuse.
+    pub fn store(&mut self, batch: Batch) -> Result<(Option<String>, Vec<u8>)> {
         self.take_gaps();
         for letter in &batch.dead {
             self.keep_dead_letter(letter)?;
@@ -209,7 +210,7 @@ impl Committer {
                 self.state.advance_cursor(c);
             }
             state::save(&self.state_path, &self.state)?;
-            return Ok(None);
+            return Ok((None, batch.body));
         }
         let number = self.state.file_count + 1;
         let (key, ms) = match self.reuse_key.take() {
@@ -261,7 +262,7 @@ impl Committer {
             body.len(),
             meta.last_id
         );
-        Ok(Some(key))
+        Ok((Some(key), body))
     }
 
     /// Dies on the spot, as a kill -9 would, at a chosen point of the

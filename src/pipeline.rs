@@ -531,13 +531,17 @@ pub fn run(
             .expect("spawn reader");
     }
 
-    let (batch_tx, batch_rx) = bounded::<Batch>(1);
+    // A rendezvous: the batcher fills batch N+1 while N is stored, and at
+    // most those two bodies exist; stored bodies go back to the batcher.
+    let (batch_tx, batch_rx) = bounded::<Batch>(0);
+    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
     let limits = settings.limits;
     let first_cut = settings.first_cut_after;
     let batch_stop = stop.clone();
     let result = std::thread::scope(|scope| {
-        let batcher =
-            scope.spawn(move || batcher_loop(item_rx, batch_tx, limits, first_cut, &batch_stop));
+        let batcher = scope.spawn(move || {
+            batcher_loop(item_rx, batch_tx, spare_rx, limits, first_cut, &batch_stop)
+        });
         let mut first_id = None;
         let mut last_id = None;
         let mut failure = None;
@@ -545,14 +549,17 @@ pub fn run(
             let (f, l) = (batch.first_id, batch.last_id);
             let (events, bytes) = (batch.events, batch.body.len() as u64);
             match committer.store(batch) {
-                Ok(Some(_)) => {
+                Ok((None, body)) => {
+                    let _ = spare_tx.try_send(body);
+                }
+                Ok((Some(_), body)) => {
+                    let _ = spare_tx.try_send(body);
                     stats.stored_events.fetch_add(events, Ordering::Relaxed);
                     stats.stored_files.fetch_add(1, Ordering::Relaxed);
                     stats.stored_bytes.fetch_add(bytes, Ordering::Relaxed);
                     first_id = first_id.or(f);
                     last_id = l.or(last_id);
                 }
-                Ok(None) => {}
                 Err(e) => {
                     failure = Some(e);
                     break;
@@ -582,6 +589,7 @@ pub fn run(
 fn batcher_loop(
     inputs: Vec<Receiver<Item>>,
     out: Sender<Batch>,
+    spares: Receiver<Vec<u8>>,
     limits: BatchLimits,
     first_cut: Option<EventId>,
     stop: &AtomicBool,
@@ -601,6 +609,9 @@ fn batcher_loop(
             .deadline()
             .map(|d| d.saturating_duration_since(now).min(tick))
             .unwrap_or(tick);
+        if let Ok(body) = spares.try_recv() {
+            batcher.recycle(body);
+        }
         match inputs[next].recv_timeout(wait) {
             Ok(item) => {
                 next = (next + 1) % inputs.len();

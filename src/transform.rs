@@ -117,11 +117,12 @@ pub fn transform(
         if memchr::memmem::find(data_raw.get().as_bytes(), b"\"files\"").is_some() {
             let mut value: Value = serde_json::from_str(data_raw.get())
                 .map_err(|e| reject(format!("event `data` is not valid JSON ({e})")))?;
-            let (ok, failed) = fill_files(id, &mut value, files);
+            let mut contents = Vec::new();
+            let (ok, failed) = fill_files(id, &mut value, files, &mut contents);
             files_fetched = ok;
             files_failed = failed;
             if ok + failed > 0 || value.get("files").is_some() {
-                Some(serde_json::to_string(&value).expect("a JSON value serialises"))
+                Some(serialise_with_contents(&mut value, contents))
             } else {
                 None
             }
@@ -232,8 +233,52 @@ fn previous_standard(id: &EventId, context: Option<&RawValue>) -> Option<String>
     }
 }
 
-/// Fills `data` of each attached file; returns (fetched, failed).
-fn fill_files(id: &EventId, data: &mut Value, files: &dyn FileFetcher) -> (u32, u32) {
+/// Marks the place of the `n`-th file content in a serialised value. The
+/// control character is escaped by the serialiser as `\u0001`, which no
+/// STIX producer writes, and the count of each mark is checked.
+fn content_mark(n: usize) -> String {
+    format!("\u{1}opencti-stream-exporter-file-{n}")
+}
+
+/// Serialises `data`, then writes each file's base64 content where its mark
+/// stands: base64 needs no escaping, so the contents (the bulk of such an
+/// event) are copied once instead of being scanned by the serialiser.
+fn serialise_with_contents(data: &mut Value, contents: Vec<String>) -> String {
+    let text = serde_json::to_string(&*data).expect("a JSON value serialises");
+    if contents.is_empty() {
+        return text;
+    }
+    let marks: Vec<String> = (0..contents.len())
+        .map(|n| serde_json::to_string(&content_mark(n)).expect("a string serialises"))
+        .collect();
+    let total: usize = contents.iter().map(|c| c.len() * 2 + 2).sum();
+    let mut out = String::with_capacity(text.len() + total);
+    let mut rest = text.as_str();
+    loop {
+        let next = marks
+            .iter()
+            .enumerate()
+            .filter_map(|(n, m)| rest.find(m.as_str()).map(|pos| (pos, n, m.len())))
+            .min();
+        let Some((pos, n, len)) = next else { break };
+        out.push_str(&rest[..pos]);
+        out.push('"');
+        out.push_str(&contents[n]);
+        out.push('"');
+        rest = &rest[pos + len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Fills `data` of each attached file with a mark (see [`content_mark`])
+/// and pushes the base64 content to `contents`; returns (fetched, failed).
+fn fill_files(
+    id: &EventId,
+    data: &mut Value,
+    files: &dyn FileFetcher,
+    contents: &mut Vec<String>,
+) -> (u32, u32) {
     let (mut fetched, mut failed) = (0, 0);
     let Some(list) = files_list_mut(data) else {
         return (0, 0);
@@ -260,7 +305,11 @@ fn fill_files(id: &EventId, data: &mut Value, files: &dyn FileFetcher) -> (u32, 
         match files.fetch(&uri[pos..]) {
             Ok(bytes) => {
                 let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-                obj.insert("data".to_string(), Value::String(b64));
+                obj.insert(
+                    "data".to_string(),
+                    Value::String(content_mark(contents.len())),
+                );
+                contents.push(b64);
                 fetched += 1;
             }
             Err(e) => {

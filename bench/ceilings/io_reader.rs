@@ -35,7 +35,10 @@ fn ends_with_heartbeat(tail: &[u8]) -> bool {
         return false;
     }
     let body = &tail[..tail.len() - 2];
-    let start = body.windows(2).rposition(|w| w == b"\n\n").map_or(0, |p| p + 1);
+    let start = body
+        .windows(2)
+        .rposition(|w| w == b"\n\n")
+        .map_or(0, |p| p + 1);
     // The message's own first line starts after its leading `\n`.
     find(&tail[start..], HEARTBEAT).is_some()
 }
@@ -55,7 +58,9 @@ fn run(addr: &str, stream_id: &str, token: &str) -> std::io::Result<(u64, bool)>
     let body_start = loop {
         let n = sock.read(&mut buf)?;
         if n == 0 {
-            return Err(std::io::Error::other("connection closed before the response head ended"));
+            return Err(std::io::Error::other(
+                "connection closed before the response head ended",
+            ));
         }
         head.extend_from_slice(&buf[..n]);
         if let Some(p) = find(&head, b"\r\n\r\n") {

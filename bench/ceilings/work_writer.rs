@@ -99,7 +99,11 @@ impl Writer {
         if !DATA_EVENTS.contains(&event) {
             return Ok(Next::Continue);
         }
-        let data = if data_lines > 1 { &self.joined[..] } else { data.unwrap_or_default() };
+        let data = if data_lines > 1 {
+            &self.joined[..]
+        } else {
+            data.unwrap_or_default()
+        };
         let valid = std::str::from_utf8(data)
             .ok()
             .is_some_and(|text| serde_json::from_str::<IgnoredAny>(text).is_ok());
@@ -111,7 +115,11 @@ impl Writer {
             self.counts.bytes_written += data.len() as u64 + 1;
         }
         self.counts.events += 1;
-        Ok(if self.counts.events >= self.want { Next::Done } else { Next::Continue })
+        Ok(if self.counts.events >= self.want {
+            Next::Done
+        } else {
+            Next::Continue
+        })
     }
 }
 
@@ -216,7 +224,10 @@ fn main() -> ExitCode {
             if c.events == want && c.invalid == 0 {
                 ExitCode::SUCCESS
             } else {
-                eprintln!("work_writer: {} events read ({} invalid), {want} expected", c.events, c.invalid);
+                eprintln!(
+                    "work_writer: {} events read ({} invalid), {want} expected",
+                    c.events, c.invalid
+                );
                 ExitCode::from(1)
             }
         }

@@ -233,10 +233,21 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 fn handle(sh: &Shared, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(HEAD_TIMEOUT));
-    let req = match http::read_head(&mut stream) {
+    let mut req = match http::read_head(&mut stream) {
         Ok(Some(r)) => r,
         _ => return,
     };
+    // Attached files are served on a kept-alive connection, as OpenCTI
+    // does: a client fetching many files reuses one connection.
+    while req.method == "GET" && req.path.starts_with("/storage/get/") && authorized(sh, &req) {
+        if file_keep_alive(sh, &req, &mut stream).is_err() {
+            return;
+        }
+        req = match http::read_head(&mut stream) {
+            Ok(Some(r)) => r,
+            _ => return,
+        };
+    }
     let _ = stream.set_read_timeout(None);
     let result = route(sh, &req, stream);
     if let Err(e) = result {
@@ -280,6 +291,43 @@ fn route(sh: &Shared, req: &Request, stream: TcpStream) -> io::Result<()> {
 
 fn authorized(sh: &Shared, req: &Request) -> bool {
     req.bearer() == Some(sh.cfg.token.as_str())
+}
+
+/// Answers one authorized file request and keeps the connection open.
+fn file_keep_alive(sh: &Shared, req: &Request, stream: &mut TcpStream) -> io::Result<()> {
+    let raw_key = req.path.strip_prefix("/storage/get/").unwrap_or("");
+    let n = sh.file_requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let failing = sh
+        .cfg
+        .file_fail_every
+        .is_some_and(|k| k > 0 && n.is_multiple_of(k));
+    let content =
+        http::percent_decode_str(raw_key).and_then(|key| files::lookup(&sh.cfg.model, &key));
+    let (status, body, ctype): (u16, Vec<u8>, &str) = match content {
+        _ if failing => (
+            500,
+            b"injected failure\n".to_vec(),
+            "text/plain; charset=utf-8",
+        ),
+        Some(bytes) => (200, bytes, "application/octet-stream"),
+        None => (404, b"no such file\n".to_vec(), "text/plain; charset=utf-8"),
+    };
+    sh.log(|| {
+        format!(
+            "GET {} -> {status} ({} bytes, kept alive)",
+            req.path,
+            body.len()
+        )
+    });
+    use std::io::Write;
+    write!(
+        stream,
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+        http::reason(status),
+        body.len()
+    )?;
+    stream.write_all(&body)?;
+    stream.flush()
 }
 
 fn file_endpoint(
