@@ -41,6 +41,7 @@ Register-ArgumentCompleter -Native -CommandName 'opencti-stream-exporter' -Scrip
         'opencti-stream-exporter;run' {
             [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'Start after this position on a first run: an ISO date with a zone, epoch milliseconds, or `<ms>-<seq>`')
             [CompletionResult]::new('--until', '--until', [CompletionResultType]::ParameterName, 'Stop once the stream has passed this position (a date, epoch ms, `<ms>-<seq>`, or `now`)')
+            [CompletionResult]::new('--metrics-textfile', '--metrics-textfile', [CompletionResultType]::ParameterName, 'At exit, write the metrics to this file (Prometheus text format, for node-exporter''s textfile collector)')
             [CompletionResult]::new('--output-dir', '--output-dir', [CompletionResultType]::ParameterName, 'Write to this directory instead of the configured destination')
             [CompletionResult]::new('--consumer-count', '--consumer-count', [CompletionResultType]::ParameterName, 'Worker threads that turn events into lines [default: `connector.consumer_count`]')
             [CompletionResult]::new('-c', '-c', [CompletionResultType]::ParameterName, 'YAML configuration file [default: ./config.yml when present]')

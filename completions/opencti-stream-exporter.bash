@@ -221,7 +221,7 @@ _opencti__stream__exporter() {
             return 0
             ;;
         opencti__subcmd__stream__subcmd__exporter__subcmd__run)
-            opts="-c -q -v -h -V --from --until --once --accept-gap --output-dir --consumer-count --config --state --quiet --verbose --help --version"
+            opts="-c -q -v -h -V --from --until --once --accept-gap --metrics-textfile --output-dir --consumer-count --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -232,6 +232,10 @@ _opencti__stream__exporter() {
                     return 0
                     ;;
                 --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-textfile)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

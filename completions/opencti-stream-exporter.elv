@@ -37,6 +37,7 @@ set edit:completion:arg-completer[opencti-stream-exporter] = {|@words|
         &'opencti-stream-exporter;run'= {
             cand --from 'Start after this position on a first run: an ISO date with a zone, epoch milliseconds, or `<ms>-<seq>`'
             cand --until 'Stop once the stream has passed this position (a date, epoch ms, `<ms>-<seq>`, or `now`)'
+            cand --metrics-textfile 'At exit, write the metrics to this file (Prometheus text format, for node-exporter''s textfile collector)'
             cand --output-dir 'Write to this directory instead of the configured destination'
             cand --consumer-count 'Worker threads that turn events into lines [default: `connector.consumer_count`]'
             cand -c 'YAML configuration file [default: ./config.yml when present]'

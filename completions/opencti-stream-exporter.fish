@@ -36,6 +36,7 @@ complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_needs_com
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -l from -d 'Start after this position on a first run: an ISO date with a zone, epoch milliseconds, or `<ms>-<seq>`' -r
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -l until -d 'Stop once the stream has passed this position (a date, epoch ms, `<ms>-<seq>`, or `now`)' -r
+complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -l metrics-textfile -d 'At exit, write the metrics to this file (Prometheus text format, for node-exporter\'s textfile collector)' -r -F
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -l output-dir -d 'Write to this directory instead of the configured destination' -r -F
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -l consumer-count -d 'Worker threads that turn events into lines [default: `connector.consumer_count`]' -r
 complete -c opencti-stream-exporter -n "__fish_opencti_stream_exporter_using_subcommand run" -s c -l config -d 'YAML configuration file [default: ./config.yml when present]' -r -F

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use crate::config::BatchLimits;
 use crate::id::EventId;
+use crate::policy::Reason;
 
 /// Largest buffer reserved up front for a batch body, in bytes.
 const FRESH_CAPACITY_MAX: usize = 64 << 20;
@@ -52,6 +53,13 @@ pub enum Item {
         /// The record to keep.
         letter: DeadLetter,
     },
+    /// An event the export policy held back: no line, but its id counts.
+    Held {
+        /// Its SSE id.
+        id: EventId,
+        /// Why it was held back.
+        reason: Reason,
+    },
     /// A heartbeat (or any control frame with an id): proves every id below
     /// it complete.
     Mark {
@@ -76,12 +84,19 @@ pub struct Batch {
     pub cursor: Option<EventId>,
     /// Dead letters to keep before the cursor is saved.
     pub dead: Vec<DeadLetter>,
+    /// Events held back by the export policy, by [`Reason::index`].
+    pub held: [u64; 6],
 }
 
 impl Batch {
-    /// True when there is neither a line nor a dead letter.
+    /// True when there is no line, no dead letter and no held event.
     pub fn is_empty(&self) -> bool {
-        self.events == 0 && self.dead.is_empty()
+        self.events == 0 && self.dead.is_empty() && self.held_total() == 0
+    }
+
+    /// Events held back by the export policy.
+    pub fn held_total(&self) -> u64 {
+        self.held.iter().sum()
     }
 }
 
@@ -91,6 +106,7 @@ struct Boundary {
     bytes: usize,
     events: u64,
     dead: usize,
+    held: u64,
     /// Id of the last line before the boundary.
     last_line: Option<EventId>,
     /// The complete id the boundary stands for.
@@ -181,8 +197,15 @@ impl Batcher {
     pub fn push(&mut self, item: Item, now: Instant) -> Option<Batch> {
         match item {
             Item::Mark { id } => {
-                self.see(id);
+                self.see_mark(id);
                 self.forced_cut()
+            }
+            Item::Held { id, reason } => {
+                self.see(id);
+                let out = self.forced_cut();
+                self.note_arrival(now);
+                self.cur.held[reason.index()] += 1;
+                out
             }
             Item::Line { id, bytes } => {
                 self.see(id);
@@ -251,19 +274,11 @@ impl Batcher {
         self.tail_oldest.get_or_insert(now);
     }
 
+    /// A data event's id (a line, a dead letter, a held event).
     fn see(&mut self, id: EventId) {
         match self.open {
             Some(open) if id > open => {
-                // Everything buffered has an id <= open: all of it is complete.
-                self.boundary = Boundary {
-                    bytes: self.cur.body.len(),
-                    events: self.cur.events,
-                    dead: self.cur.dead.len(),
-                    last_line: self.cur.last_id,
-                    cursor: Some(open),
-                };
-                self.tail_first = None;
-                self.tail_oldest = None;
+                self.complete_up_to(open);
                 self.open = Some(id);
             }
             Some(open) if id < open => self.backwards += 1,
@@ -272,11 +287,34 @@ impl Batcher {
         }
     }
 
+    /// A heartbeat's id: proves the open group complete, but never becomes
+    /// a cursor itself (a heartbeat id can be `<now>-0`, ahead of a snapshot
+    /// still in progress).
+    fn see_mark(&mut self, id: EventId) {
+        if let Some(open) = self.open.filter(|o| id > *o) {
+            self.complete_up_to(open);
+        }
+    }
+
+    /// Everything buffered has an id <= `open`: all of it is complete.
+    fn complete_up_to(&mut self, open: EventId) {
+        self.boundary = Boundary {
+            bytes: self.cur.body.len(),
+            events: self.cur.events,
+            dead: self.cur.dead.len(),
+            held: self.cur.held_total(),
+            last_line: self.cur.last_id,
+            cursor: Some(open),
+        };
+        self.tail_first = None;
+        self.tail_oldest = None;
+    }
+
     /// Cuts at the boundary. With no complete group buffered: nothing when
     /// `only_complete`, else everything (one group fills a whole batch).
     fn cut(&mut self, only_complete: bool) -> Option<Batch> {
         let b = self.boundary;
-        if b.events == 0 && b.dead == 0 {
+        if b.events == 0 && b.dead == 0 && b.held == 0 {
             if only_complete {
                 return None;
             }
@@ -297,6 +335,7 @@ impl Batcher {
             },
             cursor: None,
             dead: batch.dead.split_off(b.dead),
+            held: [0; 6],
         };
         batch.events = b.events;
         batch.last_id = b.last_line;
@@ -478,6 +517,33 @@ mod tests {
         assert!(
             b.push(line(4, 0), t).is_none(),
             "only the first batch is forced"
+        );
+    }
+
+    #[test]
+    fn heartbeats_complete_groups_but_never_become_the_cursor() {
+        let t = Instant::now();
+        let mut b = Batcher::new(limits(100));
+        b.push(line(5, 0), t);
+        b.push(
+            Item::Mark {
+                id: id(1_800_000_000_000, 0),
+            },
+            t,
+        );
+        b.push(
+            Item::Mark {
+                id: id(1_800_000_000_001, 0),
+            },
+            t,
+        );
+        let batch = b.tick(t + Duration::from_secs(10)).unwrap();
+        assert_eq!(batch.cursor, Some(id(5, 0)));
+        b.push(line(6, 0), t);
+        assert_eq!(
+            b.finish().unwrap().cursor,
+            Some(id(5, 0)),
+            "the cursor stays before the open 6-0"
         );
     }
 

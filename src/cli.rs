@@ -101,6 +101,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub accept_gap: bool,
 
+    /// At exit, write the metrics to this file (Prometheus text format, for node-exporter's textfile collector)
+    #[arg(long, value_name = "PATH")]
+    pub metrics_textfile: Option<PathBuf>,
+
     /// Write to this directory instead of the configured destination
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,

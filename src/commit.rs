@@ -25,6 +25,8 @@ use crate::dest::dir::hex;
 use crate::dest::naming::{dead_letter_key, key_ms, next_key_ms, object_key};
 use crate::dest::{DestError, Destination, ObjectMeta};
 use crate::id::{now_ms, EventId};
+use crate::metrics::{Metrics, RetryCause};
+use crate::policy::Reason;
 use crate::retry::{sleep_unless, Backoff};
 use crate::state::{self, Pending, State};
 
@@ -62,6 +64,7 @@ pub struct Committer {
     /// The key of a pending file that was not found: used again.
     reuse_key: Option<String>,
     gaps: Arc<std::sync::Mutex<Vec<String>>>,
+    metrics: Arc<Metrics>,
     /// What has been committed so far in this run.
     pub totals: Totals,
 }
@@ -90,6 +93,7 @@ impl Committer {
             fault: fault_point(),
             reuse_key: None,
             gaps: Arc::default(),
+            metrics: Arc::default(),
             totals: Totals::default(),
         }
     }
@@ -103,6 +107,11 @@ impl Committer {
     fn take_gaps(&mut self) {
         let mut gaps = self.gaps.lock().expect("not poisoned");
         self.state.accepted_gaps.append(&mut gaps);
+    }
+
+    /// Counts what is stored into `metrics`.
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = metrics;
     }
 
     /// The state as last saved.
@@ -127,6 +136,7 @@ impl Committer {
             &self.stop,
             self.retry_max,
             &mut self.totals,
+            &self.metrics,
             || self.dest.prepare(),
         )?;
         self.settle()
@@ -153,6 +163,7 @@ impl Committer {
                 &self.stop,
                 self.retry_max,
                 &mut self.totals,
+                &self.metrics,
                 || self.dest.exists(&key),
             )?;
             if !stored {
@@ -162,6 +173,7 @@ impl Committer {
                         &self.stop,
                         self.retry_max,
                         &mut self.totals,
+                        &self.metrics,
                         || done.exists(&key),
                     )?;
                 }
@@ -205,11 +217,22 @@ impl Committer {
         for letter in &batch.dead {
             self.keep_dead_letter(letter)?;
         }
+        for reason in Reason::ALL {
+            let n = batch.held[reason.index()];
+            if n > 0 {
+                *self
+                    .state
+                    .held_by_policy
+                    .entry(reason.as_str().to_string())
+                    .or_default() += n;
+            }
+        }
         if batch.events == 0 {
             if let Some(c) = batch.cursor {
                 self.state.advance_cursor(c);
             }
             state::save(&self.state_path, &self.state)?;
+            self.record_commit();
             return Ok((None, batch.body));
         }
         let number = self.state.file_count + 1;
@@ -242,17 +265,23 @@ impl Committer {
         };
         let body = batch.body;
         self.crash_if("before-upload", number);
+        let upload_started = std::time::Instant::now();
         retry_loop(
             &format!("store `{key}`"),
             &self.stop,
             self.retry_max,
             &mut self.totals,
+            &self.metrics,
             || self.dest.put(&key, &body, &meta),
         )?;
         self.crash_if("after-upload", number);
 
+        let upload_time = upload_started.elapsed();
         self.commit(&pending);
         state::save(&self.state_path, &self.state).context("saving the state after an upload")?;
+        self.metrics
+            .record_file(batch.events, body.len() as u64, upload_time);
+        self.record_commit();
         self.totals.events += batch.events;
         self.totals.files += 1;
         self.totals.bytes += body.len() as u64;
@@ -263,6 +292,24 @@ impl Committer {
             meta.last_id
         );
         Ok((Some(key), body))
+    }
+
+    fn record_commit(&self) {
+        let cursor_ms = self
+            .state
+            .cursor()
+            .ok()
+            .flatten()
+            .map(|c| c.ms)
+            .unwrap_or(0);
+        self.metrics.record_commit(cursor_ms, now_ms());
+        let until = self
+            .state
+            .recover_until
+            .as_deref()
+            .and_then(|d| crate::id::parse_iso_ms(d).ok())
+            .unwrap_or(0);
+        self.metrics.set_recover_until_ms(until);
     }
 
     /// Dies on the spot, as a kill -9 would, at a chosen point of the
@@ -293,9 +340,14 @@ impl Committer {
             sha256_hex: hex(&Sha256::digest(&record)),
         };
         let what = format!("keep dead letter `{key}` in {}", self.dead.describe());
-        retry_loop(&what, &self.stop, self.retry_max, &mut self.totals, || {
-            self.dead.put(&key, &record, &meta)
-        })?;
+        retry_loop(
+            &what,
+            &self.stop,
+            self.retry_max,
+            &mut self.totals,
+            &self.metrics,
+            || self.dead.put(&key, &record, &meta),
+        )?;
         log::warn!(
             "event `{}` ({}) kept aside as a dead letter `{key}`: {}",
             letter.id.as_deref().unwrap_or("without id"),
@@ -303,6 +355,7 @@ impl Committer {
             letter.reason
         );
         self.state.dead_letters += 1;
+        self.metrics.inc_dead_letter();
         self.totals.dead_letters += 1;
         Ok(())
     }
@@ -322,15 +375,21 @@ fn retry_loop<T>(
     stop: &AtomicBool,
     max: Duration,
     totals: &mut Totals,
+    metrics: &Metrics,
     mut f: impl FnMut() -> Result<T, DestError>,
 ) -> Result<T> {
     let mut backoff = Backoff::new(Duration::from_millis(500), max);
     loop {
         match f() {
             Ok(v) => return Ok(v),
-            Err(DestError::Permanent(m)) => return Err(anyhow!("cannot {what}: {m}")),
+            Err(DestError::Permanent(m)) => {
+                metrics.inc_write_error();
+                return Err(anyhow!("cannot {what}: {m}"));
+            }
             Err(DestError::Transient(m)) => {
                 totals.retries += 1;
+                metrics.inc_write_error();
+                metrics.inc_retry(RetryCause::Storage);
                 let d = backoff.next_delay();
                 log::warn!(
                     "cannot {what} (attempt {}): {m}; retrying in {:.1} s",

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::dest::s3::S3Settings;
 use crate::id::{self, EventId};
+use crate::policy::{Policy, PolicySettings, UnknownMarking};
 use crate::secret::Secret;
 
 /// A configuration value that cannot be used, with the fix.
@@ -135,6 +136,16 @@ pub const KEYS: &[Key] = &[
     key("files.retries", "FILES_RETRIES"),
     key("dead_letter.bucket", "DEAD_LETTER_BUCKET"),
     key("dead_letter.directory", "DEAD_LETTER_DIRECTORY"),
+    key("connector.expose_metrics", "CONNECTOR_EXPOSE_METRICS"),
+    key("connector.metrics_port", "CONNECTOR_METRICS_PORT"),
+    key("metrics.textfile", "METRICS_TEXTFILE"),
+    key("metrics.log_every_sec", "METRICS_LOG_EVERY_SEC"),
+    key("policy.allow_types", "POLICY_ALLOW_TYPES"),
+    key("policy.deny_types", "POLICY_DENY_TYPES"),
+    key("policy.require_labels", "POLICY_REQUIRE_LABELS"),
+    key("policy.forbid_labels", "POLICY_FORBID_LABELS"),
+    key("policy.tlp_ceiling", "POLICY_TLP_CEILING"),
+    key("policy.unknown_marking", "POLICY_UNKNOWN_MARKING"),
 ];
 
 /// Where the stream starts when there is no saved state.
@@ -243,6 +254,14 @@ pub struct Config {
     pub fetch_files: bool,
     /// Attempts per attached file before it is exported without content.
     pub file_retries: u32,
+    /// What may leave: types, labels, TLP ceiling.
+    pub policy: std::sync::Arc<Policy>,
+    /// Serve Prometheus metrics on this port (`connector.expose_metrics`).
+    pub metrics_port: Option<u16>,
+    /// Write the metrics here at exit, for node-exporter's textfile collector.
+    pub metrics_textfile: Option<PathBuf>,
+    /// How often a progress line is logged when not on a terminal.
+    pub log_every: Duration,
 }
 
 impl Config {
@@ -279,6 +298,8 @@ pub struct Overrides {
     pub output_dir: Option<PathBuf>,
     /// `--consumer-count`.
     pub consumer_count: Option<String>,
+    /// `--metrics-textfile`.
+    pub metrics_textfile: Option<PathBuf>,
 }
 
 /// Which config file to read: `--config`, else `./config.yml` when present.
@@ -425,6 +446,42 @@ impl Sources<'_> {
         }
     }
 
+    /// A list: a YAML sequence, or comma-separated text (environment).
+    fn list(&self, path: &str) -> Result<Vec<String>, ConfigError> {
+        let k = Self::key(path);
+        let split = |v: &str| -> Vec<String> {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        if let Some(v) = self.env.get(k.env).filter(|v| !v.trim().is_empty()) {
+            return Ok(split(v));
+        }
+        let Some((file, root)) = self.yaml else {
+            return Ok(Vec::new());
+        };
+        let (section, name) = path.split_once('.').expect("keys are section.key");
+        let bad = || ConfigError {
+            key: path.into(),
+            origin: file.display().to_string(),
+            message: "must be a list of names".into(),
+        };
+        match root.get(section).and_then(|s| s.get(name)) {
+            None | Some(serde_yaml::Value::Null) => Ok(Vec::new()),
+            Some(serde_yaml::Value::Sequence(items)) => items
+                .iter()
+                .map(|i| match i {
+                    serde_yaml::Value::String(s) => Ok(s.trim().to_string()),
+                    serde_yaml::Value::Number(n) => Ok(n.to_string()),
+                    _ => Err(bad()),
+                })
+                .collect(),
+            Some(serde_yaml::Value::String(s)) => Ok(split(s)),
+            Some(_) => Err(bad()),
+        }
+    }
+
     fn number(
         &self,
         path: &str,
@@ -529,6 +586,19 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
     let connector_name = src
         .string("connector.name")
         .unwrap_or_else(|| "StreamExporter".to_string());
+    let policy = policy(src)?;
+    let metrics_port = if src.boolean("connector.expose_metrics", false)? {
+        Some(src.number("connector.metrics_port", 9095, 1, 65535, "port")? as u16)
+    } else {
+        src.number("connector.metrics_port", 9095, 1, 65535, "port")?;
+        None
+    };
+    let metrics_textfile = ov
+        .metrics_textfile
+        .clone()
+        .or_else(|| src.string("metrics.textfile").map(PathBuf::from));
+    let log_every =
+        Duration::from_secs(src.number("metrics.log_every_sec", 60, 1, 86_400, "seconds")?);
 
     // Values checked even when the destination does not use them (or the
     // reference read them but they have no effect here), so that a typo
@@ -566,7 +636,40 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
         state_path,
         fetch_files,
         file_retries,
+        policy,
+        metrics_port,
+        metrics_textfile,
+        log_every,
     })
+}
+
+fn policy(src: &Sources) -> Result<std::sync::Arc<Policy>, ConfigError> {
+    let unknown_raw = src.get("policy.unknown_marking");
+    let unknown_marking = match &unknown_raw {
+        None => UnknownMarking::default(),
+        Some(r) => UnknownMarking::parse(&r.value).map_err(|e| {
+            src.err(
+                "policy.unknown_marking",
+                Some(r),
+                format!("is refused: {e}"),
+            )
+        })?,
+    };
+    let settings = PolicySettings {
+        allow_types: src.list("policy.allow_types")?,
+        deny_types: src.list("policy.deny_types")?,
+        require_labels: src.list("policy.require_labels")?,
+        forbid_labels: src.list("policy.forbid_labels")?,
+        tlp_ceiling: src.string("policy.tlp_ceiling"),
+        unknown_marking,
+    };
+    Policy::new(&settings)
+        .map(std::sync::Arc::new)
+        .map_err(|e| ConfigError {
+            key: "policy".into(),
+            origin: "the `policy` section or the POLICY_* variables".into(),
+            message: e,
+        })
 }
 
 fn opencti(src: &Sources) -> Result<OpenCti, ConfigError> {

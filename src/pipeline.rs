@@ -28,9 +28,11 @@ use crate::batch::{Batch, Batcher, DeadLetter, Item};
 use crate::commit::{Committer, Totals};
 use crate::config::{BatchLimits, StreamSettings};
 use crate::id::EventId;
+use crate::metrics::{Metrics, RetryCause};
+use crate::policy::Policy;
 use crate::stream::client::{Flow, Handler, Start, StreamClient, StreamError};
 use crate::stream::sse::SseMessage;
-use crate::transform::{self, FileFetcher, DATA_EVENTS};
+use crate::transform::{self, FileFetcher, Transformed, DATA_EVENTS};
 
 /// Counters shared by the threads (read by progress and metrics).
 #[derive(Debug, Default)]
@@ -59,7 +61,12 @@ pub struct Stats {
 
 /// Reports progress until `done`: a status line redrawn every second on a
 /// terminal, else an info log line every `interval`.
-pub fn spawn_progress(stats: Arc<Stats>, done: Arc<AtomicBool>, interval: Duration) {
+pub fn spawn_progress(
+    stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
+    done: Arc<AtomicBool>,
+    interval: Duration,
+) {
     use std::io::{IsTerminal, Write};
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -102,7 +109,7 @@ pub fn spawn_progress(stats: Arc<Stats>, done: Arc<AtomicBool>, interval: Durati
                 let _ = write!(err, "\r\x1b[2K{line}");
                 let _ = err.flush();
             } else {
-                log::info!("progress: {line}");
+                log::info!("progress: {line}; {}", metrics.summary_line());
             }
         }
         if tty {
@@ -175,6 +182,8 @@ pub struct PipelineSettings {
     pub accept_gap: bool,
     /// End the first batch as soon as this id is complete.
     pub first_cut_after: Option<EventId>,
+    /// What may leave.
+    pub policy: Arc<Policy>,
 }
 
 /// How a run ended.
@@ -209,11 +218,19 @@ enum Work {
     Mark(EventId),
 }
 
+/// Work items handed over at once: one channel message per chunk instead
+/// of per event.
+const CHUNK: usize = 128;
+
 struct Reader {
-    senders: Vec<Sender<Work>>,
+    senders: Vec<Sender<Vec<Work>>>,
     next: usize,
+    pending: Vec<Work>,
+    metrics: Arc<Metrics>,
     last_seen: Option<EventId>,
     complete: Option<EventId>,
+    /// The last heartbeat id greater than every data id seen.
+    heartbeat: Option<EventId>,
     stop_rule: StopRule,
     recover_until_ms: Option<u64>,
     once_target: Option<EventId>,
@@ -267,9 +284,22 @@ impl Reader {
     }
 
     fn send(&mut self, w: Work) -> Flow {
+        self.pending.push(w);
+        if self.pending.len() >= CHUNK {
+            return self.flush();
+        }
+        Flow::Continue
+    }
+
+    /// Hands the pending chunk to the next worker in turn.
+    fn flush(&mut self) -> Flow {
+        if self.pending.is_empty() {
+            return Flow::Continue;
+        }
+        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK));
         let i = self.next;
         self.next = (self.next + 1) % self.senders.len();
-        if self.senders[i].send(w).is_err() {
+        if self.senders[i].send(chunk).is_err() {
             return Flow::Stop;
         }
         Flow::Continue
@@ -286,17 +316,22 @@ impl Reader {
         }
         if let Some(c) = self.complete {
             self.stats.complete_ms.store(c.ms, Ordering::Relaxed);
+            self.metrics.set_received_ms(c.ms);
         }
     }
 
     fn done(&self) -> bool {
-        let Some(complete) = self.complete else {
+        let proven = self.complete.max(self.heartbeat);
+        let Some(proven) = proven else {
             return false;
         };
-        if self.stop_rule.until.is_some_and(|u| complete >= u) {
+        if self
+            .complete
+            .is_some_and(|c| self.stop_rule.until.is_some_and(|u| c >= u))
+        {
             return true;
         }
-        self.stop_rule.once && self.once_target.is_some_and(|t| complete >= t)
+        self.stop_rule.once && self.once_target.is_some_and(|t| proven >= t)
     }
 
     fn dead(&mut self, id: Option<EventId>, msg: &SseMessage, reason: String) -> Flow {
@@ -342,9 +377,15 @@ impl Handler for Reader {
                         let _ = self.send(Work::Mark(h));
                         return Flow::Stop;
                     }
-                    self.last_seen = Some(h);
-                    self.complete = Some(h);
-                    self.stats.complete_ms.store(h.ms, Ordering::Relaxed);
+                    // Everything sent so far is complete; the heartbeat id
+                    // itself is no resume point (it can run ahead of a
+                    // snapshot in progress).
+                    if let Some(l) = self.last_seen {
+                        self.complete = Some(l);
+                        self.stats.complete_ms.store(l.ms, Ordering::Relaxed);
+                        self.metrics.set_received_ms(l.ms);
+                    }
+                    self.heartbeat = Some(h);
                     self.send(Work::Mark(h))
                 }
                 _ => Flow::Continue,
@@ -417,53 +458,81 @@ impl Handler for Reader {
 
     fn on_disconnect(&mut self, _why: &str) {
         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        self.metrics.inc_reconnect();
+        self.metrics.inc_retry(RetryCause::Stream);
+    }
+
+    fn on_read_end(&mut self) -> Flow {
+        self.flush()
     }
 }
 
 fn worker(
-    rx: Receiver<Work>,
-    tx: Sender<Item>,
+    rx: Receiver<Vec<Work>>,
+    tx: Sender<Vec<Item>>,
     files: Arc<dyn FileFetcher + Send>,
+    policy: Arc<Policy>,
     stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
 ) {
-    for work in rx {
-        let item = match work {
-            Work::Mark(id) => Item::Mark { id },
-            Work::Dead { id, letter } => Item::Dead { id, letter },
-            Work::Data { id, event, data } => {
-                match transform::transform(&id, &event, &data, files.as_ref()) {
-                    Ok(line) => {
-                        stats.transformed.fetch_add(1, Ordering::Relaxed);
-                        if line.files_failed > 0 {
-                            stats
-                                .files_failed
-                                .fetch_add(line.files_failed as u64, Ordering::Relaxed);
-                        }
-                        if line.files_fetched > 0 {
-                            stats
-                                .files_fetched
-                                .fetch_add(line.files_fetched as u64, Ordering::Relaxed);
-                        }
-                        Item::Line {
-                            id,
-                            bytes: line.bytes,
-                        }
-                    }
-                    Err(reject) => Item::Dead {
-                        id: Some(id),
-                        letter: DeadLetter {
-                            id: Some(id.to_string()),
-                            event,
-                            reason: reject.reason,
-                            size: data.len(),
-                            raw: data,
-                        },
-                    },
-                }
-            }
-        };
-        if tx.send(item).is_err() {
+    for chunk in rx {
+        let items: Vec<Item> = chunk
+            .into_iter()
+            .map(|work| work_item(work, files.as_ref(), &policy, &stats, &metrics))
+            .collect();
+        if tx.send(items).is_err() {
             return;
+        }
+    }
+}
+
+fn work_item(
+    work: Work,
+    files: &dyn FileFetcher,
+    policy: &Policy,
+    stats: &Stats,
+    metrics: &Metrics,
+) -> Item {
+    match work {
+        Work::Mark(id) => Item::Mark { id },
+        Work::Dead { id, letter } => Item::Dead { id, letter },
+        Work::Data { id, event, data } => {
+            match transform::transform_with_policy(&id, &event, &data, files, policy) {
+                Ok(Transformed::Line(line)) => {
+                    stats.transformed.fetch_add(1, Ordering::Relaxed);
+                    metrics.inc_processed(&event);
+                    if line.files_failed > 0 {
+                        stats
+                            .files_failed
+                            .fetch_add(line.files_failed as u64, Ordering::Relaxed);
+                        metrics.add_file_fetch_failures(line.files_failed as u64);
+                    }
+                    if line.files_fetched > 0 {
+                        stats
+                            .files_fetched
+                            .fetch_add(line.files_fetched as u64, Ordering::Relaxed);
+                    }
+                    Item::Line {
+                        id,
+                        bytes: line.bytes,
+                    }
+                }
+                Ok(Transformed::Held(reason)) => {
+                    metrics.inc_held(reason);
+                    log::debug!("event `{id}` ({event}) held back by the export policy: {reason}");
+                    Item::Held { id, reason }
+                }
+                Err(reject) => Item::Dead {
+                    id: Some(id),
+                    letter: DeadLetter {
+                        id: Some(id.to_string()),
+                        event,
+                        reason: reject.reason,
+                        size: data.len(),
+                        raw: data,
+                    },
+                },
+            }
         }
     }
 }
@@ -477,20 +546,25 @@ pub fn run(
     files: Arc<dyn FileFetcher + Send>,
     stop: Arc<AtomicBool>,
     stats: Arc<Stats>,
+    metrics: Arc<Metrics>,
 ) -> (Committer, Result<Outcome>) {
     let started = Instant::now();
     let n = settings.workers.max(1);
-    let per_worker = (settings.queue_size / (2 * n)).max(4);
+    // Capacities count chunks of up to CHUNK events: queue.size events in
+    // flight between the reader and the batcher, at least two chunks a side.
+    let per_worker = (settings.queue_size / (2 * n * CHUNK)).max(2);
     let mut work_tx = Vec::with_capacity(n);
     let mut item_rx = Vec::with_capacity(n);
     for _ in 0..n {
-        let (wtx, wrx) = bounded::<Work>(per_worker);
-        let (itx, irx) = bounded::<Item>(per_worker);
+        let (wtx, wrx) = bounded::<Vec<Work>>(per_worker);
+        let (itx, irx) = bounded::<Vec<Item>>(per_worker);
         let files = files.clone();
         let stats = stats.clone();
+        let metrics = metrics.clone();
+        let policy = settings.policy.clone();
         std::thread::Builder::new()
             .name("worker".into())
-            .spawn(move || worker(wrx, itx, files, stats))
+            .spawn(move || worker(wrx, itx, files, policy, stats, metrics))
             .expect("spawn worker");
         work_tx.push(wtx);
         item_rx.push(irx);
@@ -503,8 +577,11 @@ pub fn run(
         let mut reader = Reader {
             senders: work_tx,
             next: 0,
+            pending: Vec::with_capacity(CHUNK),
+            metrics: metrics.clone(),
             last_seen: None,
             complete: None,
+            heartbeat: None,
             stop_rule: settings.stop_rule,
             recover_until_ms: settings.start.recover_until_ms,
             once_target: None,
@@ -522,6 +599,7 @@ pub fn run(
             .name("reader".into())
             .spawn(move || {
                 let result = client.run(start, &mut reader);
+                reader.flush();
                 if let Some(e) = reader.gap.take().map(Err).unwrap_or(result).err() {
                     *stream_error.lock().expect("not poisoned") = Some(e);
                 }
@@ -587,7 +665,7 @@ pub fn run(
 }
 
 fn batcher_loop(
-    inputs: Vec<Receiver<Item>>,
+    inputs: Vec<Receiver<Vec<Item>>>,
     out: Sender<Batch>,
     spares: Receiver<Vec<u8>>,
     limits: BatchLimits,
@@ -613,11 +691,14 @@ fn batcher_loop(
             batcher.recycle(body);
         }
         match inputs[next].recv_timeout(wait) {
-            Ok(item) => {
+            Ok(items) => {
                 next = (next + 1) % inputs.len();
-                if let Some(b) = batcher.push(item, Instant::now()) {
-                    if out.send(b).is_err() {
-                        return;
+                let now = Instant::now();
+                for item in items {
+                    if let Some(b) = batcher.push(item, now) {
+                        if out.send(b).is_err() {
+                            return;
+                        }
                     }
                 }
             }

@@ -82,6 +82,9 @@ pub struct State {
     /// Dead letters kept since the state was created.
     #[serde(default)]
     pub dead_letters: u64,
+    /// Events held back by the export policy, by reason.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub held_by_policy: std::collections::BTreeMap<String, u64>,
     /// Gaps on the server side that an operator accepted (`--accept-gap`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accepted_gaps: Vec<String>,

@@ -22,6 +22,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::id::EventId;
+use crate::policy::{Policy, Reason, Verdict};
 
 /// OpenCTI's extension, where files are listed first.
 pub const EXT_OPENCTI: &str = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba";
@@ -77,10 +78,62 @@ fn reject(reason: impl Into<String>) -> Reject {
     }
 }
 
-/// Turns one data event into its output line.
+/// What became of a data event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transformed {
+    /// A line for the file.
+    Line(Line),
+    /// Held back by the export policy: no line, but its id is consumed.
+    Held(Reason),
+}
+
+/// Turns one data event into its output line, unless `policy` holds it back
+/// (judged before any attached file is fetched).
 ///
 /// `id` is the SSE id (already checked by the caller to be `<ms>-<seq>`),
 /// `event` the SSE event name (one of [`DATA_EVENTS`]), `data` the raw bytes.
+pub fn transform_with_policy(
+    id: &EventId,
+    event: &str,
+    data: &[u8],
+    files: &dyn FileFetcher,
+    policy: &Policy,
+) -> Result<Transformed, Reject> {
+    let text = std::str::from_utf8(data)
+        .map_err(|e| reject(format!("event data is not valid UTF-8 ({e})")))?;
+    let fields = parse_top_level(text)?;
+    if policy.is_active() {
+        let data_raw = fields
+            .iter()
+            .find(|(k, _)| k == "data")
+            .map(|(_, v)| v.get())
+            .unwrap_or("null");
+        let sources: Vec<&RawValue> = if event == "merge" {
+            fields
+                .iter()
+                .find(|(k, _)| k == "context")
+                .and_then(|(_, v)| serde_json::from_str::<MergeContext>(v.get()).ok())
+                .map(|c| c.sources)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let verdict =
+            policy.judge_all(std::iter::once(data_raw).chain(sources.iter().map(|s| s.get())));
+        if let Verdict::Hold(reason) = verdict {
+            return Ok(Transformed::Held(reason));
+        }
+    }
+    build_line(id, event, data.len(), fields, files).map(Transformed::Line)
+}
+
+#[derive(serde::Deserialize)]
+struct MergeContext<'a> {
+    #[serde(borrow, default)]
+    sources: Vec<&'a RawValue>,
+}
+
+/// Turns one data event into its output line (no export policy).
 pub fn transform(
     id: &EventId,
     event: &str,
@@ -90,6 +143,16 @@ pub fn transform(
     let text = std::str::from_utf8(data)
         .map_err(|e| reject(format!("event data is not valid UTF-8 ({e})")))?;
     let fields = parse_top_level(text)?;
+    build_line(id, event, data.len(), fields, files)
+}
+
+fn build_line(
+    id: &EventId,
+    event: &str,
+    data_len: usize,
+    fields: Vec<(Cow<'_, str>, &RawValue)>,
+    files: &dyn FileFetcher,
+) -> Result<Line, Reject> {
     let mut data_raw: Option<&RawValue> = None;
     let mut context_raw: Option<&RawValue> = None;
     for (key, value) in &fields {
@@ -130,7 +193,7 @@ pub fn transform(
             None
         };
 
-    let mut out = Vec::with_capacity(data.len() + 64);
+    let mut out = Vec::with_capacity(data_len + 64);
     out.push(b'{');
     let mut first = true;
     let mut wrote_type = false;

@@ -57,6 +57,14 @@ pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
             })
             .map_err(|e| e.to_string()),
     );
+    r.add(
+        "export policy",
+        Ok(if cfg.policy.is_active() {
+            cfg.policy.describe().replace('\n', "; ")
+        } else {
+            "none: every event is exported".to_string()
+        }),
+    );
     if let Ok(stream) = cfg.stream() {
         r.add("live stream id", Ok(format!("`{}`", stream.live_stream_id)));
     } else if let Err(e) = cfg.stream() {

@@ -24,6 +24,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     if let Command::Run(args) = &cli.command {
         overrides.output_dir = args.output_dir.clone();
         overrides.consumer_count = args.consumer_count.clone();
+        overrides.metrics_textfile = args.metrics_textfile.clone();
     }
     let cfg = config::load(file.as_deref(), &overrides)?;
     crate::logging::apply_config_level(cfg.log_level);

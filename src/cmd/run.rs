@@ -2,7 +2,6 @@
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -10,6 +9,7 @@ use crate::cli::RunArgs;
 use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Recover};
 use crate::id::{self, EventId};
+use crate::metrics::{self, Metrics};
 use crate::pipeline::{self, PipelineSettings, Stats, StopRule};
 use crate::state::{self, RunSummary, State};
 use crate::stream::client::{Start, StreamClient};
@@ -91,8 +91,27 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         dests.done,
         abort,
     );
+    let metrics = Arc::new(Metrics::default());
+    committer.set_metrics(metrics.clone());
     let started_at = id::ms_to_iso(id::now_ms());
     let first_cut_after = committer.start()?;
+    if let Some(c) = committer.state().cursor().ok().flatten() {
+        metrics.set_cursor_ms(c.ms);
+    }
+    if let Some(port) = cfg.metrics_port {
+        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        let bound = metrics::serve(addr, metrics.clone(), cfg.connector_name.clone())
+            .with_context(|| {
+                format!("serving metrics on port {port} (`connector.metrics_port`)")
+            })?;
+        log::info!("metrics at http://{bound}/metrics");
+    }
+    if cfg.policy.is_active() {
+        log::info!(
+            "export policy: {}",
+            cfg.policy.describe().replace('\n', "; ")
+        );
+    }
     // The start position is read after settling: a stored pending file moves the cursor.
     let state = committer.state();
     let start = Start {
@@ -156,18 +175,27 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         limits: cfg.batch,
         accept_gap: args.accept_gap,
         first_cut_after,
+        policy: cfg.policy.clone(),
     };
     let stats = Arc::new(Stats::default());
     let progress_done = Arc::new(AtomicBool::new(false));
     if !quiet {
         pipeline::spawn_progress(
             stats.clone(),
+            metrics.clone(),
             progress_done.clone(),
-            Duration::from_secs(60),
+            cfg.log_every,
         );
     }
-    let (mut committer, result) =
-        pipeline::run(client, settings, committer, files, stop, stats.clone());
+    let (mut committer, result) = pipeline::run(
+        client,
+        settings,
+        committer,
+        files,
+        stop,
+        stats.clone(),
+        metrics.clone(),
+    );
     progress_done.store(true, std::sync::atomic::Ordering::Relaxed);
     let ended_at = id::ms_to_iso(id::now_ms());
     let totals = committer.totals.clone();
@@ -193,6 +221,15 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             dead_letters: totals.dead_letters,
         });
     });
+    if let Some(path) = &cfg.metrics_textfile {
+        match metrics::write_textfile(path, &metrics, &cfg.connector_name) {
+            Ok(()) => log::info!("metrics written to `{}`", path.display()),
+            Err(e) => log::warn!(
+                "cannot write the metrics textfile `{}`: {e}",
+                path.display()
+            ),
+        }
+    }
     let outcome = result?;
     let files_failed = stats
         .files_failed

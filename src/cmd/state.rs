@@ -83,6 +83,14 @@ fn describe(out: &mut String, s: &State) {
         out.push_str(&format!("stream:         {sid}\n"));
     }
     out.push_str(&format!("dead letters:   {}\n", s.dead_letters));
+    if !s.held_by_policy.is_empty() {
+        let parts: Vec<String> = s
+            .held_by_policy
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        out.push_str(&format!("held by policy: {}\n", parts.join(", ")));
+    }
     if let Some(r) = &s.last_run {
         out.push_str(&format!(
             "last run:       {} .. {}: {}; {} events, {} files, {} bytes\n",

@@ -77,6 +77,11 @@ pub trait Handler {
     fn resume_after(&self) -> Option<EventId>;
     /// A connection was lost (for counting); `why` is for the log.
     fn on_disconnect(&mut self, _why: &str) {}
+    /// Everything one read returned has been handed over: a moment to pass
+    /// buffered work on.
+    fn on_read_end(&mut self) -> Flow {
+        Flow::Continue
+    }
 }
 
 /// Where the first connection starts.
@@ -219,12 +224,17 @@ impl StreamClient {
                     let why = loop {
                         match reader.read(&mut buf) {
                             Ok(0) => break "the server closed the connection".to_string(),
-                            Ok(n) => parser.feed(&buf[..n], &mut |msg| {
-                                got_message = true;
-                                if !stop && handler.on_message(msg) == Flow::Stop {
+                            Ok(n) => {
+                                parser.feed(&buf[..n], &mut |msg| {
+                                    got_message = true;
+                                    if !stop && handler.on_message(msg) == Flow::Stop {
+                                        stop = true;
+                                    }
+                                });
+                                if !stop && handler.on_read_end() == Flow::Stop {
                                     stop = true;
                                 }
-                            }),
+                            }
                             Err(e)
                                 if matches!(
                                     e.kind(),

@@ -11,4 +11,5 @@ mod support;
 mod commands;
 mod export;
 mod faults;
+mod policy_metrics;
 mod smoke;
