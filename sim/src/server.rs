@@ -239,7 +239,13 @@ fn handle(sh: &Shared, mut stream: TcpStream) {
     };
     // Attached files are served on a kept-alive connection, as OpenCTI
     // does: a client fetching many files reuses one connection.
-    while req.method == "GET" && req.path.starts_with("/storage/get/") && authorized(sh, &req) {
+    while req.method == "GET"
+        && req.path.starts_with("/storage/get/")
+        && authorized(sh, &req)
+        && !req
+            .header("connection")
+            .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+    {
         if file_keep_alive(sh, &req, &mut stream).is_err() {
             return;
         }

@@ -48,7 +48,7 @@ struct Sse {
 fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Client {
     let mut sock = TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut req = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\n");
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (n, v) in headers {
         req.push_str(&format!("{n}: {v}\r\n"));
     }
