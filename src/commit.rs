@@ -261,7 +261,11 @@ impl Committer {
             events: batch.events,
             first_id: batch.first_id.map(|i| i.to_string()).unwrap_or_default(),
             last_id: batch.last_id.map(|i| i.to_string()).unwrap_or_default(),
-            sha256_hex: hex(&Sha256::digest(&batch.body)),
+            sha256_hex: if self.dest.stores_checksum() {
+                hex(&Sha256::digest(&batch.body))
+            } else {
+                String::new()
+            },
         };
         let body = batch.body;
         self.crash_if("before-upload", number);

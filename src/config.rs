@@ -545,7 +545,7 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
                 origin: "--consumer-count".into(),
                 message: format!("`{v}` is not a number of threads from 1 to 64"),
             })?,
-        None => src.number("connector.consumer_count", 2, 1, 64, "threads")? as usize,
+        None => src.number("connector.consumer_count", 4, 1, 64, "threads")? as usize,
     };
     let queue_size = src.number("queue.size", 1000, 1, 1_000_000, "events")? as usize;
     let batch = BatchLimits {

@@ -137,6 +137,10 @@ impl Destination for DirDestination {
         fs::read(&path).map_err(|e| self.err("cannot read", &path, e))
     }
 
+    fn stores_checksum(&self) -> bool {
+        false
+    }
+
     fn meta(&mut self, key: &str) -> Result<Option<ObjectMeta>, DestError> {
         let body = self.get(key)?;
         Ok(Some(meta_of(&body)))

@@ -67,6 +67,11 @@ pub trait Destination: Send {
     fn meta(&mut self, key: &str) -> Result<Option<ObjectMeta>, DestError>;
     /// Remove `key`; removing a missing key is not an error.
     fn delete(&mut self, key: &str) -> Result<(), DestError>;
+    /// Whether `put` stores [`ObjectMeta::sha256_hex`]; when not, the
+    /// committer does not spend time hashing the body.
+    fn stores_checksum(&self) -> bool {
+        true
+    }
 }
 
 impl fmt::Debug for dyn Destination {

@@ -14,80 +14,6 @@ use crate::support::*;
 const EXT: &str = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba";
 const LONG: Duration = Duration::from_secs(240);
 
-/// What the exporter must write for one dumped event, file contents aside.
-fn expected_line(dumped: &Value) -> Value {
-    let mut line = dumped["data"].clone();
-    line["id"] = dumped["id"].clone();
-    line["type"] = dumped["event"].clone();
-    if dumped["event"] == "update" {
-        let ops: Vec<&Value> = line["context"]["reverse_patch"]
-            .as_array()
-            .map(|a| a.iter().filter(|op| op["path"] == "/id").collect())
-            .unwrap_or_default();
-        if ops.len() == 1 {
-            line["previous_standard"] = ops[0]["value"].clone();
-        }
-    }
-    normalise(line)
-}
-
-/// Drops attached-file contents (checked apart) so lines compare by the rest.
-fn normalise(mut line: Value) -> Value {
-    if let Some(data) = line.get_mut("data").and_then(Value::as_object_mut) {
-        data.remove("files");
-        if let Some(files) = data
-            .get_mut("extensions")
-            .and_then(|e| e.get_mut(EXT))
-            .and_then(|x| x.get_mut("files"))
-            .and_then(Value::as_array_mut)
-        {
-            for f in files {
-                if let Some(f) = f.as_object_mut() {
-                    f.remove("data");
-                }
-            }
-        }
-    }
-    line
-}
-
-/// Checks `got` is `want` in order, allowing replays of lines already
-/// exported (a restart or a reconnect repeats at most the open id group).
-/// Returns the number of replayed lines. Panics on any loss or reordering.
-fn assert_no_loss(got: &[Value], want: &[Value]) -> usize {
-    let mut p = 0;
-    let mut replayed = 0;
-    for (i, line) in got.iter().enumerate() {
-        let line = normalise(line.clone());
-        if p < want.len() && line == want[p] {
-            p += 1;
-            continue;
-        }
-        let back = want[p.saturating_sub(64)..p]
-            .iter()
-            .rposition(|w| *w == line);
-        assert!(
-            back.is_some(),
-            "exported line {i} (id {}) is neither the next expected event (id {}) nor a replay of a recent one",
-            line["id"],
-            want.get(p).map(|w| w["id"].to_string()).unwrap_or_else(|| "none: all were seen".into())
-        );
-        replayed += 1;
-    }
-    assert_eq!(
-        p,
-        want.len(),
-        "events lost: only {p} of {} expected events were exported; next missing id {}",
-        want.len(),
-        want[p.min(want.len() - 1)]["id"]
-    );
-    replayed
-}
-
-fn all_lines(files: &[(String, Vec<Value>)]) -> Vec<Value> {
-    files.iter().flat_map(|(_, l)| l.iter().cloned()).collect()
-}
-
 fn check_file_contents(lines: &[Value], files: &HashMap<String, String>) -> usize {
     let mut checked = 0;
     for line in lines {
@@ -121,7 +47,7 @@ fn dump(events: u64, extra: &[&str]) -> Vec<Value> {
     let n = events.to_string();
     let mut args = vec!["--events", n.as_str()];
     args.extend_from_slice(extra);
-    sim_dump(&args).iter().map(expected_line).collect()
+    sim_dump(&args)
 }
 
 fn with_settings(yaml: String, extra: &str) -> String {

@@ -40,51 +40,6 @@ impl Rng {
     }
 }
 
-/// Compares the export with what the simulator sent: no loss, order kept,
-/// replays allowed only of recent lines. Returns the number of replays.
-fn no_loss(got: &[Value], dumped: &[Value]) -> usize {
-    let want: Vec<(&str, &str)> = dumped
-        .iter()
-        .map(|d| {
-            (
-                d["id"].as_str().unwrap(),
-                d["data"]["data"]["id"].as_str().unwrap_or(""),
-            )
-        })
-        .collect();
-    let mut p = 0;
-    let mut replays = 0;
-    for (i, line) in got.iter().enumerate() {
-        let key = (
-            line["id"].as_str().unwrap(),
-            line["data"]["id"].as_str().unwrap_or(""),
-        );
-        if p < want.len() && key == want[p] {
-            p += 1;
-            continue;
-        }
-        assert!(
-            want[p.saturating_sub(200)..p].contains(&key),
-            "line {i} ({key:?}) is neither next ({:?}) nor a replay",
-            want.get(p)
-        );
-        replays += 1;
-    }
-    assert_eq!(
-        p,
-        want.len(),
-        "lost events: {} of {} exported, next missing {:?}",
-        p,
-        want.len(),
-        want.get(p)
-    );
-    replays
-}
-
-fn lines_of(files: Vec<(String, Vec<Value>)>) -> Vec<Value> {
-    files.into_iter().flat_map(|(_, l)| l).collect()
-}
-
 #[test]
 fn crash_anywhere_seeded_kill_9_cycles_lose_nothing() {
     let cycles = env_u64("CRASH_CYCLES", 20);
@@ -130,7 +85,7 @@ fn crash_anywhere_seeded_kill_9_cycles_lose_nothing() {
     let keys: Vec<&String> = files.iter().map(|(k, _)| k).collect();
     assert_importer_sequence(&keys);
     let dumped = sim_dump(&["--events", &events.to_string()]);
-    let replays = no_loss(&lines_of(files), &dumped);
+    let replays = assert_no_loss(&all_lines(&files), &dumped);
     println!("crash test: {killed} kill -9 cycles, {events} events checked, 0 lost, {replays} replayed lines");
     assert!(
         replays as u64 <= 4 * killed,
@@ -241,7 +196,7 @@ fn a_full_disk_for_the_files_is_waited_out() {
     let files = read_export_lines_dir(&out_dir.join("export"), "opencti");
     let keys: Vec<&String> = files.iter().map(|(k, _)| k).collect();
     assert_importer_sequence(&keys);
-    no_loss(&lines_of(files), &sim_dump(&["--events", "4000"]));
+    assert_no_loss(&all_lines(&files), &sim_dump(&["--events", "4000"]));
     let leftovers: Vec<String> = walk(&out_dir)
         .into_iter()
         .filter(|p| p.contains(".tmp-"))
@@ -315,7 +270,7 @@ fn a_full_disk_for_the_state_stops_the_run_and_the_state_survives() {
     let files = read_export_lines_dir(&out_dir, "opencti");
     let keys: Vec<&String> = files.iter().map(|(k, _)| k).collect();
     assert_importer_sequence(&keys);
-    no_loss(&lines_of(files), &sim_dump(&["--events", "3000"]));
+    assert_no_loss(&all_lines(&files), &sim_dump(&["--events", "3000"]));
 }
 
 #[test]
@@ -351,7 +306,7 @@ fn a_cursor_older_than_the_retention_is_refused_unless_the_gap_is_accepted() {
         .args(["run", "--once", "--accept-gap"])
         .run(LONG)
         .assert_success();
-    let lines = lines_of(read_export_lines_dir(&out_dir, "opencti"));
+    let lines = all_lines(&read_export_lines_dir(&out_dir, "opencti"));
     let dumped = sim_dump(&["--events", "3000"]);
     assert_eq!(lines.len(), 1000);
     assert_eq!(lines[0]["id"], dumped[2000]["id"]);
@@ -476,7 +431,7 @@ fn hostile_events_are_kept_aside_and_big_ones_pass_whole() {
         .args(["run", "--once"])
         .run(LONG);
     out.assert_success();
-    let lines = lines_of(read_export_lines_dir(&dir.path().join("out"), "opencti"));
+    let lines = all_lines(&read_export_lines_dir(&dir.path().join("out"), "opencti"));
     let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["1-0", "2-0", "8-0", "7-0", "9-0"], "{out}");
     assert_eq!(
@@ -497,7 +452,7 @@ fn hostile_events_are_kept_aside_and_big_ones_pass_whole() {
         .args(["run", "--once"])
         .run(LONG)
         .assert_success();
-    let lines = lines_of(read_export_lines_dir(&dir.path().join("out"), "opencti"));
+    let lines = all_lines(&read_export_lines_dir(&dir.path().join("out"), "opencti"));
     assert_eq!(lines.len(), 4);
     let letters: Vec<Value> = walk(&dir.path().join("out-dead-letter"))
         .iter()
@@ -541,7 +496,7 @@ fn a_10_mb_line_without_end_then_a_drop_is_survived() {
         .run(LONG);
     out.assert_success();
     assert_eq!(
-        lines_of(read_export_lines_dir(&dir.path().join("out"), "opencti")).len(),
+        all_lines(&read_export_lines_dir(&dir.path().join("out"), "opencti")).len(),
         2,
         "{out}"
     );
@@ -574,7 +529,7 @@ fn a_token_revoked_mid_run_stores_what_was_received_then_stops_with_status_3() {
     let out = exporter().config_file(&cfg).args(["-v", "run"]).run(LONG);
     out.assert_code(3);
     assert!(out.stderr.contains("HTTP 401"), "{out}");
-    let lines = lines_of(read_export_lines_dir(&dir.path().join("out"), "opencti"));
+    let lines = all_lines(&read_export_lines_dir(&dir.path().join("out"), "opencti"));
     assert_eq!(
         lines.len(),
         3,
@@ -655,6 +610,6 @@ fn a_minute_of_storage_outage_freezes_the_cursor_and_memory() {
     let files = read_export_lines_s3(&weed, "export", "opencti");
     let keys: Vec<&String> = files.iter().map(|(k, _)| k).collect();
     assert_importer_sequence(&keys);
-    no_loss(&lines_of(files), &sim_dump(&["--events", "60000"]));
+    assert_no_loss(&all_lines(&files), &sim_dump(&["--events", "60000"]));
     println!("outage of {outage:?}: RSS {rss_early} KiB -> {rss_late} KiB");
 }

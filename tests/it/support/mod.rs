@@ -15,6 +15,7 @@
 mod config;
 mod export;
 mod exporter;
+mod oracle;
 mod ports;
 mod process;
 mod s3;
@@ -31,6 +32,7 @@ pub use self::{
         read_export_lines_s3,
     },
     exporter::{exporter, exporter_bin, ExporterCmd, Outcome, RunningExporter},
+    oracle::{all_lines, assert_no_loss, expected_line, normalise},
     ports::{free_port, free_ports_with_grpc},
     s3::S3,
     seaweed::{weed_bin, Seaweed},
