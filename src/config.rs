@@ -551,7 +551,7 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
     let batch = BatchLimits {
         max_age: Duration::from_secs(src.number("write.every_sec", 900, 1, 86_400, "seconds")?),
         max_events: src.number("write.max_events", 20_000, 1, 10_000_000, "events")? as usize,
-        max_bytes: src.number("write.max_bytes", 8 << 20, 1024, 4 << 30, "bytes")? as usize,
+        max_bytes: src.number("write.max_bytes", 4 << 20, 1024, 4 << 30, "bytes")? as usize,
     };
     let folder = src
         .string("minio.folder")
@@ -1071,7 +1071,7 @@ mod tests {
         )
         .unwrap();
         c.check_for_run().unwrap();
-        assert_eq!(c.batch.max_bytes, 8 << 20);
+        assert_eq!(c.batch.max_bytes, 4 << 20);
         assert!(c.opencti().unwrap().ssl_verify);
     }
 }
