@@ -139,7 +139,45 @@ impl Committer {
             &self.metrics,
             || self.dest.prepare(),
         )?;
-        self.settle()
+        let cut = self.settle()?;
+        self.check_no_file_ahead()?;
+        Ok(cut)
+    }
+
+    /// Refuses to start when the folder already holds a file numbered past
+    /// this state's count: another state writes to the same folder (a
+    /// backfill pointed at the live export), or the state was reset while its
+    /// files remain. Going on would give the importer two files with the
+    /// same number.
+    fn check_no_file_ahead(&mut self) -> Result<()> {
+        let prefix = format!("{}/", self.folder);
+        let what = self.dest.describe();
+        let keys = retry_loop(
+            &format!("list {what}"),
+            &self.stop,
+            self.retry_max,
+            &mut self.totals,
+            &self.metrics,
+            || self.dest.list(&prefix),
+        )?;
+        let count = self.state.file_count;
+        let ahead = keys
+            .iter()
+            .filter(|k| {
+                k[prefix.len()..].starts_with("stream_") && !k[prefix.len()..].contains('/')
+            })
+            .filter(|k| self.reuse_key.as_deref() != Some(k.as_str()))
+            .filter_map(|k| crate::dest::naming::file_number(k).map(|n| (n, k)))
+            .filter(|(n, _)| *n > count)
+            .max();
+        if let Some((n, key)) = ahead {
+            return Err(anyhow!(
+                "{what} already holds `{key}` (file {n}) but the state `{}` counts {count} stored files: another run or state writes to the same folder, or the state was reset while its files remain, and the importer would see two files numbered {}. Give a backfill its own `minio.folder` (or output directory); if those files are this export's, run `opencti-stream-exporter state reset --file-count {n}`",
+                self.state_path.display(),
+                count + 1
+            ));
+        }
+        Ok(())
     }
 
     /// Settles the upload a stopped run left pending. Found (in the bucket,

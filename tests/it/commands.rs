@@ -432,3 +432,31 @@ fn check_stream_names_a_wrong_s3_secret_without_printing_it() {
         "{run}"
     );
 }
+
+#[test]
+fn a_second_state_writing_to_the_same_folder_is_refused() {
+    let s = Setup::new(&["--events", "2000", "--heartbeat-ms", "300"]);
+    s.cmd(&["run", "--once"]).run(LONG).assert_success();
+    let before = read_export_lines_dir(&s.dir.path().join("out"), "opencti").len();
+    let other_state = s.dir.path().join("backfill.json");
+    let out = s
+        .cmd(&[
+            "--state",
+            other_state.to_str().unwrap(),
+            "run",
+            "--from",
+            "1700000000100-0",
+            "--until",
+            "1700000000900-0",
+        ])
+        .run(LONG);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("its own `minio.folder`") && out.stderr.contains("file 1"),
+        "{out}"
+    );
+    let after = read_export_lines_dir(&s.dir.path().join("out"), "opencti");
+    assert_eq!(after.len(), before, "nothing was written");
+    let keys: Vec<&String> = after.iter().map(|(k, _)| k).collect();
+    assert_importer_sequence(&keys);
+}
