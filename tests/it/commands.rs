@@ -452,7 +452,7 @@ fn a_second_state_writing_to_the_same_folder_is_refused() {
         .run(LONG);
     out.assert_code(1);
     assert!(
-        out.stderr.contains("its own `minio.folder`") && out.stderr.contains("file 1"),
+        out.stderr.contains("its own `minio.folder`") && out.stderr.contains("already holds"),
         "{out}"
     );
     let after = read_export_lines_dir(&s.dir.path().join("out"), "opencti");
