@@ -613,3 +613,71 @@ fn a_minute_of_storage_outage_freezes_the_cursor_and_memory() {
     assert_no_loss(&all_lines(&files), &sim_dump(&["--events", "60000"]));
     println!("outage of {outage:?}: RSS {rss_early} KiB -> {rss_late} KiB");
 }
+
+#[test]
+fn a_stream_stopped_mid_run_stores_what_was_received_then_stops_with_status_3() {
+    let url = scripted_server(|n| {
+        if n == 0 {
+            let events = [
+                event("1-0", "create", r#"{"data":{"id":"a--1"}}"#),
+                event("2-0", "create", r#"{"data":{"id":"a--2"}}"#),
+            ]
+            .concat();
+            (200, format!("{events}id: 3").into_bytes())
+        } else {
+            (410, Vec::new())
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = scripted_config(dir.path(), &url, "");
+    let out = exporter().config_file(&cfg).arg("run").run(LONG);
+    out.assert_code(3);
+    assert!(
+        out.stderr.contains("HTTP 410") && out.stderr.contains("is stopped"),
+        "{out}"
+    );
+    assert_eq!(
+        all_lines(&read_export_lines_dir(&dir.path().join("out"), "opencti")).len(),
+        2,
+        "{out}"
+    );
+}
+
+#[test]
+fn verify_finds_a_tampered_object_and_a_hole_in_the_numbers() {
+    let weed = Seaweed::start();
+    let sim = Sim::start(&["--events", "3000", "--heartbeat-ms", "300"]);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = s3_config(&sim, &weed, "export", "opencti", dir.path()).replace(
+        "write:\n  every_sec: 1\n",
+        "write:\n  every_sec: 1\n  max_events: 700\n",
+    );
+    let cfg = write_config(dir.path(), &yaml);
+    exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(LONG)
+        .assert_success();
+    exporter()
+        .config_file(&cfg)
+        .args(["check-stream", "--verify"])
+        .run(LONG)
+        .assert_success();
+    let keys = weed.list_keys("export", "opencti/");
+    assert!(keys.len() >= 4, "{keys:?}");
+    // Replace the body of the second file behind the exporter's back (no
+    // metadata: as another tool would), and remove the third.
+    weed.put_object("export", &keys[1], b"{\"id\":\"1-0\"}\n");
+    weed.delete_object("export", &keys[2]);
+    let out = exporter()
+        .config_file(&cfg)
+        .args(["check-stream", "--verify"])
+        .run(LONG);
+    out.assert_code(1);
+    assert!(out.stdout.contains("FAIL verify files"), "{out}");
+    assert!(
+        out.stdout.contains("no metadata") || out.stdout.contains("SHA-256"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("numbers jump"), "{out}");
+}
