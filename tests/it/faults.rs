@@ -52,7 +52,7 @@ fn crash_anywhere_seeded_kill_9_cycles_lose_nothing() {
         "--heartbeat-ms",
         "300",
         "--rate",
-        "15000",
+        "4000",
     ]);
     let dir = tempfile::tempdir().unwrap();
     let yaml = s3_config(&sim, &weed, "export", "opencti", dir.path()).replace(
