@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::batch::{Batch, DeadLetter};
 use crate::dest::dir::hex;
 use crate::dest::naming::{dead_letter_key, key_ms, next_key_ms, object_key};
-use crate::dest::{DestError, Destination, ObjectMeta};
+use crate::dest::{DestError, Destination, Destinations, ObjectMeta};
 use crate::id::{now_ms, EventId};
 use crate::metrics::{Metrics, RetryCause};
 use crate::policy::Reason;
@@ -70,24 +70,22 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// A committer over `state`, which is saved to `state_path`.
-    #[allow(clippy::too_many_arguments)]
+    /// A committer over `state`, which is saved to `state_path`, storing
+    /// into `dests`; `stop` ends retry waits.
     pub fn new(
         state_path: PathBuf,
         state: State,
         folder: String,
-        dest: Box<dyn Destination>,
-        dead: Box<dyn Destination>,
-        done: Option<Box<dyn Destination>>,
+        dests: Destinations,
         stop: Arc<AtomicBool>,
     ) -> Self {
         Committer {
             state_path,
             state,
             folder,
-            dest,
-            dead,
-            done,
+            dest: dests.files,
+            dead: dests.dead,
+            done: dests.done,
             stop,
             retry_max: Duration::from_secs(30),
             fault: fault_point(),

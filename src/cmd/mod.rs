@@ -12,7 +12,7 @@ use crate::cli::{Cli, Command, StateCommand};
 use crate::config::{self, Config, Overrides};
 use crate::dest::dir::DirDestination;
 use crate::dest::s3::S3Destination;
-use crate::dest::Destination;
+use crate::dest::{Destination, Destinations};
 
 /// Runs the chosen subcommand; returns the exit status.
 pub fn dispatch(cli: Cli) -> Result<i32> {
@@ -34,17 +34,6 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::State(StateCommand::Reset(args)) => state::reset(&cfg, &args),
         Command::CheckStream(args) => check_stream::check(&cfg, &args),
     }
-}
-
-/// The destinations of a config: files, dead letters, and the importer's
-/// done bucket when configured.
-pub struct Destinations {
-    /// Where batch files go.
-    pub files: Box<dyn Destination>,
-    /// Where dead letters go.
-    pub dead: Box<dyn Destination>,
-    /// The importer's done bucket.
-    pub done: Option<Box<dyn Destination>>,
 }
 
 /// Builds the destinations the config names.

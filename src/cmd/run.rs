@@ -86,9 +86,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         cfg.state_path.clone(),
         state,
         cfg.folder.clone(),
-        dests.files,
-        dests.dead,
-        dests.done,
+        dests,
         abort,
     );
     let metrics = Arc::new(Metrics::default());

@@ -79,3 +79,14 @@ impl fmt::Debug for dyn Destination {
         f.write_str(&self.describe())
     }
 }
+
+/// The destinations of a config: files, dead letters, and the importer's
+/// done bucket when configured.
+pub struct Destinations {
+    /// Where batch files go.
+    pub files: Box<dyn Destination>,
+    /// Where dead letters go.
+    pub dead: Box<dyn Destination>,
+    /// The importer's done bucket.
+    pub done: Option<Box<dyn Destination>>,
+}
