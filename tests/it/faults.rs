@@ -681,3 +681,57 @@ fn verify_finds_a_tampered_object_and_a_hole_in_the_numbers() {
     );
     assert!(out.stdout.contains("numbers jump"), "{out}");
 }
+
+#[test]
+fn s3_over_tls_is_verified_by_default_with_a_ca_file_or_an_explicit_opt_out() {
+    let weed = Seaweed::start_tls();
+    let (https_port, ca) = weed.tls().expect("an HTTPS port");
+    let ca = ca.to_path_buf();
+    let sim = Sim::start(&["--events", "600", "--heartbeat-ms", "300"]);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = s3_config(&sim, &weed, "tls", "opencti", dir.path())
+        .replace(
+            &format!("port: {}", weed.port()),
+            &format!("port: {https_port}"),
+        )
+        .replace("secure: false", "secure: true");
+    let cfg = write_config(dir.path(), &yaml);
+
+    // Verification is on by default: a private CA is refused, with the fix.
+    let refused = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(LONG);
+    refused.assert_code(1);
+    assert!(
+        refused.stderr.contains("certificate") && refused.stderr.contains("minio.ca_file"),
+        "{refused}"
+    );
+    assert!(
+        weed.s3()
+            .list_keys("tls", "")
+            .map(|k| k.is_empty())
+            .unwrap_or(true),
+        "nothing stored"
+    );
+
+    // With the CA file, the export goes through and is complete.
+    let ok = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .env("MINIO_CA_FILE", &ca)
+        .run(LONG);
+    ok.assert_success();
+    assert_no_loss(
+        &all_lines(&read_export_lines_s3(&weed, "tls", "opencti")),
+        &sim_dump(&["--events", "600"]),
+    );
+
+    // The explicit opt-out connects without the CA.
+    let check = exporter()
+        .config_file(&cfg)
+        .arg("check-stream")
+        .env("MINIO_CERT_CHECK", "false")
+        .run(LONG);
+    check.assert_success();
+}

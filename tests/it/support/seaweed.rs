@@ -74,6 +74,9 @@ pub struct Seaweed {
     child: Option<Child>,
     /// Whether the probe object exists (written at the first start).
     probe_written: bool,
+    /// The HTTPS port and the CA that signed its certificate, when started
+    /// with [`Seaweed::start_tls`].
+    tls: Option<(u16, std::path::PathBuf)>,
     /// Deleted once `drop` has killed the process.
     dir: TempDir,
 }
@@ -102,9 +105,88 @@ impl Seaweed {
             child: None,
             probe_written: false,
             dir,
+            tls: None,
         };
         weed.spawn_and_wait();
         weed
+    }
+
+    /// Starts a server that also serves S3 over HTTPS, with a certificate for
+    /// `127.0.0.1` signed by a CA of its own (made with the `openssl` command;
+    /// rustls refuses a certificate that is its own CA).
+    pub fn start_tls() -> Seaweed {
+        let mut weed = Seaweed::start();
+        weed.stop();
+        let dir = weed.dir.path().to_path_buf();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("the `openssl` command");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=it-ca",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "leaf.key",
+            "-out",
+            "leaf.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        fs::write(
+            dir.join("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("leaf.ext");
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ]);
+        weed.tls = Some((super::ports::free_port(), dir.join("ca.pem")));
+        weed.start_again();
+        weed
+    }
+
+    /// The HTTPS port and the CA file, for a server from [`Seaweed::start_tls`].
+    pub fn tls(&self) -> Option<(u16, &Path)> {
+        self.tls.as_ref().map(|(p, ca)| (*p, ca.as_path()))
     }
 
     /// The S3 host: always `127.0.0.1`.
@@ -276,6 +358,13 @@ impl Seaweed {
             // As S3 and MinIO do: a write to a missing bucket fails instead of
             // creating it, so tests see the error a real deployment gives.
             .arg("-s3.autoCreateBucket=false")
+            .args(self.tls.iter().flat_map(|(port, _)| {
+                [
+                    format!("-s3.port.https={port}"),
+                    format!("-s3.cert.file={}", path("leaf.pem")),
+                    format!("-s3.key.file={}", path("leaf.key")),
+                ]
+            }))
             .arg(format!("-filer.localSocket={}", path("filer.sock")))
             .arg(format!("-s3.localSocket={}", path("s3.sock")))
             // Nothing from the developer's environment or home directory
