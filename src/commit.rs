@@ -34,21 +34,6 @@ use crate::state::{self, Pending, State};
 /// found: an upload cut by a kill can still complete on the server.
 const SETTLE_GRACE: Duration = Duration::from_secs(2);
 
-/// Totals of what was committed in this run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Totals {
-    /// Lines stored.
-    pub events: u64,
-    /// Files stored.
-    pub files: u64,
-    /// Bytes stored.
-    pub bytes: u64,
-    /// Dead letters kept.
-    pub dead_letters: u64,
-    /// Storage attempts that failed and were retried.
-    pub retries: u64,
-}
-
 /// Stores batches and saves the state.
 pub struct Committer {
     state_path: PathBuf,
@@ -65,8 +50,6 @@ pub struct Committer {
     reuse_key: Option<String>,
     gaps: Arc<std::sync::Mutex<Vec<String>>>,
     metrics: Arc<Metrics>,
-    /// What has been committed so far in this run.
-    pub totals: Totals,
 }
 
 impl Committer {
@@ -92,7 +75,6 @@ impl Committer {
             reuse_key: None,
             gaps: Arc::default(),
             metrics: Arc::default(),
-            totals: Totals::default(),
         }
     }
 
@@ -133,7 +115,6 @@ impl Committer {
             &format!("prepare {what}"),
             &self.stop,
             self.retry_max,
-            &mut self.totals,
             &self.metrics,
             || self.dest.prepare(),
         )?;
@@ -154,7 +135,6 @@ impl Committer {
             &format!("list {what}"),
             &self.stop,
             self.retry_max,
-            &mut self.totals,
             &self.metrics,
             || self.dest.list(&prefix),
         )?;
@@ -198,7 +178,6 @@ impl Committer {
                 &format!("look for `{key}`"),
                 &self.stop,
                 self.retry_max,
-                &mut self.totals,
                 &self.metrics,
                 || self.dest.exists(&key),
             )?;
@@ -208,7 +187,6 @@ impl Committer {
                         &format!("look for `{key}` in the done bucket"),
                         &self.stop,
                         self.retry_max,
-                        &mut self.totals,
                         &self.metrics,
                         || done.exists(&key),
                     )?;
@@ -310,7 +288,6 @@ impl Committer {
             &format!("store `{key}`"),
             &self.stop,
             self.retry_max,
-            &mut self.totals,
             &self.metrics,
             || self.dest.put(&key, &body, &meta),
         )?;
@@ -322,9 +299,6 @@ impl Committer {
         self.metrics
             .record_file(batch.events, body.len() as u64, upload_time);
         self.record_commit();
-        self.totals.events += batch.events;
-        self.totals.files += 1;
-        self.totals.bytes += body.len() as u64;
         log::info!(
             "stored file {number} `{key}`: {} events, {} bytes, up to `{}`",
             batch.events,
@@ -380,14 +354,9 @@ impl Committer {
             sha256_hex: hex(&Sha256::digest(&record)),
         };
         let what = format!("keep dead letter `{key}` in {}", self.dead.describe());
-        retry_loop(
-            &what,
-            &self.stop,
-            self.retry_max,
-            &mut self.totals,
-            &self.metrics,
-            || self.dead.put(&key, &record, &meta),
-        )?;
+        retry_loop(&what, &self.stop, self.retry_max, &self.metrics, || {
+            self.dead.put(&key, &record, &meta)
+        })?;
         log::warn!(
             "event `{}` ({}) kept aside as a dead letter `{key}`: {}",
             letter.id.as_deref().unwrap_or("without id"),
@@ -396,7 +365,6 @@ impl Committer {
         );
         self.state.dead_letters += 1;
         self.metrics.inc_dead_letter();
-        self.totals.dead_letters += 1;
         Ok(())
     }
 }
@@ -414,7 +382,6 @@ fn retry_loop<T>(
     what: &str,
     stop: &AtomicBool,
     max: Duration,
-    totals: &mut Totals,
     metrics: &Metrics,
     mut f: impl FnMut() -> Result<T, DestError>,
 ) -> Result<T> {
@@ -427,7 +394,6 @@ fn retry_loop<T>(
                 return Err(anyhow!("cannot {what}: {m}"));
             }
             Err(DestError::Transient(m)) => {
-                totals.retries += 1;
                 metrics.inc_write_error();
                 metrics.inc_retry(RetryCause::Storage);
                 let d = backoff.next_delay();

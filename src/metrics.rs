@@ -118,6 +118,29 @@ impl<const N: usize> Histogram<N> {
     }
 }
 
+/// A reading of the main figures, for people rather than scrapers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Data events received.
+    pub received: u64,
+    /// Millisecond part of the last complete id received.
+    pub received_ms: u64,
+    /// Millisecond part of the stream head announced at connection.
+    pub head_ms: u64,
+    /// Lines in the files written and committed.
+    pub events_written: u64,
+    /// Files written and committed.
+    pub files_written: u64,
+    /// Bytes written and committed.
+    pub bytes_written: u64,
+    /// Attached files exported without content.
+    pub file_fetch_failures: u64,
+    /// Lost stream connections.
+    pub reconnects: u64,
+    /// Dead letters kept.
+    pub dead_letters: u64,
+}
+
 /// The figures of a run. Share it as `Arc<Metrics>`.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -137,6 +160,11 @@ pub struct Metrics {
     recover_until_ms: AtomicU64,
     last_commit_ms: AtomicU64,
     held: [AtomicU64; 6],
+    /// Data events received (progress line only, not exported).
+    received: AtomicU64,
+    /// Millisecond part of the stream head announced at connection
+    /// (progress line only, not exported).
+    head_ms: AtomicU64,
 }
 
 impl Metrics {
@@ -229,6 +257,31 @@ impl Metrics {
     /// Sets the end of the recovery (epoch milliseconds); 0 when none.
     pub fn set_recover_until_ms(&self, ms: u64) {
         self.recover_until_ms.store(ms, Relaxed);
+    }
+
+    /// Counts one data event received from the stream.
+    pub fn inc_received(&self) {
+        self.received.fetch_add(1, Relaxed);
+    }
+
+    /// Sets the millisecond part of the stream head the server announced.
+    pub fn set_head_ms(&self, ms: u64) {
+        self.head_ms.store(ms, Relaxed);
+    }
+
+    /// The figures the progress line and the run summary show.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            received: self.received.load(Relaxed),
+            received_ms: self.received_ms.load(Relaxed),
+            head_ms: self.head_ms.load(Relaxed),
+            events_written: self.events_per_file.read().1,
+            files_written: self.written_files.load(Relaxed),
+            bytes_written: self.bytes_written.load(Relaxed),
+            file_fetch_failures: self.file_fetch_failures.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            dead_letters: self.dead_letters.load(Relaxed),
+        }
     }
 
     /// The text exposition format 0.0.4, for connector `name`.

@@ -17,7 +17,7 @@
 //! not joined (the reader may sit in a socket read); their work that was not
 //! committed is simply read again next time.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use anyhow::{anyhow, Result};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::batch::{Batch, Batcher, DeadLetter, Item};
-use crate::commit::{Committer, Totals};
+use crate::commit::Committer;
 use crate::config::{BatchLimits, StreamSettings};
 use crate::id::EventId;
 use crate::metrics::{Metrics, RetryCause};
@@ -34,39 +34,9 @@ use crate::stream::client::{Flow, Handler, Start, StreamClient, StreamError};
 use crate::stream::sse::SseMessage;
 use crate::transform::{self, FileFetcher, Transformed, DATA_EVENTS};
 
-/// Counters shared by the threads (read by progress and metrics).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Data events received.
-    pub received: AtomicU64,
-    /// Lines produced by the workers.
-    pub transformed: AtomicU64,
-    /// Attached files that could not be fetched.
-    pub files_failed: AtomicU64,
-    /// Attached files fetched.
-    pub files_fetched: AtomicU64,
-    /// Lost connections.
-    pub reconnects: AtomicU64,
-    /// Millisecond part of the last complete id received.
-    pub complete_ms: AtomicU64,
-    /// Millisecond part of the stream head announced by `connected`.
-    pub head_ms: AtomicU64,
-    /// Lines stored and committed.
-    pub stored_events: AtomicU64,
-    /// Files stored and committed.
-    pub stored_files: AtomicU64,
-    /// Bytes stored and committed.
-    pub stored_bytes: AtomicU64,
-}
-
 /// Reports progress until `done`: a status line redrawn every second on a
 /// terminal, else an info log line every `interval`.
-pub fn spawn_progress(
-    stats: Arc<Stats>,
-    metrics: Arc<Metrics>,
-    done: Arc<AtomicBool>,
-    interval: Duration,
-) {
+pub fn spawn_progress(metrics: Arc<Metrics>, done: Arc<AtomicBool>, interval: Duration) {
     use std::io::{IsTerminal, Write};
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
@@ -81,12 +51,12 @@ pub fn spawn_progress(
                 continue;
             }
             last_print = Instant::now();
-            let events = stats.received.load(Ordering::Relaxed);
+            let now = metrics.snapshot();
+            let events = now.received;
             let rate = (events - last_events) as f64 / last_t.elapsed().as_secs_f64().max(0.001);
             last_events = events;
             last_t = Instant::now();
-            let cursor_ms = stats.complete_ms.load(Ordering::Relaxed);
-            let head_ms = stats.head_ms.load(Ordering::Relaxed);
+            let (cursor_ms, head_ms) = (now.received_ms, now.head_ms);
             let lag = if cursor_ms == 0 {
                 "-".to_string()
             } else {
@@ -96,9 +66,9 @@ pub fn spawn_progress(
                 "{} events received ({:.0}/s), {} stored in {} files ({:.1} MB); at {}{}, {} behind now; {:.0} s",
                 events,
                 rate,
-                stats.stored_events.load(Ordering::Relaxed),
-                stats.stored_files.load(Ordering::Relaxed),
-                stats.stored_bytes.load(Ordering::Relaxed) as f64 / 1e6,
+                now.events_written,
+                now.files_written,
+                now.bytes_written as f64 / 1e6,
                 if cursor_ms == 0 { "-".to_string() } else { crate::id::ms_to_iso(cursor_ms) },
                 if head_ms > cursor_ms && cursor_ms > 0 { format!(" ({:.0} s before the head)", (head_ms - cursor_ms) as f64 / 1000.0) } else { String::new() },
                 lag,
@@ -189,8 +159,6 @@ pub struct PipelineSettings {
 /// How a run ended.
 #[derive(Debug)]
 pub struct Outcome {
-    /// What was committed.
-    pub totals: Totals,
     /// The stream stopped us (401/410/not a stream).
     pub stream_error: Option<StreamError>,
     /// Stopped by a signal.
@@ -235,7 +203,6 @@ struct Reader {
     recover_until_ms: Option<u64>,
     once_target: Option<EventId>,
     connected: Arc<Mutex<Option<Connected>>>,
-    stats: Arc<Stats>,
     start_after: Option<EventId>,
     accept_gap: bool,
     /// A gap found and refused: the reason the run stops.
@@ -315,7 +282,6 @@ impl Reader {
             _ => {}
         }
         if let Some(c) = self.complete {
-            self.stats.complete_ms.store(c.ms, Ordering::Relaxed);
             self.metrics.set_received_ms(c.ms);
         }
     }
@@ -358,7 +324,7 @@ impl Handler for Reader {
                     .as_deref()
                     .and_then(|s| s.parse().ok())
                     .unwrap_or_default();
-                self.stats.head_ms.store(head.ms, Ordering::Relaxed);
+                self.metrics.set_head_ms(head.ms);
                 if self.once_target.is_none() {
                     let recover = self
                         .recover_until_ms
@@ -382,7 +348,6 @@ impl Handler for Reader {
                     // snapshot in progress).
                     if let Some(l) = self.last_seen {
                         self.complete = Some(l);
-                        self.stats.complete_ms.store(l.ms, Ordering::Relaxed);
                         self.metrics.set_received_ms(l.ms);
                     }
                     self.heartbeat = Some(h);
@@ -406,7 +371,7 @@ impl Handler for Reader {
                 Flow::Continue
             }
             name if DATA_EVENTS.contains(&name) => {
-                self.stats.received.fetch_add(1, Ordering::Relaxed);
+                self.metrics.inc_received();
                 match parsed {
                     Some(id) => {
                         if let Some(u) = self.stop_rule.until {
@@ -457,7 +422,6 @@ impl Handler for Reader {
     }
 
     fn on_disconnect(&mut self, _why: &str) {
-        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         self.metrics.inc_reconnect();
         self.metrics.inc_retry(RetryCause::Stream);
     }
@@ -472,13 +436,12 @@ fn worker(
     tx: Sender<Vec<Item>>,
     files: Arc<dyn FileFetcher + Send>,
     policy: Arc<Policy>,
-    stats: Arc<Stats>,
     metrics: Arc<Metrics>,
 ) {
     for chunk in rx {
         let items: Vec<Item> = chunk
             .into_iter()
-            .map(|work| work_item(work, files.as_ref(), &policy, &stats, &metrics))
+            .map(|work| work_item(work, files.as_ref(), &policy, &metrics))
             .collect();
         if tx.send(items).is_err() {
             return;
@@ -486,31 +449,16 @@ fn worker(
     }
 }
 
-fn work_item(
-    work: Work,
-    files: &dyn FileFetcher,
-    policy: &Policy,
-    stats: &Stats,
-    metrics: &Metrics,
-) -> Item {
+fn work_item(work: Work, files: &dyn FileFetcher, policy: &Policy, metrics: &Metrics) -> Item {
     match work {
         Work::Mark(id) => Item::Mark { id },
         Work::Dead { id, letter } => Item::Dead { id, letter },
         Work::Data { id, event, data } => {
             match transform::transform_with_policy(&id, &event, &data, files, policy) {
                 Ok(Transformed::Line(line)) => {
-                    stats.transformed.fetch_add(1, Ordering::Relaxed);
                     metrics.inc_processed(&event);
                     if line.files_failed > 0 {
-                        stats
-                            .files_failed
-                            .fetch_add(line.files_failed as u64, Ordering::Relaxed);
                         metrics.add_file_fetch_failures(line.files_failed as u64);
-                    }
-                    if line.files_fetched > 0 {
-                        stats
-                            .files_fetched
-                            .fetch_add(line.files_fetched as u64, Ordering::Relaxed);
                     }
                     Item::Line {
                         id,
@@ -545,7 +493,6 @@ pub fn run(
     mut committer: Committer,
     files: Arc<dyn FileFetcher + Send>,
     stop: Arc<AtomicBool>,
-    stats: Arc<Stats>,
     metrics: Arc<Metrics>,
 ) -> (Committer, Result<Outcome>) {
     let started = Instant::now();
@@ -559,12 +506,11 @@ pub fn run(
         let (wtx, wrx) = bounded::<Vec<Work>>(per_worker);
         let (itx, irx) = bounded::<Vec<Item>>(per_worker);
         let files = files.clone();
-        let stats = stats.clone();
         let metrics = metrics.clone();
         let policy = settings.policy.clone();
         std::thread::Builder::new()
             .name("worker".into())
-            .spawn(move || worker(wrx, itx, files, policy, stats, metrics))
+            .spawn(move || worker(wrx, itx, files, policy, metrics))
             .expect("spawn worker");
         work_tx.push(wtx);
         item_rx.push(irx);
@@ -586,7 +532,6 @@ pub fn run(
             recover_until_ms: settings.start.recover_until_ms,
             once_target: None,
             connected: connected.clone(),
-            stats: stats.clone(),
             start_after: settings.start.after,
             accept_gap: settings.accept_gap,
             gap: None,
@@ -625,16 +570,12 @@ pub fn run(
         let mut failure = None;
         for batch in batch_rx.iter() {
             let (f, l) = (batch.first_id, batch.last_id);
-            let (events, bytes) = (batch.events, batch.body.len() as u64);
             match committer.store(batch) {
                 Ok((None, body)) => {
                     let _ = spare_tx.try_send(body);
                 }
                 Ok((Some(_), body)) => {
                     let _ = spare_tx.try_send(body);
-                    stats.stored_events.fetch_add(events, Ordering::Relaxed);
-                    stats.stored_files.fetch_add(1, Ordering::Relaxed);
-                    stats.stored_bytes.fetch_add(bytes, Ordering::Relaxed);
                     first_id = first_id.or(f);
                     last_id = l.or(last_id);
                 }
@@ -653,7 +594,6 @@ pub fn run(
         return (committer, Err(e));
     }
     let outcome = Outcome {
-        totals: committer.totals.clone(),
         stream_error: stream_error.lock().expect("not poisoned").take(),
         interrupted: stop.load(Ordering::Relaxed),
         first_id,

@@ -10,7 +10,7 @@ use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Recover};
 use crate::id::{self, EventId};
 use crate::metrics::{self, Metrics};
-use crate::pipeline::{self, PipelineSettings, Stats, StopRule};
+use crate::pipeline::{self, PipelineSettings, StopRule};
 use crate::state::{self, RunSummary, State};
 use crate::stream::client::{Start, StreamClient};
 use crate::transform::{FileFetcher, NoFiles};
@@ -175,28 +175,15 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         first_cut_after,
         policy: cfg.policy.clone(),
     };
-    let stats = Arc::new(Stats::default());
     let progress_done = Arc::new(AtomicBool::new(false));
     if !quiet {
-        pipeline::spawn_progress(
-            stats.clone(),
-            metrics.clone(),
-            progress_done.clone(),
-            cfg.log_every,
-        );
+        pipeline::spawn_progress(metrics.clone(), progress_done.clone(), cfg.log_every);
     }
-    let (mut committer, result) = pipeline::run(
-        client,
-        settings,
-        committer,
-        files,
-        stop,
-        stats.clone(),
-        metrics.clone(),
-    );
+    let (mut committer, result) =
+        pipeline::run(client, settings, committer, files, stop, metrics.clone());
     progress_done.store(true, std::sync::atomic::Ordering::Relaxed);
     let ended_at = id::ms_to_iso(id::now_ms());
-    let totals = committer.totals.clone();
+    let totals = metrics.snapshot();
     let (outcome_text, result) = match result {
         Ok(o) => {
             let text = match &o.stream_error {
@@ -213,9 +200,9 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             started_at,
             ended_at,
             outcome: outcome_text,
-            events: totals.events,
-            files: totals.files,
-            bytes: totals.bytes,
+            events: totals.events_written,
+            files: totals.files_written,
+            bytes: totals.bytes_written,
             dead_letters: totals.dead_letters,
         });
     });
@@ -229,20 +216,17 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         }
     }
     let outcome = result?;
-    let files_failed = stats
-        .files_failed
-        .load(std::sync::atomic::Ordering::Relaxed);
     let summary = format!(
         "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects; cursor `{}`, next file {}",
-        totals.events,
-        totals.files,
-        totals.bytes,
+        totals.events_written,
+        totals.files_written,
+        totals.bytes_written,
         outcome.elapsed.as_secs_f64(),
         outcome.first_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
         outcome.last_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
         totals.dead_letters,
-        files_failed,
-        stats.reconnects.load(std::sync::atomic::Ordering::Relaxed),
+        totals.file_fetch_failures,
+        totals.reconnects,
         committer.state().start_from.as_deref().unwrap_or("-"),
         committer.state().file_count + 1,
     );
