@@ -50,10 +50,6 @@ fn dump(events: u64, extra: &[&str]) -> Vec<Value> {
     sim_dump(&args)
 }
 
-fn with_settings(yaml: String, extra: &str) -> String {
-    format!("{yaml}{extra}")
-}
-
 #[test]
 fn exports_20000_events_to_s3_in_stream_order_with_files() {
     let weed = Seaweed::start();
@@ -163,13 +159,10 @@ fn kill_9_at_any_moment_loses_nothing_and_never_reuses_a_number() {
         "4000",
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let yaml = with_settings(
-        s3_config(&sim, &weed, "export", "opencti", dir.path()),
-        "queue:\n  size: 200\n",
-    );
-    let yaml = yaml.replace(
-        "write:\n  every_sec: 1\n",
-        "write:\n  every_sec: 1\n  max_events: 700\n",
+    let yaml = s3_config(&sim, &weed, "export", "opencti", dir.path());
+    let yaml = format!(
+        "{}queue:\n  size: 200\n",
+        with_write_limit(&yaml, "max_events: 700")
     );
     let cfg = write_config(dir.path(), &yaml);
     let mut restarts = 0;

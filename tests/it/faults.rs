@@ -55,9 +55,9 @@ fn crash_anywhere_seeded_kill_9_cycles_lose_nothing() {
         "4000",
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let yaml = s3_config(&sim, &weed, "export", "opencti", dir.path()).replace(
-        "write:\n  every_sec: 1\n",
-        "write:\n  every_sec: 1\n  max_events: 1500\n",
+    let yaml = with_write_limit(
+        &s3_config(&sim, &weed, "export", "opencti", dir.path()),
+        "max_events: 1500",
     );
     let cfg = write_config(dir.path(), &yaml);
     let mut killed = 0;
@@ -165,9 +165,9 @@ fn a_full_disk_for_the_files_is_waited_out() {
         return;
     };
     let sim = Sim::start(&["--events", "4000", "--heartbeat-ms", "300"]);
-    let yaml = dir_config(&sim, &out_dir.join("export"), dir.path()).replace(
-        "write:\n  every_sec: 1\n",
-        "write:\n  every_sec: 1\n  max_bytes: 1048576\n",
+    let yaml = with_write_limit(
+        &dir_config(&sim, &out_dir.join("export"), dir.path()),
+        "max_bytes: 1048576",
     );
     let cfg = write_config(
         dir.path(),
@@ -227,9 +227,9 @@ fn a_full_disk_for_the_state_stops_the_run_and_the_state_survives() {
     };
     let sim = Sim::start(&["--events", "3000", "--heartbeat-ms", "300"]);
     let out_dir = dir.path().join("out");
-    let yaml = dir_config(&sim, &out_dir, &state_dir).replace(
-        "write:\n  every_sec: 1\n",
-        "write:\n  every_sec: 1\n  max_bytes: 1048576\n",
+    let yaml = with_write_limit(
+        &dir_config(&sim, &out_dir, &state_dir),
+        "max_bytes: 1048576",
     );
     let cfg = write_config(dir.path(), &yaml);
     // A first file, then fill the disk so that the next state save fails.
@@ -572,9 +572,9 @@ fn a_minute_of_storage_outage_freezes_the_cursor_and_memory() {
         "4000",
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let yaml = s3_config(&sim, &weed, "export", "opencti", dir.path()).replace(
-        "write:\n  every_sec: 1\n",
-        "write:\n  every_sec: 1\n  max_bytes: 2097152\n",
+    let yaml = with_write_limit(
+        &s3_config(&sim, &weed, "export", "opencti", dir.path()),
+        "max_bytes: 2097152",
     );
     let cfg = write_config(dir.path(), &yaml);
     let mut running = exporter().config_file(&cfg).args(["run", "--once"]).spawn();
@@ -648,9 +648,9 @@ fn verify_finds_a_tampered_object_and_a_hole_in_the_numbers() {
     let weed = Seaweed::start();
     let sim = Sim::start(&["--events", "3000", "--heartbeat-ms", "300"]);
     let dir = tempfile::tempdir().unwrap();
-    let yaml = s3_config(&sim, &weed, "export", "opencti", dir.path()).replace(
-        "write:\n  every_sec: 1\n",
-        "write:\n  every_sec: 1\n  max_events: 700\n",
+    let yaml = with_write_limit(
+        &s3_config(&sim, &weed, "export", "opencti", dir.path()),
+        "max_events: 700",
     );
     let cfg = write_config(dir.path(), &yaml);
     exporter()

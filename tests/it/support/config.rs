@@ -78,3 +78,14 @@ pub fn dir_config(sim: &Sim, out_dir: &Path, state_dir: &Path) -> String {
         out = quoted_path(out_dir),
     )
 }
+
+/// `yaml` (from [`s3_config`] or [`dir_config`]) with one more key in its
+/// `write` section, e.g. `"max_events: 700"`.
+pub fn with_write_limit(yaml: &str, key_value: &str) -> String {
+    let section = "write:\n  every_sec: 1\n";
+    assert!(
+        yaml.contains(section),
+        "no `write` section to extend in:\n{yaml}"
+    );
+    yaml.replacen(section, &format!("{section}  {key_value}\n"), 1)
+}

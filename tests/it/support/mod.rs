@@ -26,7 +26,7 @@ mod wait;
 // Not every test binary module uses every helper.
 #[allow(unused_imports)]
 pub use self::{
-    config::{dir_config, s3_config, write_config},
+    config::{dir_config, s3_config, with_write_limit, write_config},
     export::{
         assert_importer_sequence, file_number, parse_export_file, read_export_lines_dir,
         read_export_lines_s3,
