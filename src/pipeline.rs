@@ -60,7 +60,7 @@ pub fn spawn_progress(metrics: Arc<Metrics>, done: Arc<AtomicBool>, interval: Du
             let lag = if cursor_ms == 0 {
                 "-".to_string()
             } else {
-                format!("{:.0} s", crate::id::now_ms().saturating_sub(cursor_ms) as f64 / 1000.0)
+                crate::id::human_secs(crate::id::now_ms().saturating_sub(cursor_ms) / 1000)
             };
             let line = format!(
                 "{} events received ({:.0}/s), {} stored in {} files ({:.1} MB); at {}{}, {} behind now; {:.0} s",
@@ -70,7 +70,11 @@ pub fn spawn_progress(metrics: Arc<Metrics>, done: Arc<AtomicBool>, interval: Du
                 now.files_written,
                 now.bytes_written as f64 / 1e6,
                 if cursor_ms == 0 { "-".to_string() } else { crate::id::ms_to_iso(cursor_ms) },
-                if head_ms > cursor_ms && cursor_ms > 0 { format!(" ({:.0} s before the head)", (head_ms - cursor_ms) as f64 / 1000.0) } else { String::new() },
+                if head_ms > cursor_ms && cursor_ms > 0 {
+                    format!(" ({} before the head)", crate::id::human_secs((head_ms - cursor_ms) / 1000))
+                } else {
+                    String::new()
+                },
                 lag,
                 started.elapsed().as_secs_f64(),
             );
@@ -79,7 +83,15 @@ pub fn spawn_progress(metrics: Arc<Metrics>, done: Arc<AtomicBool>, interval: Du
                 let _ = write!(err, "\r\x1b[2K{line}");
                 let _ = err.flush();
             } else {
-                log::info!("progress: {line}; {}", metrics.summary_line());
+                // The log line carries the full figures once (by action,
+                // held, errors), with the rate and the position.
+                log::info!(
+                    "progress: {:.0} events/s, at {}, {} behind now; {}",
+                    rate,
+                    if cursor_ms == 0 { "-".to_string() } else { crate::id::ms_to_iso(cursor_ms) },
+                    lag,
+                    metrics.summary_line()
+                );
             }
         }
         if tty {

@@ -56,7 +56,7 @@ fn describe(out: &mut String, s: &State) {
             out.push_str(&format!(
                 "cursor:         {c} ({}, {} behind now)\n",
                 c.date(),
-                human_secs(lag)
+                crate::id::human_secs(lag)
             ));
         }
         None => out.push_str("cursor:         none yet (nothing committed)\n"),
@@ -105,15 +105,6 @@ fn describe(out: &mut String, s: &State) {
             r.files,
             r.bytes
         ));
-    }
-}
-
-fn human_secs(s: u64) -> String {
-    match s {
-        0..=119 => format!("{s} s"),
-        120..=7199 => format!("{} min", s / 60),
-        7200..=172_799 => format!("{} h", s / 3600),
-        _ => format!("{} days", s / 86_400),
     }
 }
 
