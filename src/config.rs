@@ -587,12 +587,11 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
         .string("connector.name")
         .unwrap_or_else(|| "StreamExporter".to_string());
     let policy = policy(src)?;
-    let metrics_port = if src.boolean("connector.expose_metrics", false)? {
-        Some(src.number("connector.metrics_port", 9095, 1, 65535, "port")? as u16)
-    } else {
-        src.number("connector.metrics_port", 9095, 1, 65535, "port")?;
-        None
-    };
+    // The port is checked even when metrics are off, like every value.
+    let port = src.number("connector.metrics_port", 9095, 1, 65535, "port")? as u16;
+    let metrics_port = src
+        .boolean("connector.expose_metrics", false)?
+        .then_some(port);
     let metrics_textfile = ov
         .metrics_textfile
         .clone()
