@@ -15,6 +15,7 @@ pub mod exit;
 pub mod http;
 pub mod id;
 pub mod logging;
+pub mod marker;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;

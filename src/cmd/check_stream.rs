@@ -225,7 +225,7 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
                 ))
             } else {
                 Err(format!(
-                    "cursor `{cur}` ({}) is older than the first event the server retains, `{first}` ({}): events between them were LOST on the server side and cannot be exported; raise the stream's retention, or start over with a snapshot (`state reset`)",
+                    "cursor `{cur}` ({}) is older than the first event the server retains, `{first}` ({}): events between them were LOST on the server side and cannot be exported; raise the stream's retention, or start over with a snapshot (`state reset`, which keeps the file numbering)",
                     cur.date(),
                     first.date()
                 ))

@@ -51,40 +51,30 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
 
     let _lock = state::lock(&cfg.state_path)?;
     let saved = state::load(&cfg.state_path)?;
-    let state = match saved {
-        Some(s) => {
-            if from.is_some() {
+    if let Some(s) = &saved {
+        if from.is_some() {
+            return Err(from_with_state(cfg).into());
+        }
+        if let Some(sid) = &s.stream_id {
+            if sid != &stream.live_stream_id {
                 return Err(flag_error(
-                    "--from",
+                    "connector.live_stream_id",
                     format!(
-                        "a saved state exists at `{}`: `--from` only applies to a first run; run `opencti-stream-exporter state reset --start-from ...`, or give a separate `--state` for a backfill",
-                        cfg.state_path.display()
+                        "the state at `{}` belongs to stream `{sid}`, not `{}`: use another `--state`, or `state reset` to start over (it keeps the file numbering)",
+                        cfg.state_path.display(),
+                        stream.live_stream_id
                     ),
                 )
                 .into());
             }
-            if let Some(sid) = &s.stream_id {
-                if sid != &stream.live_stream_id {
-                    return Err(flag_error(
-                        "connector.live_stream_id",
-                        format!(
-                            "the state at `{}` belongs to stream `{sid}`, not `{}`: use another `--state`, or `state reset` to start over",
-                            cfg.state_path.display(),
-                            stream.live_stream_id
-                        ),
-                    )
-                    .into());
-                }
-            }
-            s
         }
-        None => first_state(cfg, from)?,
-    };
+    }
     let dests = super::destinations(cfg)?;
     let abort = Arc::new(AtomicBool::new(false));
     let mut committer = Committer::new(
-        cfg.state_path.clone(),
-        state,
+        Box::new(state::StateFile(cfg.state_path.clone())),
+        saved,
+        first_state(cfg, from)?,
         cfg.folder.clone(),
         dests,
         abort,
@@ -92,6 +82,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     let metrics = Arc::new(Metrics::default());
     committer.set_metrics(metrics.clone());
     let started_at = id::ms_to_iso(id::now_ms());
+    committer.set_explicit_start(from.is_some());
     let first_cut_after = committer.start()?;
     if let Some(c) = committer.state().cursor().ok().flatten() {
         metrics.set_cursor_ms(c.ms);
@@ -255,6 +246,18 @@ fn first_start(cfg: &Config, from: Option<EventId>) -> Option<EventId> {
     Some(from.or(stream.start).unwrap_or_default())
 }
 
+fn from_with_state(cfg: &Config) -> ConfigError {
+    flag_error(
+        "--from",
+        format!(
+            "a saved state exists at `{}`: `--from` only applies to a first run; run `opencti-stream-exporter state reset --start-from ...` (it keeps the file numbering), or give a backfill its own `--state` and folder",
+            cfg.state_path.display()
+        ),
+    )
+}
+
+/// The state of a first run; the committer saves it once the destination
+/// shows no trace of this export.
 fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
     let stream = cfg.stream()?;
     let recover_until = if from.is_some() {
@@ -266,11 +269,10 @@ fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
             Recover::Until(ms) => Some(id::ms_to_iso(ms)),
         }
     };
-    let state = State {
+    Ok(State {
         recover_until,
         stream_id: Some(stream.live_stream_id.clone()),
+        export_id: Some(id::unique_name("export")),
         ..State::default()
-    };
-    state::save(&cfg.state_path, &state)?;
-    Ok(state)
+    })
 }

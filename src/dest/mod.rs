@@ -8,6 +8,9 @@
 //! naming lives in [`naming`].
 
 pub mod dir;
+pub mod fault;
+#[cfg(test)]
+pub mod memory;
 pub mod naming;
 pub mod s3;
 
@@ -55,6 +58,12 @@ pub trait Destination: Send {
     /// Make the target usable: create the bucket (S3) or the directory if
     /// missing. Called once before the first upload.
     fn prepare(&mut self) -> Result<(), DestError>;
+    /// Remove what killed runs left half-written under `prefix` (only this
+    /// export's own keys: another exporter may be writing elsewhere in the
+    /// same place). Nothing to do where writes are atomic (S3).
+    fn clean_temporaries(&mut self, _prefix: &str) -> Result<(), DestError> {
+        Ok(())
+    }
     /// Store `body` under `key`, replacing any object of that key.
     fn put(&mut self, key: &str, body: &[u8], meta: &ObjectMeta) -> Result<(), DestError>;
     /// Whether a complete object exists under `key`.
