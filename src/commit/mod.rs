@@ -199,7 +199,18 @@ impl Committer {
         self.notes = resolved.notes;
         self.state = resolved.state;
         self.save("saving the state at start-up")?;
-        self.write_marker()?;
+        // The marker is rewritten when it would say something new.
+        let mut recorded = core::marker_of(&self.state);
+        if let Some(m) = &src.marker {
+            recorded.updated_at = m.updated_at.clone();
+        }
+        let up_to_date = match &src.marker {
+            Some(m) => *m == recorded,
+            None => self.state.file_count == 0,
+        };
+        if !up_to_date {
+            self.write_marker()?;
+        }
         Ok(cut)
     }
 
