@@ -211,7 +211,7 @@ pub fn reconcile(src: &Sources, fresh: &State) -> Result<Resolved, Conflict> {
             ));
         }
         // No local state: resume from the export's traces, if any.
-        let Some(mut state) = from_traces(src, marker_count, stored)? else {
+        let Some(mut state) = from_traces(src, marker_count, stored, new_export_id)? else {
             return Ok(Resolved {
                 state: fresh.clone(),
                 notes,
@@ -262,7 +262,7 @@ pub fn reconcile(src: &Sources, fresh: &State) -> Result<Resolved, Conflict> {
             ));
         }
         // This export's own record is ahead: the state is an older copy.
-        let Some(traced) = from_traces(src, marker_count, stored)? else {
+        let Some(traced) = from_traces(src, marker_count, stored, new_export_id)? else {
             unreachable!("ahead of a count implies traces")
         };
         notes.push(format!(
@@ -303,12 +303,22 @@ fn key_stamp(src: &Sources) -> u64 {
 }
 
 /// The state the traces describe, `None` when there are none.
-fn from_traces(src: &Sources, marker_count: u64, stored: u64) -> Result<Option<State>, Conflict> {
+fn from_traces(
+    src: &Sources,
+    marker_count: u64,
+    stored: u64,
+    new_export_id: &str,
+) -> Result<Option<State>, Conflict> {
     if src.marker.is_none() && stored == 0 {
         return Ok(None);
     }
     let mut state = State {
-        export_id: src.marker.as_ref().map(|m| m.export_id.clone()),
+        export_id: Some(
+            src.marker
+                .as_ref()
+                .map(|m| m.export_id.clone())
+                .unwrap_or_else(|| new_export_id.to_string()),
+        ),
         last_key_ms: key_stamp(src),
         ..State::default()
     };

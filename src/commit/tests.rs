@@ -354,10 +354,10 @@ fn crashes_lost_states_old_copies_and_resets_never_wedge_the_importer() {
 fn a_crash_after_the_upload_commits_the_file_at_the_next_start() {
     let mut rng = Rng(7);
     let mut w = World::new(&mut rng);
-    // Writes: start state save (1), marker (2); file 1: pending (3), put (4).
+    // Writes: start state save (1); file 1: pending (2), put (3).
     {
         let mut c = w.crash.lock().unwrap();
-        c.at = Some(4);
+        c.at = Some(3);
         c.after_store = true;
     }
     let mut c = w.committer();
