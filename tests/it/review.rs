@@ -1,0 +1,142 @@
+//! Regression tests for the faults an adversarial review found (hostile
+//! servers, hostile configs, odd moments), each on the real binary.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+const SHORT: Duration = Duration::from_secs(60);
+
+fn state(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap()
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn an_unknown_control_frame_with_a_synthetic_id_is_neither_exported_nor_the_cursor() {
+    let body = [
+        connected("1-0", "2-0"),
+        create("1-0", "indicator--1"),
+        create("2-0", "indicator--2"),
+        // A frame of a kind this exporter does not know, with the idle
+        // form of id the server gives control frames: `<now>-0`.
+        sse(Some("1800000000000-0"), "consumer_status", r#"{"lag":0}"#),
+    ]
+    .concat();
+    let server = Hostile::start(move |_| Answer::Stream(body.clone().into_bytes()));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = hostile_config(dir.path(), &server.url(), &[]);
+    let out = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(SHORT);
+    out.assert_success();
+    let lines = all_lines(&read_export_lines_dir(&dir.path().join("out"), "opencti"));
+    let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["1-0", "2-0"], "{out}");
+    assert!(
+        files_under(&dir.path().join("out-dead-letter")).is_empty(),
+        "a control frame is no dead letter\n{out}"
+    );
+    let st = state(dir.path());
+    assert_eq!(st["start_from"], "2-0", "{st}\n{out}");
+    assert_eq!(st["dead_letters"], 0, "{st}");
+}
+
+#[test]
+fn a_byte_order_mark_before_the_first_frame_is_ignored() {
+    let mut body = b"\xef\xbb\xbf".to_vec();
+    body.extend(
+        [
+            connected("1-0", "2-0"),
+            create("1-0", "indicator--1"),
+            create("2-0", "indicator--2"),
+        ]
+        .concat()
+        .into_bytes(),
+    );
+    let server = Hostile::start(move |_| Answer::Stream(body.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = hostile_config(dir.path(), &server.url(), &[]);
+    // Without the fix `connected` is lost, so `--once` never knows the head
+    // and never ends: the deadline fails the test.
+    let out = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(Duration::from_secs(30));
+    out.assert_success();
+    assert!(out.stderr.contains("stream connected"), "{out}");
+    let lines = all_lines(&read_export_lines_dir(&dir.path().join("out"), "opencti"));
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        files_under(&dir.path().join("out-dead-letter")).is_empty(),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_refused_recovery_does_not_hide_a_cursor_older_than_the_retention() {
+    // The first run asks for a snapshot from 1000-0; the server refuses it
+    // (`no-recover`) and only retains events from 5000-0 on.
+    let body = [
+        connected("5000-0", "5001-0"),
+        sse(
+            Some("1700000000000-0"),
+            "no-recover",
+            r#"{"stream":"s","message":"recovery refused","resume_from":"1700000000000-0"}"#,
+        ),
+        create("5000-0", "indicator--1"),
+        create("5001-0", "indicator--2"),
+    ]
+    .concat();
+    let server = Hostile::start(move |_| Answer::Stream(body.clone().into_bytes()));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = hostile_config(
+        dir.path(),
+        &server.url(),
+        &[
+            ("connector.live_stream_recover_iso_date", "true"),
+            ("connector.live_stream_start_timestamp", "\"1000-0\""),
+        ],
+    );
+    let out = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(SHORT);
+    out.assert_code(1);
+    assert!(
+        out.stderr
+            .contains("older than the first event the server still retains"),
+        "{out}"
+    );
+    // With --accept-gap the run goes on and the gap is recorded.
+    let out = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once", "--accept-gap"])
+        .run(SHORT);
+    out.assert_success();
+    let st = state(dir.path());
+    assert_eq!(
+        st["accepted_gaps"].as_array().map(Vec::len),
+        Some(1),
+        "{st}\n{out}"
+    );
+}
