@@ -140,3 +140,103 @@ fn a_refused_recovery_does_not_hide_a_cursor_older_than_the_retention() {
         "{st}\n{out}"
     );
 }
+
+/// `hostile_config` keys that send the export to `bucket` on `weed`.
+fn to_s3<'a>(weed: &'a Seaweed, bucket: &'a str, port: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("output.kind", "s3"),
+        ("minio.endpoint", weed.endpoint()),
+        ("minio.port", port),
+        ("minio.bucket", bucket),
+        ("minio.access_key", weed.access_key()),
+        ("minio.secret_key", weed.secret_key()),
+        ("minio.secure", "false"),
+    ]
+}
+
+#[test]
+fn run_creates_the_s3_dead_letter_bucket_for_its_first_dead_letter() {
+    let weed = Seaweed::start();
+    let sim = Sim::start(&[
+        "--events",
+        "40",
+        "--heartbeat-ms",
+        "300",
+        "--malformed-every",
+        "10",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &s3_config(&sim, &weed, "export", "opencti", dir.path()),
+    );
+    let out = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(SHORT);
+    out.assert_success();
+    let letters = weed.list_keys("export-dead-letter", "");
+    assert!(!letters.is_empty(), "{out}");
+    assert!(
+        letters
+            .iter()
+            .all(|k| k.starts_with("opencti/dead-letter/")),
+        "{letters:?}"
+    );
+    let st = state(dir.path());
+    assert_eq!(
+        st["dead_letters"].as_u64(),
+        Some(letters.len() as u64),
+        "{st}"
+    );
+    assert!(!weed.list_keys("export", "opencti/").is_empty(), "{out}");
+}
+
+#[test]
+fn dead_letter_ids_with_blanks_or_non_ascii_are_stored_with_encoded_metadata() {
+    let weed = Seaweed::start();
+    let body = [
+        connected("1-0", "9-0"),
+        create("1-0", "indicator--1"),
+        create("5-0 ", "indicator--5"),
+        create("6-0-été", "indicator--6"),
+        create("7-0", "indicator--7"),
+    ]
+    .concat();
+    let server = Hostile::start(move |_| Answer::Stream(body.clone().into_bytes()));
+    // Made beforehand, so that this test is about the metadata alone.
+    weed.create_bucket("export-dead-letter");
+    let dir = tempfile::tempdir().unwrap();
+    let port = weed.port().to_string();
+    let cfg = hostile_config(dir.path(), &server.url(), &to_s3(&weed, "export", &port));
+    let out = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(SHORT);
+    out.assert_success();
+    let letters = weed.list_keys("export-dead-letter", "");
+    assert_eq!(letters.len(), 2, "{letters:?}\n{out}");
+    let mut ids: Vec<String> = letters
+        .iter()
+        .map(|k| {
+            let meta = weed.stat_metadata("export-dead-letter", k);
+            let first = meta
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("first-id"))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no first-id on `{k}`: {meta:?}"));
+            assert!(first.is_ascii() && !first.contains(' '), "{first:?}");
+            first
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["5-0%20", "6-0-%C3%A9t%C3%A9"]);
+    let lines = all_lines(&read_export_lines_s3(&weed, "export", "opencti"));
+    let exported: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(exported, ["1-0", "7-0"], "{out}");
+    exporter()
+        .config_file(&cfg)
+        .args(["check-stream", "--verify"])
+        .run(SHORT)
+        .assert_success();
+}
