@@ -240,3 +240,105 @@ fn dead_letter_ids_with_blanks_or_non_ascii_are_stored_with_encoded_metadata() {
         .run(SHORT)
         .assert_success();
 }
+
+/// A directory this process cannot write to, restored on drop: mode 0555
+/// for a normal user; for root (whom modes do not stop), the immutable
+/// attribute, else a read-only tmpfs mounted over it.
+struct Unwritable {
+    dir: std::path::PathBuf,
+    undo: Vec<&'static str>,
+}
+
+impl Unwritable {
+    fn make(dir: &Path) -> Unwritable {
+        use std::process::Command;
+        std::fs::create_dir_all(dir).unwrap();
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+        let ok = |cmd: &mut Command| cmd.status().is_ok_and(|s| s.success());
+        let undo = if !root {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+            vec!["chmod"]
+        } else if ok(Command::new("chattr").arg("+i").arg(dir)) {
+            vec!["chattr"]
+        } else if ok(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+            .arg(dir))
+        {
+            vec!["umount"]
+        } else {
+            panic!(
+                "cannot make `{}` unwritable: running as root, and neither `chattr +i` nor a read-only tmpfs mount works here",
+                dir.display()
+            );
+        };
+        let probe = dir.join("probe");
+        assert!(
+            std::fs::write(&probe, b"x").is_err(),
+            "`{}` is still writable",
+            dir.display()
+        );
+        Unwritable {
+            dir: dir.to_path_buf(),
+            undo,
+        }
+    }
+}
+
+impl Drop for Unwritable {
+    fn drop(&mut self) {
+        use std::process::Command;
+        for how in &self.undo {
+            let _ = match *how {
+                "chmod" => Command::new("chmod").arg("755").arg(&self.dir).status(),
+                "chattr" => Command::new("chattr").arg("-i").arg(&self.dir).status(),
+                _ => Command::new("umount").arg(&self.dir).status(),
+            };
+        }
+    }
+}
+
+#[test]
+fn an_unwritable_state_directory_is_named_with_the_way_out() {
+    let server = Hostile::start(|_| Answer::Stream(connected("1-0", "1-0").into_bytes()));
+    let dir = tempfile::tempdir().unwrap();
+    let locked = dir.path().join("locked");
+    let _guard = Unwritable::make(&locked);
+    let state = locked.join("state.json");
+    let cfg = hostile_config(
+        dir.path(),
+        &server.url(),
+        &[(
+            "state.path",
+            &serde_json::to_string(state.to_str().unwrap()).unwrap(),
+        )],
+    );
+    let out = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(SHORT);
+    out.assert_code(1);
+    assert!(
+        out.stderr
+            .contains(&format!("cannot write the state in `{}`", locked.display())),
+        "{out}"
+    );
+    assert!(out.stderr.contains("--state"), "{out}");
+    let cause = [
+        "Permission denied",
+        "Operation not permitted",
+        "Read-only file system",
+    ]
+    .iter()
+    .map(|c| out.stderr.matches(c).count())
+    .sum::<usize>();
+    assert_eq!(cause, 1, "the cause once, not repeated\n{out}");
+    assert_eq!(
+        out.stderr.lines().filter(|l| l.contains("[ERROR]")).count(),
+        1,
+        "{out}"
+    );
+}
