@@ -534,7 +534,7 @@ impl Sources<'_> {
                 let shown = if k.secret {
                     "***".to_string()
                 } else {
-                    r.value.clone()
+                    crate::secret::redact_url(&r.value)
                 };
                 ConfigError {
                     key: path.into(),

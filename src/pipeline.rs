@@ -379,7 +379,7 @@ impl Handler for Reader {
             "no-recover" => {
                 log::warn!(
                     "the server refused recovery: {}; continuing with live events",
-                    String::from_utf8_lossy(&msg.data)
+                    crate::secret::clean_external(&String::from_utf8_lossy(&msg.data), 500)
                 );
                 // No snapshot is coming: the retention check skipped at
                 // `connected` for the recovery applies now.
@@ -394,7 +394,7 @@ impl Handler for Reader {
             "error" => {
                 log::warn!(
                     "the stream reported an error: {}",
-                    String::from_utf8_lossy(&msg.data)
+                    crate::secret::clean_external(&String::from_utf8_lossy(&msg.data), 500)
                 );
                 Flow::Continue
             }

@@ -195,6 +195,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         }
         Err(e) => (format!("failed: {e:#}"), Err(e)),
     };
+    let outcome_text = crate::secret::scrub_all(&outcome_text);
     let _ = committer.update_state(|s| {
         s.last_run = Some(RunSummary {
             started_at,

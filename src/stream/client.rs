@@ -96,6 +96,9 @@ pub struct Start {
 /// A blocking live-stream reader.
 pub struct StreamClient {
     agent: ureq::Agent,
+    /// The URL requests go to.
+    request_url: String,
+    /// `request_url` as printed: a password in `opencti.url` masked.
     url: String,
     auth: String,
     settings: StreamSettings,
@@ -111,16 +114,18 @@ impl StreamClient {
     ) -> Result<Self, StreamError> {
         let agent = crate::http::agent(opencti, settings.idle_timeout)
             .map_err(|e| StreamError::Setup(format!("{e:#}")))?;
+        let url = format!("{}/stream/{}", opencti.url, settings.live_stream_id);
         Ok(StreamClient {
             agent,
-            url: format!("{}/stream/{}", opencti.url, settings.live_stream_id),
+            url: crate::secret::redact_url(&url),
+            request_url: url,
             auth: format!("Bearer {}", opencti.token.expose()),
             settings: settings.clone(),
             shutdown,
         })
     }
 
-    /// The stream URL (no secret in it).
+    /// The stream URL as printed (a password in it masked).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -131,7 +136,7 @@ impl StreamClient {
         after: Option<EventId>,
         recover_until_ms: Option<u64>,
     ) -> Result<ureq::Response, ConnectError> {
-        let mut url = self.url.clone();
+        let mut url = self.request_url.clone();
         if let (Some(ms), Some(after)) = (recover_until_ms, after) {
             if after.ms <= ms {
                 url.push_str("?recover=");
@@ -189,11 +194,17 @@ impl StreamClient {
                 url: self.url.clone(),
             })),
             Err(ureq::Error::Status(code, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let text: String = text.chars().take(200).collect();
-                Err(ConnectError::Retry(format!("HTTP {code} {}", text.trim())))
+                // Some proxies echo the request, token included, and a
+                // server may put anything in its body: read a little, and
+                // clean it before it reaches any output.
+                let mut body = Vec::new();
+                let _ = resp.into_reader().take(4096).read_to_end(&mut body);
+                let text = crate::secret::clean_external(&String::from_utf8_lossy(&body), 200);
+                Err(ConnectError::Retry(format!("HTTP {code} {text}")))
             }
-            Err(ureq::Error::Transport(t)) => Err(ConnectError::Retry(transport_message(&t))),
+            Err(ureq::Error::Transport(t)) => Err(ConnectError::Retry(
+                crate::secret::clean_external(&transport_message(&t), 500),
+            )),
         }
     }
 

@@ -342,3 +342,89 @@ fn an_unwritable_state_directory_is_named_with_the_way_out() {
         "{out}"
     );
 }
+
+#[test]
+fn a_password_in_the_opencti_url_is_never_printed() {
+    let body = [connected("1-0", "1-0"), create("1-0", "indicator--1")].concat();
+    let server = Hostile::start(move |_| Answer::Stream(body.clone().into_bytes()));
+    let url = server
+        .url()
+        .replace("http://", "http://exporter:pa55w0rd-xyz@");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = hostile_config(dir.path(), &url, &[]);
+    let run = exporter()
+        .config_file(&cfg)
+        .args(["-v", "run", "--once"])
+        .run(SHORT);
+    run.assert_success();
+    let check = exporter()
+        .config_file(&cfg)
+        .args(["check-stream"])
+        .run(SHORT);
+    let check_json = exporter()
+        .config_file(&cfg)
+        .args(["check-stream", "--json"])
+        .run(SHORT);
+    let show = exporter()
+        .config_file(&cfg)
+        .args(["state", "show"])
+        .run(SHORT);
+    for out in [&run, &check, &check_json, &show] {
+        assert!(!out.stdout.contains("pa55w0rd-xyz"), "{out}");
+        assert!(!out.stderr.contains("pa55w0rd-xyz"), "{out}");
+    }
+    // It is masked, not dropped: the operator still sees which URL.
+    assert!(check.stdout.contains("exporter:***@127.0.0.1"), "{check}");
+    let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+    assert!(!state.contains("pa55w0rd-xyz"), "{state}");
+    // A bad value of the key is shown masked too.
+    let bad = hostile_config(dir.path(), "ftp://exporter:pa55w0rd-xyz@host", &[]);
+    let out = exporter().config_file(&bad).args(["run"]).run(SHORT);
+    out.assert_code(2);
+    assert!(!out.stderr.contains("pa55w0rd-xyz"), "{out}");
+}
+
+#[test]
+fn an_error_body_echoing_the_request_is_cut_flattened_and_scrubbed() {
+    let echo = "GET /stream/s HTTP/1.1\r\nAuthorization: Bearer t0ken-value-xyz\r\n\
+                Proxy-Authorization: Basic cHJveHk6c2VjcmV0\r\n\
+                \n2026-01-01T00:00:00Z [ERROR] forged line from the server\n"
+        .to_string()
+        + &"padding ".repeat(200);
+    let body = [connected("1-0", "1-0"), create("1-0", "indicator--1")].concat();
+    let server = Hostile::start(move |n| {
+        if n < 2 {
+            Answer::Status(503, echo.clone().into_bytes())
+        } else {
+            Answer::Stream(body.clone().into_bytes())
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = hostile_config(dir.path(), &server.url(), &[]);
+    let out = exporter()
+        .config_file(&cfg)
+        .args(["-v", "run", "--once"])
+        .run(SHORT);
+    out.assert_success();
+    assert!(
+        server.requests()[0].contains("Bearer t0ken-value-xyz"),
+        "the server did get the token"
+    );
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!text.contains("t0ken-value-xyz"), "{out}");
+        assert!(!text.contains("cHJveHk6c2VjcmV0"), "{out}");
+    }
+    let warn = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("HTTP 503"))
+        .unwrap_or_else(|| panic!("the 503 is reported\n{out}"));
+    assert!(warn.contains("Bearer ***"), "{warn}");
+    assert!(warn.len() < 600, "the body is cut: {warn}");
+    assert!(
+        !out.stderr
+            .lines()
+            .any(|l| l.starts_with("2026-01-01T00:00:00Z [ERROR] forged")),
+        "a server cannot forge a log line\n{out}"
+    );
+}
