@@ -5,8 +5,9 @@
 //! a snapshot is in progress), feeds the body to the SSE parser and hands
 //! every message to a [`Handler`]. A dropped connection, a server error or
 //! `idle_timeout` without a byte leads to a reconnect after a capped,
-//! jittered backoff, resuming after the handler's last complete id. 401 and
-//! 410 stop with a [`StreamError`]. Knows nothing of batches or storage.
+//! jittered backoff, resuming after the handler's last complete id. 401,
+//! 410 and other 4xx answers (but 408 and 429) stop with a [`StreamError`].
+//! Knows nothing of batches or storage.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +55,18 @@ pub enum StreamError {
         first: String,
         /// Its date.
         first_date: String,
+    },
+    /// A 4xx other than 401, 408, 410 and 429: the request is wrong, not
+    /// the server down (a path after the host in `opencti.url`, a proxy
+    /// rule, a stream id the server does not know).
+    #[error("`{url}` answered HTTP {code} {body}: a refusal, not an outage; check `opencti.url` (the base URL of OpenCTI, nothing after it), `connector.live_stream_id`, and that the token's user may read this stream")]
+    Refused {
+        /// The stream URL.
+        url: String,
+        /// The status.
+        code: u16,
+        /// The start of the body, cleaned.
+        body: String,
     },
     /// The HTTP client could not be set up (TLS files).
     #[error("{0}")]
@@ -200,6 +213,13 @@ impl StreamClient {
                 let mut body = Vec::new();
                 let _ = resp.into_reader().take(4096).read_to_end(&mut body);
                 let text = crate::secret::clean_external(&String::from_utf8_lossy(&body), 200);
+                if (400..500).contains(&code) && code != 408 && code != 429 {
+                    return Err(ConnectError::Fatal(StreamError::Refused {
+                        url: self.url.clone(),
+                        code,
+                        body: text,
+                    }));
+                }
                 Err(ConnectError::Retry(format!("HTTP {code} {text}")))
             }
             Err(ureq::Error::Transport(t)) => Err(ConnectError::Retry(

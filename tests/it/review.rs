@@ -428,3 +428,113 @@ fn an_error_body_echoing_the_request_is_cut_flattened_and_scrubbed() {
         "a server cannot forge a log line\n{out}"
     );
 }
+
+#[test]
+fn a_4xx_stream_answer_is_a_configuration_error_not_an_outage() {
+    for code in [400u16, 403, 404] {
+        let server = Hostile::start(move |_| Answer::Status(code, b"no such route".to_vec()));
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = hostile_config(dir.path(), &server.url(), &[]);
+        // Without --once too: retrying cannot fix a wrong URL.
+        for args in [&["run", "--once"][..], &["run"][..]] {
+            let out = exporter().config_file(&cfg).args(args).run(SHORT);
+            out.assert_code(2);
+            assert!(out.stderr.contains(&format!("HTTP {code}")), "{out}");
+            assert!(out.stderr.contains("opencti.url"), "{out}");
+        }
+        assert_eq!(server.requests().len(), 2, "one request per run");
+    }
+}
+
+/// A state and files from a first, successful run against `server`.
+fn first_export(dir: &Path, url: &str, extra: &[(&str, &str)]) -> (Value, Vec<std::path::PathBuf>) {
+    let cfg = hostile_config(dir, url, extra);
+    exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(SHORT)
+        .assert_success();
+    let mut files = files_under(&dir.join("out"));
+    files.sort();
+    assert!(!files.is_empty());
+    (state(dir), files)
+}
+
+#[test]
+fn run_once_gives_up_on_an_unreachable_or_failing_opencti_with_status_5() {
+    let body = [
+        connected("1-0", "2-0"),
+        create("1-0", "indicator--1"),
+        create("2-0", "indicator--2"),
+    ]
+    .concat();
+    let up = Hostile::start(move |_| Answer::Stream(body.clone().into_bytes()));
+    let dir = tempfile::tempdir().unwrap();
+    let limit = [("run.once_max_outage_sec", "2")];
+    let (before, files) = first_export(dir.path(), &up.url(), &limit);
+    drop(up);
+
+    let down_url = format!("http://127.0.0.1:{}", free_port());
+    let failing = Hostile::start(|_| Answer::Status(503, b"maintenance".to_vec()));
+    for url in [down_url, failing.url()] {
+        let cfg = hostile_config(dir.path(), &url, &limit);
+        let out = exporter()
+            .config_file(&cfg)
+            .args(["run", "--once"])
+            .run(SHORT);
+        out.assert_code(5);
+        assert!(out.stderr.contains("gave up after 2 s"), "{out}");
+        assert!(out.stderr.contains("OpenCTI"), "{out}");
+        let after = state(dir.path());
+        assert_eq!(after["start_from"], before["start_from"], "{out}");
+        assert_eq!(after["file_count"], before["file_count"], "{out}");
+        let mut now = files_under(&dir.path().join("out"));
+        now.sort();
+        assert_eq!(now, files, "{out}");
+    }
+
+    // Without --once the same outage is waited out.
+    let cfg = hostile_config(dir.path(), &failing.url(), &limit);
+    let mut running = exporter().config_file(&cfg).arg("run").spawn();
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(running.is_running(), "{}", running.snapshot());
+    running.sigterm();
+    running.wait(SHORT).assert_success();
+}
+
+#[test]
+fn run_once_gives_up_on_unreachable_storage_with_status_5() {
+    let mut weed = Seaweed::start();
+    let body = [
+        connected("1-0", "2-0"),
+        create("1-0", "indicator--1"),
+        create("2-0", "indicator--2"),
+    ]
+    .concat();
+    let server = Hostile::start(move |_| Answer::Stream(body.clone().into_bytes()));
+    let dir = tempfile::tempdir().unwrap();
+    let port = weed.port().to_string();
+    let mut keys = to_s3(&weed, "export", &port);
+    keys.push(("run.once_max_outage_sec", "2"));
+    keys.push(("minio.timeout_sec", "2"));
+    let cfg = hostile_config(dir.path(), &server.url(), &keys);
+    exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(SHORT)
+        .assert_success();
+    let before = state(dir.path());
+    let objects = weed.list_keys("export", "");
+    weed.stop();
+    let out = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(SHORT);
+    out.assert_code(5);
+    assert!(out.stderr.contains("the storage"), "{out}");
+    let after = state(dir.path());
+    assert_eq!(after["start_from"], before["start_from"], "{out}");
+    assert_eq!(after["file_count"], before["file_count"], "{out}");
+    weed.start_again();
+    assert_eq!(weed.list_keys("export", ""), objects);
+}
