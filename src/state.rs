@@ -179,6 +179,16 @@ pub enum StateError {
         /// What the lock file says about its holder.
         holder: String,
     },
+    /// The directory of the state file refuses us (permissions, read-only).
+    #[error("cannot write the state in `{dir}` ({cause}, on `{path}`): give this user write access to that directory, or choose another state file with `--state PATH` (or `state.path`)")]
+    Unwritable {
+        /// The directory.
+        dir: PathBuf,
+        /// The file the call was about.
+        path: PathBuf,
+        /// The cause, in the message (not a `source`: it would be printed twice).
+        cause: std::io::Error,
+    },
     /// Any I/O failure.
     #[error("state file `{path}`: {source}")]
     Io {
@@ -190,6 +200,17 @@ pub enum StateError {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> StateError {
+    use std::io::ErrorKind;
+    if matches!(
+        source.kind(),
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+    ) {
+        return StateError::Unwritable {
+            dir: parent_dir(path),
+            path: path.to_path_buf(),
+            cause: source,
+        };
+    }
     StateError::Io {
         path: path.to_path_buf(),
         source,
@@ -454,9 +475,13 @@ pub fn lock(state: &Path) -> Result<StateLock, StateError> {
     Ok(StateLock { _file: file, path })
 }
 
-/// True when some process holds the lock right now.
+/// True when some process holds the lock right now. Read-only: it creates
+/// no file (no lock file is no holder) and does not write its pid.
 pub fn is_locked(state: &Path) -> bool {
-    matches!(lock(state), Err(StateError::Locked { .. }))
+    let Ok(file) = File::open(lock_path(state)) else {
+        return false;
+    };
+    matches!(file.try_lock_shared(), Err(fs::TryLockError::WouldBlock))
 }
 
 #[cfg(test)]
@@ -593,5 +618,13 @@ mod tests {
         drop(first);
         assert!(!is_locked(&path));
         lock(&path).unwrap();
+    }
+
+    #[test]
+    fn asking_whether_it_is_locked_creates_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("s.json");
+        assert!(!is_locked(&path));
+        assert!(!dir.path().join("sub").exists());
     }
 }
