@@ -80,9 +80,59 @@ pub fn lease_key(folder: &str) -> String {
 }
 
 /// Whether the exporter's own keys for `folder` could be read by an
-/// importer listing `folder` as a string prefix.
+/// importer: one that lists `folder` as a string prefix, or every key that
+/// sorts after it. They must sort before the folder's name.
 pub fn collides_with_folder(folder: &str) -> bool {
-    marker_key(folder).starts_with(folder)
+    marker_key(folder).as_str() >= folder || lease_key(folder).as_str() >= folder
+}
+
+/// What keeps `folder` from being read alone by its importer: keys that
+/// start with its name but lie outside it (an importer listing the string
+/// prefix, recursively, reads them), and other exports' folders (from their
+/// markers, `marker_keys`) that start with its name or whose name it starts
+/// with. `prefixed_keys` are the keys that start with `folder`. Pure.
+pub fn folder_clashes(
+    folder: &str,
+    prefixed_keys: &[String],
+    marker_keys: &[String],
+) -> Vec<String> {
+    let inside = format!("{folder}/");
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for k in prefixed_keys {
+        if k.starts_with(folder) && !k.starts_with(&inside) {
+            let other = k.split('/').next().unwrap_or(k).to_string();
+            if seen.insert(other.clone()) {
+                out.push(format!(
+                    "`{other}` (e.g. `{k}`) starts with this folder's name: an importer listing `{folder}` reads it too"
+                ));
+            }
+        }
+    }
+    let own = format!("{OWN_PREFIX}/");
+    for m in marker_keys {
+        let Some(other) = m
+            .strip_prefix(&own)
+            .and_then(|r| r.strip_suffix("/marker.json"))
+        else {
+            continue;
+        };
+        if other == folder || seen.contains(other) {
+            continue;
+        }
+        if other.starts_with(folder) {
+            seen.insert(other.to_string());
+            out.push(format!(
+                "the export folder `{other}` starts with this folder's name: an importer listing `{folder}` reads its files too"
+            ));
+        } else if folder.starts_with(other) {
+            seen.insert(other.to_string());
+            out.push(format!(
+                "this folder's name starts with the export folder `{other}`: that export's importer reads this folder's files too"
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -97,6 +147,33 @@ mod tests {
             assert!(!collides_with_folder(folder));
         }
         assert!(collides_with_folder(".open"));
+        assert!(collides_with_folder("-x"));
+    }
+
+    #[test]
+    fn folders_that_share_a_name_prefix_are_found_both_ways() {
+        let keys = vec![
+            "opencti/stream_1_1.json".to_string(),
+            "opencti-backfill/stream_1_1.json".to_string(),
+            "opencti-backfill/stream_2_2.json".to_string(),
+        ];
+        let markers = vec![
+            marker_key("opencti"),
+            marker_key("opencti-backfill"),
+            marker_key("open"),
+            marker_key("other"),
+        ];
+        let c = folder_clashes("opencti", &keys, &markers);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(c[0].contains("`opencti-backfill`"), "{c:?}");
+        assert!(c[1].contains("`open`"), "{c:?}");
+        assert!(folder_clashes("other", &[], &markers).is_empty());
+        let c = folder_clashes("opencti-backfill", &keys[1..], &markers);
+        assert!(
+            c.iter()
+                .any(|m| m.contains("starts with the export folder `opencti`")),
+            "{c:?}"
+        );
     }
 
     #[test]

@@ -173,7 +173,22 @@ impl Committer {
     /// when the pending file was not found (see [`core::settle`]).
     pub fn start(&mut self) -> Result<Option<EventId>> {
         let what = self.dest.describe();
+        if crate::marker::collides_with_folder(&self.folder) {
+            return Err(anyhow!(
+                "the folder `{}` sorts after this exporter's own keys (`{}`), so its importer would read them: choose a folder name that starts with a letter or a digit",
+                self.folder,
+                marker_key(&self.folder)
+            ));
+        }
         self.retry(&format!("prepare {what}"), |d| d.prepare())?;
+        let clashes = self.folder_clashes()?;
+        if !clashes.is_empty() {
+            return Err(anyhow!(
+                "the folder `{}` in {what} is not the only one its importer reads:\n  {}\ngive each export a folder whose name is not the start of another's (e.g. `opencti-live` and `opencti-backfill`, not `opencti` and `opencti-backfill`)",
+                self.folder,
+                clashes.join("\n  ")
+            ));
+        }
         let mut src = self.read_sources()?;
         let used = src
             .marker
@@ -212,6 +227,18 @@ impl Committer {
             self.write_marker()?;
         }
         Ok(cut)
+    }
+
+    /// What keeps this export's folder from being read alone by its
+    /// importer (see [`crate::marker::folder_clashes`]), one sentence each.
+    pub fn folder_clashes(&mut self) -> Result<Vec<String>> {
+        let folder = self.folder.clone();
+        let own = format!("{}/", crate::marker::OWN_PREFIX);
+        let what = self.dest.describe();
+        let (prefixed, markers) = self.retry(&format!("list {what}"), |d| {
+            Ok((d.list(&folder)?, d.list(&own)?))
+        })?;
+        Ok(crate::marker::folder_clashes(&folder, &prefixed, &markers))
     }
 
     /// Makes the destination ready and reads what it records of this
