@@ -14,6 +14,7 @@ pub mod dest;
 pub mod exit;
 pub mod http;
 pub mod id;
+pub mod lease;
 pub mod logging;
 pub mod marker;
 pub mod metrics;

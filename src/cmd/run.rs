@@ -174,6 +174,14 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             .as_ref()
             .and_then(|g| g.lock().expect("not poisoned").take())
     };
+    // One folder, one writer: the lease is held before anything is read
+    // or written, and renewed by its own thread (with its own destination).
+    let run_id = id::run_id().to_string();
+    let lease_lost = Arc::new(AtomicBool::new(false));
+    let mut lease_dest = super::destinations(cfg)?.files;
+    let lease = take_lease(cfg, lease_dest.as_mut(), &run_id, &stop)?;
+    let _lease = crate::lease::keep(lease_dest, lease, run_id, stop.clone(), lease_lost.clone());
+    committer.set_lease_lost(lease_lost);
     let first_cut_after = match committer.start() {
         Ok(cut) => cut,
         Err(e) => return Err(gave_up_error().map(Into::into).unwrap_or(e)),
@@ -349,6 +357,46 @@ fn committer_describe(cfg: &Config) -> String {
             format!("directory `{}`", root.display())
         }
         Err(_) => "?".into(),
+    }
+}
+
+/// Takes the folder's lease, waiting out storage trouble as a commit does.
+fn take_lease(
+    cfg: &Config,
+    d: &mut dyn crate::dest::Destination,
+    run_id: &str,
+    stop: &AtomicBool,
+) -> Result<crate::lease::Lease> {
+    use crate::lease::{Lease, LeaseError};
+    let what = d.describe();
+    let me = crate::lease::state_identity(&cfg.state_path);
+    let mut backoff = crate::retry::Backoff::new(
+        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(30),
+    );
+    loop {
+        let result = d
+            .prepare()
+            .map_err(LeaseError::from)
+            .and_then(|_| Lease::acquire(d, &cfg.folder, run_id, &me));
+        match result {
+            Ok(l) => return Ok(l),
+            Err(LeaseError::Dest(e)) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                log::warn!(
+                    "cannot take the lease of folder `{}` in {what}: {e}; retrying in {:.1} s",
+                    cfg.folder,
+                    delay.as_secs_f64()
+                );
+                if !crate::retry::sleep_unless(delay, stop) {
+                    return Err(anyhow::anyhow!(
+                        "stopped while taking the lease of folder `{}` in {what}: {e}",
+                        cfg.folder
+                    ));
+                }
+            }
+            Err(e) => return Err(anyhow::anyhow!("folder `{}` in {what}: {e}", cfg.folder)),
+        }
     }
 }
 

@@ -71,6 +71,8 @@ pub struct Committer {
     notes: Vec<String>,
     /// The first run was given its own start: never continue an export.
     explicit_start: bool,
+    /// Set when another run took the folder's lease over.
+    lease_lost: Arc<AtomicBool>,
     gaps: Arc<std::sync::Mutex<Vec<String>>>,
     metrics: Arc<Metrics>,
 }
@@ -103,6 +105,7 @@ impl Committer {
             reuse_key: None,
             notes: Vec::new(),
             explicit_start: false,
+            lease_lost: Arc::default(),
             gaps: Arc::default(),
             metrics: Arc::default(),
         }
@@ -124,6 +127,12 @@ impl Committer {
     /// destination.
     pub fn set_explicit_start(&mut self, explicit: bool) {
         self.explicit_start = explicit;
+    }
+
+    /// The flag that says another run took the folder's lease over: from
+    /// then on nothing more is stored.
+    pub fn set_lease_lost(&mut self, lost: Arc<AtomicBool>) {
+        self.lease_lost = lost;
     }
 
     /// Counts what is stored into `metrics`.
@@ -449,6 +458,11 @@ impl Committer {
             },
         };
         let body = batch.body;
+        if self.lease_lost.load(Ordering::Relaxed) {
+            return Err(anyhow!(
+                "another exporter took over this folder's lease: file {number} was not stored, and this run stops"
+            ));
+        }
         let upload_started = std::time::Instant::now();
         self.retry(&format!("store `{key}`"), |d| d.put(&key, &body, &meta))?;
 

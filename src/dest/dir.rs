@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{DestError, Destination, ObjectMeta};
+use super::{CondPut, DestError, Destination, ObjectMeta, Precondition};
 
 /// Files under a local directory.
 #[derive(Debug, Clone)]
@@ -94,6 +94,47 @@ impl Destination for DirDestination {
         let path = self.path(key);
         crate::state::write_atomic(&path, body, false)
             .map_err(|e| self.err("cannot write", &path, e))
+    }
+
+    /// Create-only: a hard link of a complete temporary file, which fails
+    /// when the name exists. Compare-and-swap: the body's SHA-256 is its
+    /// tag, compared then replaced; two writers racing within that moment
+    /// are not told apart (the directory destination is one host's).
+    fn put_if(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        cond: &Precondition,
+    ) -> Result<CondPut, DestError> {
+        let path = self.path(key);
+        let tag = hex(&Sha256::digest(body));
+        match cond {
+            Precondition::Absent => {
+                let dir = crate::state::parent_dir(&path);
+                fs::create_dir_all(&dir).map_err(|e| self.err("cannot create", &dir, e))?;
+                let tmp = dir.join(format!(".lease.tmp-{}", crate::id::run_id()));
+                let _ = fs::remove_file(&tmp);
+                let r = fs::write(&tmp, body)
+                    .and_then(|_| fs::File::open(&tmp)?.sync_all())
+                    .and_then(|_| fs::hard_link(&tmp, &path));
+                let _ = fs::remove_file(&tmp);
+                match r {
+                    Ok(()) => Ok(CondPut::Stored(tag)),
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        Ok(CondPut::PreconditionFailed)
+                    }
+                    Err(e) => Err(self.err("cannot write", &path, e)),
+                }
+            }
+            Precondition::Matches(old) => match self.get_tagged(key)? {
+                Some((_, now)) if &now == old => {
+                    crate::state::write_atomic(&path, body, false)
+                        .map_err(|e| self.err("cannot write", &path, e))?;
+                    Ok(CondPut::Stored(tag))
+                }
+                _ => Ok(CondPut::PreconditionFailed),
+            },
+        }
     }
 
     fn exists(&mut self, key: &str) -> Result<bool, DestError> {

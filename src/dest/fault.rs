@@ -9,7 +9,7 @@
 //! at the destination seam, so the commit protocol itself holds no test
 //! code. Without the variable nothing is wrapped.
 
-use super::{naming, DestError, Destination, ObjectMeta};
+use super::{naming, CondPut, DestError, Destination, ObjectMeta, Precondition};
 
 /// The variable that arms a fault.
 pub const FAULT_VAR: &str = "OPENCTI_STREAM_EXPORTER_FAULT";
@@ -81,6 +81,17 @@ impl Destination for Faulty {
         self.inner.put(key, body, meta)?;
         self.die_if(Point::AfterUpload(0), key);
         Ok(())
+    }
+    fn put_if(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        cond: &Precondition,
+    ) -> Result<CondPut, DestError> {
+        self.inner.put_if(key, body, cond)
+    }
+    fn get_tagged(&mut self, key: &str) -> Result<Option<(Vec<u8>, String)>, DestError> {
+        self.inner.get_tagged(key)
     }
     fn exists(&mut self, key: &str) -> Result<bool, DestError> {
         self.inner.exists(key)

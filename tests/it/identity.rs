@@ -230,7 +230,8 @@ fn a_symlinked_state_file_is_written_through_to_its_target() {
     assert_eq!(target["file_count"], state_of(dir.path())["file_count"]);
 }
 
-/// Case 5: two writers. A second exporter in the same output root leaves
+/// Case 5: two writers. Two states on one folder at once: the second is
+/// refused by the folder's lease. A second exporter in the same output root leaves
 /// the first one's temporary files alone; a folder whose name starts
 /// another export folder's is refused at start and reported by
 /// check-stream; a second state (a backfill) on the live folder is refused.
@@ -243,11 +244,39 @@ fn a_second_writer_never_shares_or_shadows_a_folder() {
         dir.path(),
         &s3_config(&sim, &weed, "export", "opencti", dir.path()),
     );
-    exporter()
+    // Two states on one folder at the same time: the second is refused by
+    // the folder's lease (a create-only write on SeaweedFS).
+    weed.create_bucket("export");
+    let mut first = exporter().config_file(&live).arg("run").spawn();
+    wait_until("the first run holds the lease", LONG, || {
+        !weed
+            .list_keys("export", ".opencti-stream-exporter/opencti/lease.json")
+            .is_empty()
+    });
+    let twin = tempfile::tempdir().unwrap();
+    let twin_cfg = write_config(
+        twin.path(),
+        &s3_config(&sim, &weed, "export", "opencti", twin.path()),
+    );
+    let out = exporter()
+        .config_file(&twin_cfg)
+        .args(["run", "--once"])
+        .run(LONG);
+    out.assert_code(1);
+    assert!(out.stderr.contains("holds its lease until"), "{out}");
+    // Killed, the same exporter takes its own lease over at once.
+    first.kill9();
+    let again = exporter()
         .config_file(&live)
         .args(["run", "--once"])
-        .run(LONG)
-        .assert_success();
+        .run(LONG);
+    again.assert_success();
+    assert!(!first.stderr().contains("advisory"), "{}", first.stderr());
+    assert!(
+        weed.list_keys("export", ".opencti-stream-exporter/opencti/lease.json")
+            .is_empty(),
+        "the lease is given up at the end of a run"
+    );
 
     let other = tempfile::tempdir().unwrap();
     let backfill = write_config(
