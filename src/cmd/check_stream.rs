@@ -120,6 +120,9 @@ pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
         }
     }
 
+    for c in &mut r.0 {
+        c.detail = crate::logging::scrub(&c.detail);
+    }
     let all_ok = r.0.iter().all(|c| c.ok);
     if args.json {
         println!(

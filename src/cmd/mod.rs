@@ -28,11 +28,39 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
     let cfg = config::load(file.as_deref(), &overrides)?;
     crate::logging::apply_config_level(cfg.log_level);
+    crate::logging::set_name(&cfg.connector_name);
+    hide_secrets(&cfg);
     match cli.command {
         Command::Run(args) => run::run(&cfg, &args, cli.quiet),
         Command::State(StateCommand::Show(args)) => state::show(&cfg, &args),
         Command::State(StateCommand::Reset(args)) => state::reset(&cfg, &args),
         Command::CheckStream(args) => check_stream::check(&cfg, &args),
+    }
+}
+
+/// Registers the secrets of the config with the logger, which scrubs them
+/// from every line whatever its format.
+fn hide_secrets(cfg: &Config) {
+    use crate::logging::{hide, url_password};
+    if let Ok(o) = cfg.opencti() {
+        hide(o.token.expose());
+        if let Some(p) = url_password(&o.url) {
+            hide(p);
+        }
+    }
+    if let Ok(config::Output::S3 { settings, .. }) = cfg.output() {
+        hide(settings.secret_key.expose());
+    }
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+    ] {
+        if let Some(p) = std::env::var(var).ok().as_deref().and_then(url_password) {
+            hide(p);
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use crate::config::{Config, ConfigError, Recover};
 use crate::id::{self, EventId};
 use crate::metrics::{self, Metrics};
 use crate::pipeline::{self, PipelineSettings, StopRule};
+use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
 use crate::stream::client::{Start, StreamClient};
 use crate::transform::{FileFetcher, NoFiles};
@@ -175,13 +176,12 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         first_cut_after,
         policy: cfg.policy.clone(),
     };
-    let progress_done = Arc::new(AtomicBool::new(false));
-    if !quiet {
-        pipeline::spawn_progress(metrics.clone(), progress_done.clone(), cfg.log_every);
-    }
+    let progress = (!quiet).then(|| Progress::start(metrics.clone(), stop.clone(), cfg.log_every));
     let (mut committer, result) =
         pipeline::run(client, settings, committer, files, stop, metrics.clone());
-    progress_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(p) = progress {
+        p.finish();
+    }
     let ended_at = id::ms_to_iso(id::now_ms());
     let totals = metrics.snapshot();
     let (outcome_text, result) = match result {
@@ -216,8 +216,9 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         }
     }
     let outcome = result?;
+    let cursor = committer.state().start_from.clone();
     let summary = format!(
-        "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects; cursor `{}`, next file {}",
+        "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects\n{}; next file {}",
         totals.events_written,
         totals.files_written,
         totals.bytes_written,
@@ -227,7 +228,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         totals.dead_letters,
         totals.file_fetch_failures,
         totals.reconnects,
-        committer.state().start_from.as_deref().unwrap_or("-"),
+        explain_cursor(cursor.as_deref(), outcome.last_id),
         committer.state().file_count + 1,
     );
     if !quiet {
@@ -237,6 +238,22 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         return Err(e.into());
     }
     Ok(exit::OK)
+}
+
+/// The saved cursor, and why it can stand before the last id exported: an
+/// event's id is only known complete once a later id arrives (OpenCTI sends
+/// an object's dependencies under the same id), so the last group of a run
+/// stays open and the next run starts after the cursor, sending it again.
+pub fn explain_cursor(cursor: Option<&str>, last: Option<EventId>) -> String {
+    let Some(cursor) = cursor else {
+        return "cursor: none saved yet (the next run starts from the beginning)".into();
+    };
+    match last {
+        Some(l) if cursor.parse::<EventId>().is_ok_and(|c| c < l) => format!(
+            "cursor `{cursor}`: the last id known complete; `{l}` is not, as more events may share its id, so the next run starts after `{cursor}` and sends `{l}` again"
+        ),
+        _ => format!("cursor `{cursor}`: the next run starts after it"),
+    }
 }
 
 fn committer_describe(cfg: &Config) -> String {

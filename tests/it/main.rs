@@ -11,5 +11,6 @@ mod support;
 mod commands;
 mod export;
 mod faults;
+mod operate;
 mod policy_metrics;
 mod smoke;
