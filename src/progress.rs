@@ -79,10 +79,12 @@ pub fn terminal_width() -> usize {
     }
 }
 
-/// `text` cut to `width - 1` characters (the last column is left free: a
-/// character written there makes some terminals wrap).
+/// `text` cut to `width - 3` characters. The last columns stay free: a
+/// character written in the last one makes some terminals wrap, and the
+/// terminal echoes `^C` after the line when Ctrl-C is pressed; a line that
+/// wrapped could no longer be cleared with one `\r`.
 pub fn fit(text: &str, width: usize) -> String {
-    let max = width.saturating_sub(1).max(1);
+    let max = width.saturating_sub(3).max(1);
     if text.chars().count() <= max {
         return text.to_string();
     }
@@ -113,15 +115,15 @@ pub struct Figures {
 /// The status line: one lag figure, the committed cursor's age.
 pub fn status_text(f: &Figures) -> String {
     format!(
-        "{} received ({:.0}/s), {} stored in {} files ({:.1} MB); cursor {}; {}",
+        "{} received ({:.0}/s); {} stored in {} files; cursor {}; {:.1} MB; {}",
         f.received,
         f.rate,
         f.stored,
         f.files,
-        f.bytes as f64 / 1e6,
         f.cursor_behind
             .map(|s| format!("{} behind now", crate::id::human_secs(s)))
             .unwrap_or_else(|| "not yet saved".into()),
+        f.bytes as f64 / 1e6,
         crate::id::human_secs(f.elapsed),
     )
 }
@@ -254,7 +256,7 @@ mod tests {
         assert!(text.contains("cursor 2 h behind now"), "{text}");
         for width in [20, 40, 80] {
             let cut = fit(&text, width);
-            assert!(cut.chars().count() < width, "{width}: {cut}");
+            assert!(cut.chars().count() <= width - 3, "{width}: {cut}");
         }
         assert_eq!(fit("short", 80), "short");
     }
