@@ -265,3 +265,70 @@ fn process_series_and_the_connected_gauge_are_served() {
     running.sigterm();
     running.wait(LONG).assert_success();
 }
+
+/// Runs `command` on a pseudo-terminal of 80 columns with `script`, and
+/// returns everything written to it, escape sequences included.
+fn on_an_80_column_terminal(command: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("typescript");
+    let status = std::process::Command::new("script")
+        .args(["-q", "-e", "-c"])
+        .arg(format!("stty cols 80 rows 24; {command}"))
+        .arg(&log)
+        .env_remove("OPENCTI_JSON_LOGGING")
+        .stdin(std::process::Stdio::null())
+        .status()
+        .expect("`script` (util-linux) runs");
+    assert!(status.success(), "{command}: {status}");
+    String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
+}
+
+#[test]
+fn on_a_terminal_the_status_line_fits_80_columns_and_is_cleared() {
+    let sim = Sim::start(&[
+        "--events",
+        "5000",
+        "--heartbeat-ms",
+        "300",
+        "--rate",
+        "2000",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &dir_config(&sim, &dir.path().join("out"), dir.path()),
+    );
+    let screen = on_an_80_column_terminal(&format!(
+        "{} --config {} run --once",
+        exporter_bin().display(),
+        cfg.display()
+    ));
+    // Every draw starts with "\r\x1b[2K" (back to column 0, clear the line).
+    let draws: Vec<&str> = screen
+        .split("\r\u{1b}[2K")
+        .skip(1)
+        .map(|piece| piece.split(['\r', '\n']).next().unwrap())
+        .filter(|text| text.contains(" received ("))
+        .collect();
+    assert!(draws.len() >= 2, "no status line drawn:\n{screen}");
+    for d in &draws {
+        assert!(
+            d.chars().count() <= 77,
+            "{} columns: {d:?}",
+            d.chars().count()
+        );
+        assert!(d.contains("; cursor "), "{d:?}");
+    }
+    // Text logs on a terminal, each one starting on a cleared line when the
+    // status line was up, and the status line gone before the summary.
+    assert!(screen.contains(" INFO    "), "{screen}");
+    assert!(!screen.contains("{\"timestamp\""), "{screen}");
+    let summary = screen.find("exported 5000 events").expect("the summary");
+    let last_draw = screen.rfind(" received (").unwrap();
+    assert!(last_draw < summary);
+    assert!(
+        screen[last_draw..summary].contains("\r\u{1b}[2K"),
+        "the status line is not cleared before the summary:\n{:?}",
+        &screen[last_draw..summary]
+    );
+}
