@@ -291,3 +291,21 @@ fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
     state::save(&cfg.state_path, &state)?;
     Ok(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_says_why_the_cursor_stands_before_the_last_id() {
+        let last = "1700000012742-0".parse().ok();
+        let text = explain_cursor(Some("1700000012738-1"), last);
+        assert!(text.contains("the last id known complete"), "{text}");
+        assert!(text.contains("sends `1700000012742-0` again"), "{text}");
+        assert_eq!(
+            explain_cursor(Some("1700000012742-0"), last),
+            "cursor `1700000012742-0`: the next run starts after it"
+        );
+        assert!(explain_cursor(None, None).contains("none saved yet"));
+    }
+}
