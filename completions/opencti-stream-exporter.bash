@@ -96,7 +96,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__check__subcmd__stream)
+        opencti__stream__exporter__subcmd__check__subcmd__stream)
             opts="-c -q -v -h -V --json --verify --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -122,7 +122,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help)
+        opencti__stream__exporter__subcmd__help)
             opts="run state check-stream help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -136,7 +136,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__check__subcmd__stream)
+        opencti__stream__exporter__subcmd__help__subcmd__check__subcmd__stream)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -150,7 +150,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__help)
+        opencti__stream__exporter__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -164,7 +164,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__run)
+        opencti__stream__exporter__subcmd__help__subcmd__run)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -178,7 +178,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__state)
+        opencti__stream__exporter__subcmd__help__subcmd__state)
             opts="show reset"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -192,7 +192,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__state__subcmd__reset)
+        opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__reset)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -206,7 +206,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__state__subcmd__show)
+        opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__show)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -220,7 +220,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__run)
+        opencti__stream__exporter__subcmd__run)
             opts="-c -q -v -h -V --from --until --once --accept-gap --metrics-textfile --output-dir --consumer-count --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -266,7 +266,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state)
+        opencti__stream__exporter__subcmd__state)
             opts="-c -q -v -h -V --config --state --quiet --verbose --help --version show reset help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -292,7 +292,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help)
+        opencti__stream__exporter__subcmd__state__subcmd__help)
             opts="show reset help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -306,7 +306,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help__subcmd__help)
+        opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -320,7 +320,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help__subcmd__reset)
+        opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__reset)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -334,7 +334,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help__subcmd__show)
+        opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__show)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -348,7 +348,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__reset)
+        opencti__stream__exporter__subcmd__state__subcmd__reset)
             opts="-y -c -q -v -h -V --yes --start-from --file-count --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -382,7 +382,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__show)
+        opencti__stream__exporter__subcmd__state__subcmd__show)
             opts="-c -q -v -h -V --json --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod progress;
 pub mod retry;
 pub mod secret;
 pub mod state;
