@@ -10,6 +10,7 @@ use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Recover};
 use crate::id::{self, EventId};
 use crate::metrics::{self, Metrics};
+use crate::opencti::connector::{Pinger, PING_PERIOD};
 use crate::pipeline::{self, PipelineSettings, StopRule};
 use crate::state::{self, RunSummary, State};
 use crate::stream::client::{Start, StreamClient};
@@ -141,6 +142,10 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
 
+    let pinger = match &cfg.connector {
+        Some(c) => Some(Pinger::start(opencti, c, &cfg.state_path, PING_PERIOD)?),
+        None => None,
+    };
     let client = StreamClient::new(opencti, stream, stop.clone())?;
     let files: Arc<dyn FileFetcher + Send> = if cfg.fetch_files {
         Arc::new(http::OpenCtiFiles::new(opencti, cfg.file_retries)?)
@@ -206,6 +211,9 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             dead_letters: totals.dead_letters,
         });
     });
+    if let Some(p) = pinger {
+        p.stop();
+    }
     if let Some(path) = &cfg.metrics_textfile {
         match metrics::write_textfile(path, &metrics, &cfg.connector_name) {
             Ok(()) => log::info!("metrics written to `{}`", path.display()),
