@@ -59,6 +59,9 @@ pub struct Key {
     pub env: &'static str,
     /// True for a token or a secret key: its value is never printed.
     pub secret: bool,
+    /// True when the YAML value may be a list (a sequence); every other key
+    /// takes a single value.
+    pub list: bool,
 }
 
 const fn key(path: &'static str, env: &'static str) -> Key {
@@ -66,24 +69,42 @@ const fn key(path: &'static str, env: &'static str) -> Key {
         path,
         env,
         secret: false,
+        list: false,
     }
 }
+
+const fn secret_key(path: &'static str, env: &'static str) -> Key {
+    Key {
+        secret: true,
+        ..key(path, env)
+    }
+}
+
+const fn list_key(path: &'static str, env: &'static str) -> Key {
+    Key {
+        list: true,
+        ..key(path, env)
+    }
+}
+
+/// Keys of the reference connector's sample configuration (and of pycti's
+/// connector settings) that this exporter accepts in a file and ignores, so
+/// that a config copied from the reference still loads.
+pub const IGNORED_KEYS: &[&str] = &[
+    "connector.auto",
+    "connector.run_and_terminate",
+    "connector.duration_period",
+    "connector.queue_threshold",
+    "opencti.json_logging",
+];
 
 /// Every key we read, in documentation order (`config.example.yml`).
 pub const KEYS: &[Key] = &[
     key("opencti.url", "OPENCTI_URL"),
-    Key {
-        path: "opencti.token",
-        env: "OPENCTI_TOKEN",
-        secret: true,
-    },
+    secret_key("opencti.token", "OPENCTI_TOKEN"),
     key("opencti.ssl_verify", "OPENCTI_SSL_VERIFY"),
     key("opencti.ca_file", "OPENCTI_CA_FILE"),
-    Key {
-        path: "opencti.custom_headers",
-        env: "OPENCTI_CUSTOM_HEADERS",
-        secret: true,
-    },
+    secret_key("opencti.custom_headers", "OPENCTI_CUSTOM_HEADERS"),
     key("opencti.https_ca_certificates", "HTTPS_CA_CERTIFICATES"),
     key("connector.id", "CONNECTOR_ID"),
     key("connector.name", "CONNECTOR_NAME"),
@@ -122,11 +143,7 @@ pub const KEYS: &[Key] = &[
     key("minio.bucket", "MINIO_BUCKET"),
     key("minio.folder", "MINIO_FOLDER"),
     key("minio.access_key", "MINIO_ACCESS_KEY"),
-    Key {
-        path: "minio.secret_key",
-        env: "MINIO_SECRET_KEY",
-        secret: true,
-    },
+    secret_key("minio.secret_key", "MINIO_SECRET_KEY"),
     key("minio.secure", "MINIO_SECURE"),
     key("minio.cert_check", "MINIO_CERT_CHECK"),
     key("minio.ca_file", "MINIO_CA_FILE"),
@@ -151,10 +168,10 @@ pub const KEYS: &[Key] = &[
     key("connector.metrics_port", "CONNECTOR_METRICS_PORT"),
     key("metrics.textfile", "METRICS_TEXTFILE"),
     key("metrics.log_every_sec", "METRICS_LOG_EVERY_SEC"),
-    key("policy.allow_types", "POLICY_ALLOW_TYPES"),
-    key("policy.deny_types", "POLICY_DENY_TYPES"),
-    key("policy.require_labels", "POLICY_REQUIRE_LABELS"),
-    key("policy.forbid_labels", "POLICY_FORBID_LABELS"),
+    list_key("policy.allow_types", "POLICY_ALLOW_TYPES"),
+    list_key("policy.deny_types", "POLICY_DENY_TYPES"),
+    list_key("policy.require_labels", "POLICY_REQUIRE_LABELS"),
+    list_key("policy.forbid_labels", "POLICY_FORBID_LABELS"),
     key("policy.tlp_ceiling", "POLICY_TLP_CEILING"),
     key("policy.unknown_marking", "POLICY_UNKNOWN_MARKING"),
 ];
@@ -390,6 +407,7 @@ pub fn load_from(
                     origin: path.display().to_string(),
                     message: format!("not valid YAML ({e}); compare with config.example.yml"),
                 })?;
+            check_tree(path, &value)?;
             Some((path, value))
         }
         None => None,
@@ -399,6 +417,116 @@ pub fn load_from(
         env,
     };
     build(&src, file, overrides)
+}
+
+/// Refuses what the file holds besides known keys with usable values: an
+/// unknown section or key (a misspelt `minio.endpoint` would otherwise turn
+/// an S3 export into a local one without a word), and a list or a map where
+/// a single value is expected. Driven by [`KEYS`] and [`IGNORED_KEYS`]: a key
+/// added there is accepted here.
+fn check_tree(file: &Path, root: &serde_yaml::Value) -> Result<(), ConfigError> {
+    use serde_yaml::Value;
+    let origin = file.display().to_string();
+    let sections = match root {
+        Value::Null => return Ok(()),
+        Value::Mapping(m) => m,
+        _ => {
+            return Err(ConfigError {
+                key: "--config".into(),
+                origin,
+                message: "the file must hold sections such as `opencti:` and `minio:`; compare with config.example.yml".into(),
+            })
+        }
+    };
+    let unknown = |path: String| {
+        let message = match closest_key(&path) {
+            Some(best) => format!(
+                "is not a known key: did you mean `{best}`? (config.example.yml lists every key)"
+            ),
+            None => "is not a known key: config.example.yml lists every key".to_string(),
+        };
+        ConfigError {
+            key: path,
+            origin: origin.clone(),
+            message,
+        }
+    };
+    for (name, section) in sections {
+        let name = scalar_text(name).unwrap_or_else(|| format!("{name:?}"));
+        let entries = match section {
+            Value::Null => continue,
+            Value::Mapping(m) => m,
+            _ => {
+                let has_keys = KEYS
+                    .iter()
+                    .any(|k| k.path.split_once('.').is_some_and(|(s, _)| s == name));
+                if !has_keys {
+                    return Err(unknown(name));
+                }
+                return Err(ConfigError {
+                    key: name.clone(),
+                    origin,
+                    message: format!(
+                        "is a section: write its keys below it, e.g. `{name}:` then `  key: value`"
+                    ),
+                });
+            }
+        };
+        for (k, v) in entries {
+            let k = scalar_text(k).unwrap_or_else(|| format!("{k:?}"));
+            let path = format!("{name}.{k}");
+            let list = match KEYS.iter().find(|k| k.path == path) {
+                Some(spec) => spec.list,
+                None if IGNORED_KEYS.contains(&path.as_str()) => false,
+                None => return Err(unknown(path)),
+            };
+            let single = matches!(
+                v,
+                Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_)
+            );
+            let list_given = list && matches!(v, Value::Sequence(_));
+            if !(single || list_given) {
+                let what = match v {
+                    Value::Sequence(_) => "a list",
+                    Value::Mapping(_) => "a map",
+                    _ => "a tagged value",
+                };
+                let expected = if list {
+                    "a list of names or one comma-separated text"
+                } else {
+                    "a single value (text, number or boolean)"
+                };
+                return Err(ConfigError {
+                    key: path,
+                    origin,
+                    message: format!("is {what}, but {expected} is expected"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A YAML scalar as text; `None` for lists, maps and tagged values.
+fn scalar_text(v: &serde_yaml::Value) -> Option<String> {
+    match v {
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The known key nearest to `path` by edit distance, when one is near enough
+/// to be a likely misspelling.
+fn closest_key(path: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .map(|k| k.path)
+        .chain(IGNORED_KEYS.iter().copied())
+        .map(|known| (strsim::damerau_levenshtein(path, known), known))
+        .filter(|(d, _)| *d <= 3.max(path.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, known)| known)
 }
 
 struct Sources<'a> {
@@ -427,18 +555,9 @@ impl Sources<'_> {
         let (file, root) = self.yaml?;
         let (section, name) = path.split_once('.').expect("keys are section.key");
         let v = root.get(section)?.get(name)?;
-        let value = match v {
-            serde_yaml::Value::Null => return None,
-            serde_yaml::Value::Bool(b) => b.to_string(),
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::String(s) => s.clone(),
-            _ => {
-                return Some(Raw {
-                    value: "<not a single value>".into(),
-                    origin: file.display().to_string(),
-                });
-            }
-        };
+        // Lists and maps were refused by `check_tree`; a list key is read by
+        // `list`, not here.
+        let value = scalar_text(v)?;
         Some(Raw {
             value,
             origin: file.display().to_string(),
@@ -678,11 +797,13 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
         .string("minio.folder")
         .unwrap_or_else(|| "opencti".to_string());
     let folder = folder.trim_matches('/').to_string();
-    if folder.is_empty() || folder.contains("//") || folder.contains('\\') {
+    if let Err(why) = check_folder(&folder) {
         return Err(src.err(
             "minio.folder",
             src.get("minio.folder").as_ref(),
-            "is not a usable folder: use a name like `opencti` or `exports/opencti`",
+            format!(
+                "is not a usable folder ({why}): use a name like `opencti` or `exports/opencti`"
+            ),
         ));
     }
 
@@ -1241,6 +1362,31 @@ fn output(src: &Sources, ov: &Overrides) -> Result<Output, ConfigError> {
     }
 }
 
+/// Whether `folder` (outer `/` already removed) is a key prefix both
+/// destinations and the importer take as meant: segments that are not empty,
+/// `.` or `..` (the directory destination would write outside its root), no
+/// backslash or control character, and short enough to leave room for the
+/// file name in S3's 1024-byte keys.
+fn check_folder(folder: &str) -> Result<(), String> {
+    if folder.is_empty() {
+        return Err("it is empty".into());
+    }
+    if folder.len() > 512 {
+        return Err(format!("{} bytes, more than 512", folder.len()));
+    }
+    if let Some(c) = folder.chars().find(|c| c.is_control() || *c == '\\') {
+        return Err(format!("it holds the character {c:?}"));
+    }
+    for segment in folder.split('/') {
+        match segment {
+            "" => return Err("it has an empty segment (`//`)".into()),
+            "." | ".." => return Err(format!("it has a `{segment}` segment")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 fn valid_bucket(b: &str) -> bool {
     (3..=63).contains(&b.len())
         && b.bytes()
@@ -1720,5 +1866,110 @@ mod tests {
         let c = with(&[("HTTP_PROXY", "http://user:pw-secret@p:3128")]).unwrap();
         assert!(c.opencti().unwrap().proxy.is_some());
         assert!(!format!("{c:?}").contains("pw-secret"));
+    }
+
+    fn load_yaml(yaml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yml");
+        std::fs::write(&path, yaml).unwrap();
+        load_from(Some(&path), &env(BASE), &Overrides::default())
+    }
+
+    #[test]
+    fn a_list_or_a_map_where_one_value_is_expected_is_refused_naming_the_key() {
+        for (yaml, key, what) in [
+            ("minio:\n  folder: [a, b]\n", "minio.folder", "is a list"),
+            ("opencti:\n  token: {a: 1}\n", "opencti.token", "is a map"),
+            (
+                "write:\n  every_sec:\n    - 5\n",
+                "write.every_sec",
+                "is a list",
+            ),
+        ] {
+            let e = load_yaml(yaml).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+            assert!(!e.to_string().contains("not a single value>"), "{e}");
+        }
+        // List keys take lists.
+        let c = load_yaml("policy:\n  allow_types: [indicator, report]\n").unwrap();
+        assert!(c.policy.is_active());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_closest_known_key() {
+        for (yaml, key, hint) in [
+            (
+                "minio:\n  endpiont: h\n",
+                "minio.endpiont",
+                "`minio.endpoint`",
+            ),
+            (
+                "write:\n  every_secs: 5\n",
+                "write.every_secs",
+                "`write.every_sec`",
+            ),
+            (
+                "mino:\n  endpoint: h\n",
+                "mino.endpoint",
+                "`minio.endpoint`",
+            ),
+            (
+                "opencti:\n  colour: blue\n",
+                "opencti.colour",
+                "config.example.yml",
+            ),
+            (
+                "nothing_like_it:\n  at_all_here: 1\n",
+                "nothing_like_it.at_all_here",
+                "config.example.yml",
+            ),
+        ] {
+            let e = load_yaml(yaml).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().contains("not a known key"), "{e}");
+            assert!(e.to_string().contains(hint), "{e}");
+        }
+        let e = load_yaml("minio: exports\n").unwrap_err();
+        assert_eq!(e.key, "minio", "{e}");
+        // The reference's sample keys still load.
+        load_yaml("connector:\n  type: STREAM\n  scope: stream-exporter\n").unwrap();
+    }
+
+    #[test]
+    fn every_known_key_is_accepted_in_a_file() {
+        for k in KEYS {
+            let (section, name) = k.path.split_once('.').unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("config.yml");
+            std::fs::write(&path, format!("{section}:\n  {name}:\n")).unwrap();
+            load_from(Some(&path), &env(BASE), &Overrides::default())
+                .unwrap_or_else(|e| panic!("{}: {e}", k.path));
+        }
+    }
+
+    #[test]
+    fn folders_that_leave_the_root_or_that_s3_mangles_are_refused() {
+        for bad in [
+            "../..", "..", "a/../b", "./a", "a//b", "a\\b", "a\tb", "a\nb", "/",
+        ] {
+            let e = with(&[("MINIO_FOLDER", bad)]).unwrap_err();
+            assert_eq!(e.key, "minio.folder", "{bad:?}: {e}");
+        }
+        let long = "a".repeat(600);
+        assert_eq!(
+            with(&[("MINIO_FOLDER", &long)]).unwrap_err().key,
+            "minio.folder"
+        );
+        for good in [
+            "opencti",
+            "exports/opencti",
+            "/opencti/",
+            "a.b/c-d_e",
+            "été",
+        ] {
+            let c = with(&[("MINIO_FOLDER", good)]).unwrap();
+            assert_eq!(c.folder, good.trim_matches('/'));
+        }
     }
 }
