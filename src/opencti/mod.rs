@@ -4,3 +4,4 @@
 
 pub mod connector;
 pub mod graphql;
+pub mod migrate;

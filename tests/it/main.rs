@@ -11,5 +11,6 @@ mod support;
 mod commands;
 mod export;
 mod faults;
+mod opencti;
 mod policy_metrics;
 mod smoke;

@@ -18,6 +18,7 @@ mod exporter;
 mod oracle;
 mod ports;
 mod process;
+mod proxy;
 mod s3;
 mod seaweed;
 mod sim;
@@ -34,6 +35,7 @@ pub use self::{
     exporter::{exporter, exporter_bin, ExporterCmd, Outcome, RunningExporter},
     oracle::{all_lines, assert_no_loss, expected_line, normalise},
     ports::{free_port, free_ports_with_grpc},
+    proxy::Proxy,
     s3::S3,
     seaweed::{weed_bin, Seaweed},
     sim::{sim_bin, sim_dump, sim_dump_files, Sim},
