@@ -1570,6 +1570,111 @@ mod tests {
         assert!(c.opencti().unwrap().ssl_verify);
     }
 
+    fn load_yaml(yaml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yml");
+        std::fs::write(&path, yaml).unwrap();
+        load_from(Some(&path), &env(BASE), &Overrides::default())
+    }
+
+    #[test]
+    fn a_list_or_a_map_where_one_value_is_expected_is_refused_naming_the_key() {
+        for (yaml, key, what) in [
+            ("minio:\n  folder: [a, b]\n", "minio.folder", "is a list"),
+            ("opencti:\n  token: {a: 1}\n", "opencti.token", "is a map"),
+            (
+                "write:\n  every_sec:\n    - 5\n",
+                "write.every_sec",
+                "is a list",
+            ),
+        ] {
+            let e = load_yaml(yaml).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+            assert!(!e.to_string().contains("not a single value>"), "{e}");
+        }
+        // List keys take lists.
+        let c = load_yaml("policy:\n  allow_types: [indicator, report]\n").unwrap();
+        assert!(c.policy.is_active());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_closest_known_key() {
+        for (yaml, key, hint) in [
+            (
+                "minio:\n  endpiont: h\n",
+                "minio.endpiont",
+                "`minio.endpoint`",
+            ),
+            (
+                "write:\n  every_secs: 5\n",
+                "write.every_secs",
+                "`write.every_sec`",
+            ),
+            (
+                "mino:\n  endpoint: h\n",
+                "mino.endpoint",
+                "`minio.endpoint`",
+            ),
+            (
+                "opencti:\n  colour: blue\n",
+                "opencti.colour",
+                "config.example.yml",
+            ),
+            (
+                "nothing_like_it:\n  at_all_here: 1\n",
+                "nothing_like_it.at_all_here",
+                "config.example.yml",
+            ),
+        ] {
+            let e = load_yaml(yaml).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().contains("not a known key"), "{e}");
+            assert!(e.to_string().contains(hint), "{e}");
+        }
+        let e = load_yaml("minio: exports\n").unwrap_err();
+        assert_eq!(e.key, "minio", "{e}");
+        // The reference's sample keys still load.
+        load_yaml("connector:\n  type: STREAM\n  scope: stream-exporter\n").unwrap();
+    }
+
+    #[test]
+    fn every_known_key_is_accepted_in_a_file() {
+        for k in KEYS {
+            let (section, name) = k.path.split_once('.').unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("config.yml");
+            std::fs::write(&path, format!("{section}:\n  {name}:\n")).unwrap();
+            load_from(Some(&path), &env(BASE), &Overrides::default())
+                .unwrap_or_else(|e| panic!("{}: {e}", k.path));
+        }
+    }
+
+    #[test]
+    fn folders_that_leave_the_root_or_that_s3_mangles_are_refused() {
+        for bad in [
+            "../..", "..", "a/../b", "./a", "a//b", "a\\b", "a\tb", "a\nb", "/",
+        ] {
+            let e = with(&[("MINIO_FOLDER", bad)]).unwrap_err();
+            assert_eq!(e.key, "minio.folder", "{bad:?}: {e}");
+        }
+        let long = "a".repeat(600);
+        assert_eq!(
+            with(&[("MINIO_FOLDER", &long)]).unwrap_err().key,
+            "minio.folder"
+        );
+        for good in [
+            "opencti",
+            "exports/opencti",
+            "/opencti/",
+            "a.b/c-d_e",
+            "été",
+        ] {
+            let c = with(&[("MINIO_FOLDER", good)]).unwrap();
+            assert_eq!(c.folder, good.trim_matches('/'));
+        }
+    }
+
     #[test]
     fn the_reference_values_are_read_with_its_meaning() {
         // (variable, value, what the stream settings or log level become)
@@ -1866,110 +1971,5 @@ mod tests {
         let c = with(&[("HTTP_PROXY", "http://user:pw-secret@p:3128")]).unwrap();
         assert!(c.opencti().unwrap().proxy.is_some());
         assert!(!format!("{c:?}").contains("pw-secret"));
-    }
-
-    fn load_yaml(yaml: &str) -> Result<Config, ConfigError> {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.yml");
-        std::fs::write(&path, yaml).unwrap();
-        load_from(Some(&path), &env(BASE), &Overrides::default())
-    }
-
-    #[test]
-    fn a_list_or_a_map_where_one_value_is_expected_is_refused_naming_the_key() {
-        for (yaml, key, what) in [
-            ("minio:\n  folder: [a, b]\n", "minio.folder", "is a list"),
-            ("opencti:\n  token: {a: 1}\n", "opencti.token", "is a map"),
-            (
-                "write:\n  every_sec:\n    - 5\n",
-                "write.every_sec",
-                "is a list",
-            ),
-        ] {
-            let e = load_yaml(yaml).unwrap_err();
-            assert_eq!(e.key, key, "{e}");
-            assert!(e.to_string().contains(what), "{e}");
-            assert!(!e.to_string().contains("not a single value>"), "{e}");
-        }
-        // List keys take lists.
-        let c = load_yaml("policy:\n  allow_types: [indicator, report]\n").unwrap();
-        assert!(c.policy.is_active());
-    }
-
-    #[test]
-    fn unknown_keys_are_refused_with_the_closest_known_key() {
-        for (yaml, key, hint) in [
-            (
-                "minio:\n  endpiont: h\n",
-                "minio.endpiont",
-                "`minio.endpoint`",
-            ),
-            (
-                "write:\n  every_secs: 5\n",
-                "write.every_secs",
-                "`write.every_sec`",
-            ),
-            (
-                "mino:\n  endpoint: h\n",
-                "mino.endpoint",
-                "`minio.endpoint`",
-            ),
-            (
-                "opencti:\n  colour: blue\n",
-                "opencti.colour",
-                "config.example.yml",
-            ),
-            (
-                "nothing_like_it:\n  at_all_here: 1\n",
-                "nothing_like_it.at_all_here",
-                "config.example.yml",
-            ),
-        ] {
-            let e = load_yaml(yaml).unwrap_err();
-            assert_eq!(e.key, key, "{e}");
-            assert!(e.to_string().contains("not a known key"), "{e}");
-            assert!(e.to_string().contains(hint), "{e}");
-        }
-        let e = load_yaml("minio: exports\n").unwrap_err();
-        assert_eq!(e.key, "minio", "{e}");
-        // The reference's sample keys still load.
-        load_yaml("connector:\n  type: STREAM\n  scope: stream-exporter\n").unwrap();
-    }
-
-    #[test]
-    fn every_known_key_is_accepted_in_a_file() {
-        for k in KEYS {
-            let (section, name) = k.path.split_once('.').unwrap();
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("config.yml");
-            std::fs::write(&path, format!("{section}:\n  {name}:\n")).unwrap();
-            load_from(Some(&path), &env(BASE), &Overrides::default())
-                .unwrap_or_else(|e| panic!("{}: {e}", k.path));
-        }
-    }
-
-    #[test]
-    fn folders_that_leave_the_root_or_that_s3_mangles_are_refused() {
-        for bad in [
-            "../..", "..", "a/../b", "./a", "a//b", "a\\b", "a\tb", "a\nb", "/",
-        ] {
-            let e = with(&[("MINIO_FOLDER", bad)]).unwrap_err();
-            assert_eq!(e.key, "minio.folder", "{bad:?}: {e}");
-        }
-        let long = "a".repeat(600);
-        assert_eq!(
-            with(&[("MINIO_FOLDER", &long)]).unwrap_err().key,
-            "minio.folder"
-        );
-        for good in [
-            "opencti",
-            "exports/opencti",
-            "/opencti/",
-            "a.b/c-d_e",
-            "été",
-        ] {
-            let c = with(&[("MINIO_FOLDER", good)]).unwrap();
-            assert_eq!(c.folder, good.trim_matches('/'));
-        }
     }
 }
