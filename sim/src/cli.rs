@@ -124,6 +124,10 @@ pub struct ServeArgs {
     /// Every GraphQL request answers this HTTP status (a platform that refuses).
     #[arg(long, value_name = "CODE")]
     pub graphql_status: Option<u16>,
+    /// Every GraphQL request waits this many milliseconds before its answer
+    /// (a platform that does not answer).
+    #[arg(long, value_name = "MS")]
+    pub graphql_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -221,6 +225,7 @@ impl ServeArgs {
                 state: self.connector_state.clone(),
                 reset: self.connector_state_reset,
             }),
+            graphql_delay: self.graphql_delay_ms.map(Duration::from_millis),
             graphql_status: match self.graphql_status {
                 Some(s) if !(100..=599).contains(&s) || s == 200 => {
                     return Err(format!(

@@ -72,6 +72,8 @@ pub struct Config {
     pub connector: Option<graphql::Existing>,
     /// Every GraphQL request answers this status.
     pub graphql_status: Option<u16>,
+    /// Every GraphQL request waits this long before its answer.
+    pub graphql_delay: Option<Duration>,
 }
 
 impl Config {
@@ -96,6 +98,7 @@ impl Config {
             verbose: false,
             connector: None,
             graphql_status: None,
+            graphql_delay: None,
         }
     }
 }
@@ -250,6 +253,9 @@ fn handle(sh: &Shared, mut stream: TcpStream) {
     };
     if req.method == "POST" && req.path == "/graphql" {
         let body = http::read_body(&req, rest, &mut stream).ok().flatten();
+        if let Some(delay) = sh.cfg.graphql_delay {
+            thread::sleep(delay);
+        }
         let (status, answer) = match body {
             Some(b) => sh.platform.answer(&req, &b, &sh.cfg.token),
             None => (400, "{\"errors\":[{\"message\":\"no body\"}]}".to_string()),

@@ -32,6 +32,12 @@ use crate::state::{self, State};
 pub const PING_PERIOD: Duration = Duration::from_secs(40);
 /// Deadline of one registration or ping request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(20);
+/// Deadline of the last ping, sent while the process stops.
+const FINAL_DEADLINE: Duration = Duration::from_secs(5);
+/// How long [`Pinger::stop`] waits for the thread; a request stuck past it
+/// is left behind (the process is ending), so a platform that does not
+/// answer never holds up a stop.
+const STOP_WAIT: Duration = Duration::from_secs(8);
 
 /// The reference's state keys, as the platform stores and shows them. Pure.
 pub fn reference_state(s: &State) -> Value {
@@ -50,6 +56,7 @@ pub fn reference_state(s: &State) -> Value {
 pub struct Pinger {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
+    done: std::sync::mpsc::Receiver<()>,
 }
 
 impl Pinger {
@@ -75,6 +82,7 @@ impl Pinger {
             last_remote: None,
         };
         let thread_stop = stop.clone();
+        let (done_tx, done) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("opencti-ping".into())
             .spawn(move || {
@@ -92,20 +100,34 @@ impl Pinger {
                 }
                 // The last state, so the page shows where the run ended.
                 if link.registered {
+                    link.client.set_deadline(FINAL_DEADLINE);
                     link.ping();
                 }
+                let _ = done_tx.send(());
             })?;
         Ok(Pinger {
             stop,
             handle: Some(handle),
+            done,
         })
     }
 
-    /// Wakes the thread, lets it send a last ping, and waits for it.
+    /// Wakes the thread and lets it send a last ping; waits for it at most
+    /// a few seconds.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+        match self.done.recv_timeout(STOP_WAIT) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                if let Some(h) = self.handle.take() {
+                    let _ = h.join();
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                log::warn!(
+                    "OpenCTI did not answer within {} s; stopping without waiting for it",
+                    STOP_WAIT.as_secs()
+                );
+            }
         }
     }
 }

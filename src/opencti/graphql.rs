@@ -102,6 +102,11 @@ impl GraphQl {
         })
     }
 
+    /// Changes the deadline of the next calls.
+    pub fn set_deadline(&mut self, deadline: Duration) {
+        self.deadline = deadline;
+    }
+
     /// The GraphQL URL (no secret in it).
     pub fn url(&self) -> &str {
         &self.url

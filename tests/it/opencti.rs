@@ -138,6 +138,32 @@ fn a_platform_that_refuses_registration_is_a_warning_not_a_stop() {
 }
 
 #[test]
+fn a_platform_that_does_not_answer_never_holds_up_the_export_or_its_stop() {
+    // Each GraphQL answer would take two minutes: registration times out in
+    // the background, and the stop waits a few seconds at most.
+    let sim = Sim::start(&["--events", "300", "--graphql-delay-ms", "120000"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_connector(&sim, dir.path(), CONNECTOR_ID);
+    let out = exporter()
+        .config_file(&config)
+        .args(["run", "--once"])
+        .run(Duration::from_secs(60));
+    out.assert_success();
+    let lines: usize = exported_lines(dir.path())
+        .iter()
+        .map(|(_, l)| l.len())
+        .sum();
+    assert_eq!(lines, sim_dump(&["--events", "300"]).len(), "{out}");
+    // The registration was still waiting when the export ended: the stop
+    // left it behind instead of waiting for its 20 s deadline.
+    assert!(
+        out.stderr
+            .contains("OpenCTI did not answer within 8 s; stopping without waiting for it"),
+        "{out}"
+    );
+}
+
+#[test]
 fn the_state_the_platform_answers_with_is_never_taken() {
     // The platform holds an older state, reset from its UI: pycti would adopt it.
     let platform_state = json!({"start_from": "0-0", "recover_until": false, "last_written_msg_id": null, "file_count": 0});
