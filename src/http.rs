@@ -433,4 +433,75 @@ mod tests {
         };
         assert!(e.contains("HTTPS_CA_CERTIFICATES"), "{e}");
     }
+
+    /// A proxy that only tunnels (`CONNECT`), counting the tunnels it opened.
+    fn connect_proxy() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tunnels = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = tunnels.clone();
+        std::thread::spawn(move || {
+            for mut client in listener.incoming().flatten() {
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if client.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let Some(target) = head
+                        .strip_prefix("CONNECT ")
+                        .and_then(|r| r.split(' ').next())
+                    else {
+                        let _ = client.write_all(
+                            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n",
+                        );
+                        return;
+                    };
+                    let upstream = std::net::TcpStream::connect(target).unwrap();
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .unwrap();
+                    let (mut cr, mut uw) =
+                        (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut cr, &mut uw);
+                    });
+                    let (mut ur, mut cw) = (upstream, client);
+                    let _ = std::io::copy(&mut ur, &mut cw);
+                    let _ = cw.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        (port, tunnels)
+    }
+
+    #[test]
+    fn https_to_opencti_goes_through_a_connect_proxy_with_the_extra_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, leaf, key) = private_ca(dir.path());
+        let port = tls_server(&leaf, &key);
+        let (proxy_port, tunnels) = connect_proxy();
+        let mut o = opencti_at(port);
+        o.extra_ca_pem = Some(ExtraCa::Inline(ca_pem));
+        o.proxy = Some(crate::secret::Secret::new(format!(
+            "http://127.0.0.1:{proxy_port}"
+        )));
+        let body = agent(&o, Duration::from_secs(5))
+            .unwrap()
+            .get(&format!("{}/x", o.url))
+            .call()
+            .map_err(|e| e.to_string())
+            .unwrap()
+            .into_string()
+            .unwrap();
+        assert_eq!(body, "ok");
+        assert_eq!(tunnels.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }
