@@ -16,6 +16,7 @@ pub mod http;
 pub mod id;
 pub mod logging;
 pub mod metrics;
+pub mod opencti;
 pub mod pipeline;
 pub mod policy;
 pub mod progress;

@@ -11,6 +11,7 @@ use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Recover};
 use crate::id::{self, EventId};
 use crate::metrics::{self, Metrics, RetryCause};
+use crate::opencti::connector::{Pinger, PING_PERIOD};
 use crate::pipeline::{self, PipelineSettings, StopRule};
 use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
@@ -235,6 +236,10 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
 
+    let pinger = match &cfg.connector {
+        Some(c) => Some(Pinger::start(opencti, c, &cfg.state_path, PING_PERIOD)?),
+        None => None,
+    };
     let client = StreamClient::new(opencti, stream, stop.clone())?;
     let files: Arc<dyn FileFetcher + Send> = if cfg.fetch_files {
         Arc::new(http::OpenCtiFiles::new(opencti, cfg.file_retries)?)
@@ -306,6 +311,9 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             dead_letters: totals.dead_letters,
         });
     });
+    if let Some(p) = pinger {
+        p.stop();
+    }
     if let Some(path) = &cfg.metrics_textfile {
         match metrics::write_textfile(path, &metrics, &cfg.connector_name) {
             Ok(()) => log::info!("metrics written to `{}`", path.display()),
