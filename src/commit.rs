@@ -21,7 +21,6 @@ use anyhow::{anyhow, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::batch::{Batch, DeadLetter};
-use crate::dest::dir::hex;
 use crate::dest::naming::{dead_letter_key, key_ms, next_key_ms, object_key};
 use crate::dest::{DestError, Destination, Destinations, ObjectMeta};
 use crate::id::{now_ms, EventId};
@@ -276,7 +275,7 @@ impl Committer {
             first_id: batch.first_id.map(|i| i.to_string()).unwrap_or_default(),
             last_id: batch.last_id.map(|i| i.to_string()).unwrap_or_default(),
             sha256_hex: if self.dest.stores_checksum() {
-                hex(&Sha256::digest(&batch.body))
+                crate::text::hex(&Sha256::digest(&batch.body))
             } else {
                 String::new()
             },
@@ -351,7 +350,7 @@ impl Committer {
             events: 1,
             first_id: letter.id.clone().unwrap_or_default(),
             last_id: letter.id.clone().unwrap_or_default(),
-            sha256_hex: hex(&Sha256::digest(&record)),
+            sha256_hex: crate::text::hex(&Sha256::digest(&record)),
         };
         let what = format!("keep dead letter `{key}` in {}", self.dead.describe());
         retry_loop(&what, &self.stop, self.retry_max, &self.metrics, || {

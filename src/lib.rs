@@ -3,7 +3,7 @@
 //!
 //! The binary (`main.rs`) only parses flags and dispatches to [`cmd`]. The
 //! pure cores ([`stream::sse`], [`transform`], [`batch`], [`dest::naming`],
-//! [`id`]) do no I/O; [`pipeline`] wires them with threads.
+//! [`id`], [`text`]) do no I/O; [`pipeline`] wires them with threads.
 
 pub mod batch;
 pub mod cli;
@@ -22,4 +22,5 @@ pub mod retry;
 pub mod secret;
 pub mod state;
 pub mod stream;
+pub mod text;
 pub mod transform;

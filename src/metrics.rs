@@ -432,7 +432,7 @@ impl Metrics {
         let lag = if cursor == 0 {
             "-".to_string()
         } else {
-            human_seconds(now_ms.saturating_sub(cursor) / 1000)
+            crate::text::secs(now_ms.saturating_sub(cursor) / 1000)
         };
         format!(
             "{total} events ({} create, {} update, {} delete, {} merge), {} held by policy; \
@@ -450,15 +450,6 @@ impl Metrics {
             self.file_fetch_failures.load(Relaxed),
             self.reconnects.load(Relaxed),
         )
-    }
-}
-
-/// `12 s`, `5 min 3 s`, `2 h 4 min`.
-fn human_seconds(s: u64) -> String {
-    match s {
-        0..=119 => format!("{s} s"),
-        120..=7199 => format!("{} min {} s", s / 60, s % 60),
-        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
     }
 }
 
@@ -1228,8 +1219,6 @@ mod tests {
         assert!(Metrics::new()
             .summary_line_at(NOW)
             .ends_with("cursor lag -"));
-        assert_eq!(human_seconds(4000), "66 min 40 s");
-        assert_eq!(human_seconds(90_000), "25 h 0 min");
     }
 
     #[test]

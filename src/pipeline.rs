@@ -60,7 +60,7 @@ pub fn spawn_progress(metrics: Arc<Metrics>, done: Arc<AtomicBool>, interval: Du
             let lag = if cursor_ms == 0 {
                 "-".to_string()
             } else {
-                crate::id::human_secs(crate::id::now_ms().saturating_sub(cursor_ms) / 1000)
+                crate::text::secs(crate::id::now_ms().saturating_sub(cursor_ms) / 1000)
             };
             let line = format!(
                 "{} events received ({:.0}/s), {} stored in {} files ({:.1} MB); at {}{}, {} behind now; {:.0} s",
@@ -71,7 +71,7 @@ pub fn spawn_progress(metrics: Arc<Metrics>, done: Arc<AtomicBool>, interval: Du
                 now.bytes_written as f64 / 1e6,
                 if cursor_ms == 0 { "-".to_string() } else { crate::id::ms_to_iso(cursor_ms) },
                 if head_ms > cursor_ms && cursor_ms > 0 {
-                    format!(" ({} before the head)", crate::id::human_secs((head_ms - cursor_ms) / 1000))
+                    format!(" ({} before the head)", crate::text::secs((head_ms - cursor_ms) / 1000))
                 } else {
                     String::new()
                 },

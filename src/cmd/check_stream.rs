@@ -367,7 +367,7 @@ fn verify_files(cfg: &Config, r: &mut Report, file_count: Option<u64>) {
         lines_total += recomputed.events;
         match dest.meta(key) {
             Ok(Some(m)) => {
-                let sha = crate::dest::dir::hex(&sha2::Sha256::digest(&body));
+                let sha = crate::text::hex(&sha2::Sha256::digest(&body));
                 if m.sha256_hex != sha {
                     problems.push(format!(
                         "`{key}`: SHA-256 `{sha}` differs from its metadata `{}`",

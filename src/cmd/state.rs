@@ -56,7 +56,7 @@ fn describe(out: &mut String, s: &State) {
             out.push_str(&format!(
                 "cursor:         {c} ({}, {} behind now)\n",
                 c.date(),
-                crate::id::human_secs(lag)
+                crate::text::secs(lag)
             ));
         }
         None => out.push_str("cursor:         none yet (nothing committed)\n"),
