@@ -22,7 +22,6 @@
 //! This module does not decide *when* to record: the pipeline does.
 
 use std::fmt::{self, Write as _};
-use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -685,52 +684,19 @@ fn route(head: &[u8], metrics: &Metrics, name: &str) -> (&'static str, &'static 
 /// file beside `path` (not ending in `.prom`, so never collected half
 /// written), flushed to disk, then renamed over `path`.
 pub fn write_textfile(path: &Path, metrics: &Metrics, name: &str) -> io::Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let context = |e: io::Error| {
+    crate::fsutil::replace(path, metrics.render(name).as_bytes(), false).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot write the metrics file `{}`: {e}", path.display()),
         )
-    };
-    let file_name = path.file_name().ok_or_else(|| {
-        context(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path names no file",
-        ))
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.{}-{}.tmp",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        SEQ.fetch_add(1, Relaxed)
-    ));
-    let text = metrics.render(name);
-    let written = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(context(e));
-    }
-    // Make the rename itself durable; not every platform can sync a directory.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::{BTreeMap, HashSet};
+    use std::fs;
 
     const NOW: u64 = 1_700_000_100_000;
 

@@ -88,7 +88,7 @@ impl Destination for DirDestination {
 
     fn put(&mut self, key: &str, body: &[u8], _meta: &ObjectMeta) -> Result<(), DestError> {
         let path = self.path(key);
-        crate::state::write_atomic(&path, body, false)
+        crate::fsutil::write_atomic(&path, body, false)
             .map_err(|e| self.err("cannot write", &path, e))
     }
 
