@@ -13,7 +13,7 @@
 //! it takes, with the cursor frozen; permanent ones stop the run.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use crate::dest::{DestError, Destination, Destinations, ObjectMeta};
 use crate::id::{now_ms, EventId};
 use crate::metrics::{Metrics, RetryCause};
 use crate::policy::Reason;
-use crate::retry::{sleep_unless, Backoff};
+use crate::retry::{self, Failure, Verdict};
 use crate::state::{self, Pending, State};
 
 /// How long to wait before looking again for a pending file that was not
@@ -377,6 +377,9 @@ fn fault_point() -> Option<(String, u64)> {
     Some((p.to_string(), n.parse().ok()?))
 }
 
+/// Retries a storage call as [`retry::run`] does, for as long as it takes
+/// (or until the run is stopped); a permanent error stops the run. Every
+/// failed call counts as a write error.
 fn retry_loop<T>(
     what: &str,
     stop: &AtomicBool,
@@ -384,29 +387,31 @@ fn retry_loop<T>(
     metrics: &Metrics,
     mut f: impl FnMut() -> Result<T, DestError>,
 ) -> Result<T> {
-    let mut backoff = Backoff::new(Duration::from_millis(500), max);
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(DestError::Permanent(m)) => {
-                metrics.inc_write_error();
-                return Err(anyhow!("cannot {what}: {m}"));
+    let policy = retry::Policy {
+        first: Duration::from_millis(500),
+        max,
+        attempts: None,
+    };
+    let attempt = || {
+        f().map_err(|e| {
+            metrics.inc_write_error();
+            match e {
+                DestError::Transient(m) => Verdict::Retry(m),
+                DestError::Permanent(m) => Verdict::GiveUp(m),
             }
-            Err(DestError::Transient(m)) => {
-                metrics.inc_write_error();
-                metrics.inc_retry(RetryCause::Storage);
-                let d = backoff.next_delay();
-                log::warn!(
-                    "cannot {what} (attempt {}): {m}; retrying in {:.1} s",
-                    backoff.attempts(),
-                    d.as_secs_f64()
-                );
-                if stop.load(Ordering::Relaxed) || !sleep_unless(d, stop) {
-                    return Err(anyhow!("stopped while trying to {what}: {m}"));
-                }
-            }
-        }
-    }
+        })
+    };
+    let on_retry = |m: &String, n: u32, wait: Duration| {
+        metrics.inc_retry(RetryCause::Storage);
+        log::warn!(
+            "cannot {what} (attempt {n}): {m}; retrying in {:.1} s",
+            wait.as_secs_f64()
+        );
+    };
+    retry::run(policy, stop, attempt, on_retry).map_err(|f| match f {
+        Failure::GaveUp(m) | Failure::Exhausted(m) => anyhow!("cannot {what}: {m}"),
+        Failure::Stopped(m) => anyhow!("stopped while trying to {what}: {m}"),
+    })
 }
 
 /// The JSON document kept for a dead letter: raw bytes as text when they
