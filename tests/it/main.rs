@@ -12,4 +12,5 @@ mod commands;
 mod export;
 mod faults;
 mod policy_metrics;
+mod review;
 mod smoke;
