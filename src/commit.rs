@@ -21,9 +21,10 @@ use anyhow::{anyhow, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::batch::{Batch, DeadLetter};
+use crate::clock::now_ms;
 use crate::dest::naming::{dead_letter_key, key_ms, next_key_ms, object_key};
 use crate::dest::{DestError, Destination, Destinations, ObjectMeta};
-use crate::id::{now_ms, EventId};
+use crate::id::EventId;
 use crate::metrics::{Metrics, RetryCause};
 use crate::policy::Reason;
 use crate::retry::{self, Failure, Verdict};

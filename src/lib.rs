@@ -7,6 +7,7 @@
 
 pub mod batch;
 pub mod cli;
+pub mod clock;
 pub mod cmd;
 pub mod commit;
 pub mod config;

@@ -290,7 +290,7 @@ impl Metrics {
 
     /// The text exposition format 0.0.4, for connector `name`.
     pub fn render(&self, name: &str) -> String {
-        self.render_at(name, crate::id::now_ms())
+        self.render_at(name, crate::clock::now_ms())
     }
 
     fn render_at(&self, name: &str, now_ms: u64) -> String {
@@ -425,7 +425,7 @@ impl Metrics {
 
     /// The main figures on one line, for a periodic info log.
     pub fn summary_line(&self) -> String {
-        self.summary_line_at(crate::id::now_ms())
+        self.summary_line_at(crate::clock::now_ms())
     }
 
     fn summary_line_at(&self, now_ms: u64) -> String {

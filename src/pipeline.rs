@@ -60,7 +60,7 @@ pub fn spawn_progress(metrics: Arc<Metrics>, done: Arc<AtomicBool>, interval: Du
             let lag = if cursor_ms == 0 {
                 "-".to_string()
             } else {
-                crate::text::secs(crate::id::now_ms().saturating_sub(cursor_ms) / 1000)
+                crate::text::secs(crate::clock::now_ms().saturating_sub(cursor_ms) / 1000)
             };
             let line = format!(
                 "{} events received ({:.0}/s), {} stored in {} files ({:.1} MB); at {}{}, {} behind now; {:.0} s",
@@ -252,7 +252,7 @@ impl Reader {
                 "{} .. {} accepted at {}",
                 resume,
                 first,
-                crate::id::ms_to_iso(crate::id::now_ms())
+                crate::id::ms_to_iso(crate::clock::now_ms())
             );
             log::warn!("gap accepted (`--accept-gap`): events between `{resume}` and `{first}` may be missing from the export");
             self.accepted_gaps.lock().expect("not poisoned").push(note);

@@ -20,7 +20,7 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `base`, doubles up to `max`.
     pub fn new(base: Duration, max: Duration) -> Self {
-        let seed = std::process::id() as u64 ^ crate::id::now_ms();
+        let seed = std::process::id() as u64 ^ crate::clock::now_ms();
         Backoff {
             base,
             max,

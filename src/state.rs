@@ -242,7 +242,7 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
 /// Writes the state atomically: temp file, fsync, rename, fsync of the directory.
 pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
     let mut state = state.clone();
-    state.updated_at = crate::id::ms_to_iso(crate::id::now_ms());
+    state.updated_at = crate::id::ms_to_iso(crate::clock::now_ms());
     let mut body = serde_json::to_vec_pretty(&state).expect("state serialises");
     body.push(b'\n');
     write_atomic(path, &body, true).map_err(|e| io_err(path, e))

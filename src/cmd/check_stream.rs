@@ -295,7 +295,7 @@ fn check_storage(cfg: &Config, r: &mut Report) {
     // The importer reads every key that sorts after the folder name, so the
     // probe uses a key that sorts before it.
     let key = probe_key(&cfg.folder);
-    let body = format!("opencti-stream-exporter probe {}\n", crate::id::now_ms()).into_bytes();
+    let body = format!("opencti-stream-exporter probe {}\n", crate::clock::now_ms()).into_bytes();
     let meta = meta_of(&body);
     let result = files
         .put(&key, &body, &meta)

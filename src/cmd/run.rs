@@ -111,7 +111,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         .transpose()?;
     let until = match args.until.as_deref() {
         None => None,
-        Some("now") => Some(EventId::at_ms(id::now_ms())),
+        Some("now") => Some(EventId::at_ms(crate::clock::now_ms())),
         Some(s) => Some(id::parse_position(s).map_err(|e| flag_error("--until", e))?),
     };
     if let (Some(f), Some(u)) = (from, until) {
@@ -166,7 +166,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     );
     let metrics = Arc::new(Metrics::default());
     committer.set_metrics(metrics.clone());
-    let started_at = id::ms_to_iso(id::now_ms());
+    let started_at = id::ms_to_iso(crate::clock::now_ms());
     let stop = Arc::new(AtomicBool::new(false));
     let watch_done = WatchDone(Arc::new(AtomicBool::new(false)));
     let gave_up = args.once.then(|| {
@@ -277,7 +277,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     progress_done.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(watch_done);
     let gave_up = gave_up_error();
-    let ended_at = id::ms_to_iso(id::now_ms());
+    let ended_at = id::ms_to_iso(crate::clock::now_ms());
     let totals = metrics.snapshot();
     let (outcome_text, result) = match result {
         Ok(o) => {
@@ -374,7 +374,7 @@ fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
     } else {
         match stream.recover {
             Recover::Off => None,
-            Recover::UntilNow => Some(id::ms_to_iso(id::now_ms())),
+            Recover::UntilNow => Some(id::ms_to_iso(crate::clock::now_ms())),
             Recover::Until(ms) => Some(id::ms_to_iso(ms)),
         }
     };

@@ -52,7 +52,7 @@ fn describe(out: &mut String, s: &State) {
     let cursor = s.cursor().ok().flatten();
     match cursor {
         Some(c) => {
-            let lag = id::now_ms().saturating_sub(c.ms) / 1000;
+            let lag = crate::clock::now_ms().saturating_sub(c.ms) / 1000;
             out.push_str(&format!(
                 "cursor:         {c} ({}, {} behind now)\n",
                 c.date(),
@@ -150,7 +150,7 @@ pub fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
     } else if let Ok(stream) = cfg.stream() {
         new.recover_until = match stream.recover {
             crate::config::Recover::Off => None,
-            crate::config::Recover::UntilNow => Some(id::ms_to_iso(id::now_ms())),
+            crate::config::Recover::UntilNow => Some(id::ms_to_iso(crate::clock::now_ms())),
             crate::config::Recover::Until(ms) => Some(id::ms_to_iso(ms)),
         };
         if let Some(st) = stream.start {
