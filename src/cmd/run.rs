@@ -21,7 +21,7 @@ use crate::{exit, http};
 
 /// `run --once` ended because OpenCTI or the storage kept failing.
 #[derive(Debug, thiserror::Error)]
-#[error("gave up after {} of failures with nothing getting through ({what}): `run --once` ends after `run.once_max_outage_sec`; nothing was lost, the cursor and the files are as the last commit left them, and the next run resumes there", id::human_secs(*.limit_secs))]
+#[error("gave up after {} of failures with nothing getting through ({what}): `run --once` ends after `run.once_max_outage_sec`; nothing was lost, the cursor and the files are as the last commit left them, and the next run resumes there", crate::text::secs(*.limit_secs))]
 pub struct GaveUp {
     /// How long it failed.
     pub limit_secs: u64,
@@ -82,7 +82,7 @@ fn watch_outage(
                 };
                 log::warn!(
                     "{what} failing for {} under `--once`: stopping",
-                    id::human_secs(gave_up.limit_secs)
+                    crate::text::secs(gave_up.limit_secs)
                 );
                 *out.lock().expect("not poisoned") = Some(gave_up);
                 stop.store(true, Ordering::Relaxed);
@@ -113,7 +113,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         .transpose()?;
     let until = match args.until.as_deref() {
         None => None,
-        Some("now") => Some(EventId::at_ms(id::now_ms())),
+        Some("now") => Some(EventId::at_ms(crate::clock::now_ms())),
         Some(s) => Some(id::parse_position(s).map_err(|e| flag_error("--until", e))?),
     };
     if let (Some(f), Some(u)) = (from, until) {
@@ -168,7 +168,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     );
     let metrics = Arc::new(Metrics::default());
     committer.set_metrics(metrics.clone());
-    let started_at = id::ms_to_iso(id::now_ms());
+    let started_at = id::ms_to_iso(crate::clock::now_ms());
     let stop = Arc::new(AtomicBool::new(false));
     let watch_done = WatchDone(Arc::new(AtomicBool::new(false)));
     let gave_up = args.once.then(|| {
@@ -282,7 +282,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     }
     drop(watch_done);
     let gave_up = gave_up_error();
-    let ended_at = id::ms_to_iso(id::now_ms());
+    let ended_at = id::ms_to_iso(crate::clock::now_ms());
     let totals = metrics.snapshot();
     let (outcome_text, result) = match result {
         Ok(o) => {
@@ -399,7 +399,7 @@ fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
     } else {
         match stream.recover {
             Recover::Off => None,
-            Recover::UntilNow => Some(id::ms_to_iso(id::now_ms())),
+            Recover::UntilNow => Some(id::ms_to_iso(crate::clock::now_ms())),
             Recover::Until(ms) => Some(id::ms_to_iso(ms)),
         }
     };
