@@ -12,6 +12,7 @@ pub mod commit;
 pub mod config;
 pub mod dest;
 pub mod exit;
+pub mod fetch;
 pub mod http;
 pub mod id;
 pub mod logging;
