@@ -608,13 +608,8 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
     // The importer publishes each line to RabbitMQ base64-encoded (4/3 of
     // the line plus about 150 bytes); RabbitMQ 4 refuses messages over
     // 16 MiB by default: 12 MiB lines fit.
-    let max_line_bytes = src.number(
-        "output.max_line_bytes",
-        12 << 20,
-        64 << 10,
-        4 << 30,
-        "bytes",
-    )? as usize;
+    let max_line_bytes =
+        src.number("output.max_line_bytes", 12 << 20, 4096, 4 << 30, "bytes")? as usize;
     let connector_name = src
         .string("connector.name")
         .unwrap_or_else(|| "StreamExporter".to_string());

@@ -624,12 +624,13 @@ impl Inner {
             // One byte past the cap tells a file over it from one at it.
             let room = (cap + 1).saturating_sub(content.size + carry as u64);
             let want = (READ_CHUNK as u64).min(room) as usize;
-            if want == 0 {
-                over = true;
-                break;
-            }
             let n = match reader.read(&mut buf[carry..carry + want]) {
                 Ok(0) => break,
+                Ok(n) if content.size + (carry + n) as u64 > cap => {
+                    // Over the cap: keep exactly the cap's worth.
+                    over = true;
+                    (cap - content.size) as usize - carry
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -660,6 +661,9 @@ impl Inner {
             }
             buf.copy_within(whole..have, 0);
             carry = have - whole;
+            if over {
+                break;
+            }
             if Instant::now() >= deadline {
                 let received = self.keep(content, &buf[..carry]);
                 return Attempt::Done(FileOutcome::Failed {
@@ -673,10 +677,7 @@ impl Inner {
             }
         }
         if over {
-            // Keep exactly the cap's worth.
-            let extra = (content.size + carry as u64).saturating_sub(cap) as usize;
-            let kept_tail = &buf[..carry.saturating_sub(extra)];
-            let received = self.keep(content, kept_tail);
+            let received = self.keep(content, &buf[..carry]);
             let reason = match announced {
                 Some(len) => format!(
                     "{len} bytes is over `files.max_bytes` ({cap}); its first {cap} bytes are kept"

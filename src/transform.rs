@@ -495,6 +495,9 @@ fn fill_files(
         .map(|s| s.len())
         .unwrap_or(0);
     let mut line_len = data_len.saturating_add(list_len).saturating_add(LINE_SLACK);
+    // An event (nearly) over the limit by itself: its files are not waited
+    // for; it most likely becomes a dead letter as a whole.
+    let no_room = line_len > max_line;
     for entry in entries.iter_mut() {
         let Some(obj) = fetchable(entry) else {
             continue;
@@ -504,7 +507,17 @@ fn fill_files(
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        match files.fetch(&uri) {
+        let outcome = if no_room {
+            FileOutcome::Failed {
+                reason: format!(
+                    "the event alone is about as long as `output.max_line_bytes` ({max_line})"
+                ),
+                kept: None,
+            }
+        } else {
+            files.fetch(&uri)
+        };
+        match outcome {
             FileOutcome::Fetched(content) => {
                 let need = 2 * (content.base64().len() + 2);
                 if line_len.saturating_add(need) > max_line {

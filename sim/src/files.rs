@@ -158,16 +158,20 @@ pub fn write_served(
 ) -> std::io::Result<()> {
     let len = served_len(m, key);
     let mut rng = SplitMix::new(key_hash(m.params().seed, key));
-    let mut buf = Vec::with_capacity(chunk + 8);
+    // Produced 8 bytes at a time as in `content`, handed out `chunk` at a time.
+    let block = (chunk.max(1).div_ceil(8) * 8).max(4096);
+    let mut buf: Vec<u8> = Vec::with_capacity(block);
     let mut sent = 0u64;
     while sent < len {
         buf.clear();
-        let want = (chunk as u64).min(len - sent) as usize;
+        let want = (block as u64).min(len - sent) as usize;
         while buf.len() < want {
             buf.extend_from_slice(&rng.next_u64().to_le_bytes());
         }
         buf.truncate(want);
-        w(&buf)?;
+        for piece in buf.chunks(chunk.max(1)) {
+            w(piece)?;
+        }
         sent += want as u64;
     }
     Ok(())
@@ -267,6 +271,28 @@ mod tests {
         for (plain, enc) in cases {
             assert_eq!(base64(plain.as_bytes()), enc);
         }
+    }
+
+    #[test]
+    fn served_bytes_do_not_depend_on_the_chunk_size() {
+        let m = Model::new(Params {
+            files_ratio: 1.0,
+            events: 50,
+            large_file_every: Some(1),
+            large_file_bytes: 100_003,
+            ..Params::default()
+        });
+        let key = "import/Report/x/a.pdf";
+        let whole = served(&m, key);
+        assert_eq!(whole.len(), 100_003);
+        assert_eq!(whole[..MIN_FILE], content(1, key)[..MIN_FILE]);
+        let mut trickled = Vec::new();
+        write_served(&m, key, 1, &mut |b| {
+            trickled.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert!(trickled == whole);
     }
 
     #[test]
