@@ -59,6 +59,9 @@ pub struct Key {
     pub env: &'static str,
     /// True for a token or a secret key: its value is never printed.
     pub secret: bool,
+    /// True when the YAML value may be a list (a sequence); every other key
+    /// takes a single value.
+    pub list: bool,
 }
 
 const fn key(path: &'static str, env: &'static str) -> Key {
@@ -66,22 +69,51 @@ const fn key(path: &'static str, env: &'static str) -> Key {
         path,
         env,
         secret: false,
+        list: false,
     }
 }
+
+const fn secret_key(path: &'static str, env: &'static str) -> Key {
+    Key {
+        secret: true,
+        ..key(path, env)
+    }
+}
+
+const fn list_key(path: &'static str, env: &'static str) -> Key {
+    Key {
+        list: true,
+        ..key(path, env)
+    }
+}
+
+/// Keys of the reference connector's sample configuration (and of pycti's
+/// connector settings) that this exporter accepts in a file and ignores, so
+/// that a config copied from the reference still loads.
+pub const IGNORED_KEYS: &[&str] = &[
+    "connector.auto",
+    "connector.run_and_terminate",
+    "connector.duration_period",
+    "connector.queue_threshold",
+    "opencti.json_logging",
+];
 
 /// Every key we read, in documentation order (`config.example.yml`).
 pub const KEYS: &[Key] = &[
     key("opencti.url", "OPENCTI_URL"),
-    Key {
-        path: "opencti.token",
-        env: "OPENCTI_TOKEN",
-        secret: true,
-    },
+    secret_key("opencti.token", "OPENCTI_TOKEN"),
     key("opencti.ssl_verify", "OPENCTI_SSL_VERIFY"),
     key("opencti.ca_file", "OPENCTI_CA_FILE"),
+    secret_key("opencti.custom_headers", "OPENCTI_CUSTOM_HEADERS"),
+    key("opencti.https_ca_certificates", "HTTPS_CA_CERTIFICATES"),
     key("connector.id", "CONNECTOR_ID"),
     key("connector.name", "CONNECTOR_NAME"),
     key("connector.scope", "CONNECTOR_SCOPE"),
+    key("connector.type", "CONNECTOR_TYPE"),
+    key(
+        "connector.auto_create_service_account",
+        "CONNECTOR_AUTO_CREATE_SERVICE_ACCOUNT",
+    ),
     key("connector.confidence_level", "CONNECTOR_CONFIDENCE_LEVEL"),
     key("connector.log_level", "CONNECTOR_LOG_LEVEL"),
     key("connector.consumer_count", "CONNECTOR_CONSUMER_COUNT"),
@@ -111,11 +143,7 @@ pub const KEYS: &[Key] = &[
     key("minio.bucket", "MINIO_BUCKET"),
     key("minio.folder", "MINIO_FOLDER"),
     key("minio.access_key", "MINIO_ACCESS_KEY"),
-    Key {
-        path: "minio.secret_key",
-        env: "MINIO_SECRET_KEY",
-        secret: true,
-    },
+    secret_key("minio.secret_key", "MINIO_SECRET_KEY"),
     key("minio.secure", "MINIO_SECURE"),
     key("minio.cert_check", "MINIO_CERT_CHECK"),
     key("minio.ca_file", "MINIO_CA_FILE"),
@@ -145,10 +173,10 @@ pub const KEYS: &[Key] = &[
     key("connector.metrics_port", "CONNECTOR_METRICS_PORT"),
     key("metrics.textfile", "METRICS_TEXTFILE"),
     key("metrics.log_every_sec", "METRICS_LOG_EVERY_SEC"),
-    key("policy.allow_types", "POLICY_ALLOW_TYPES"),
-    key("policy.deny_types", "POLICY_DENY_TYPES"),
-    key("policy.require_labels", "POLICY_REQUIRE_LABELS"),
-    key("policy.forbid_labels", "POLICY_FORBID_LABELS"),
+    list_key("policy.allow_types", "POLICY_ALLOW_TYPES"),
+    list_key("policy.deny_types", "POLICY_DENY_TYPES"),
+    list_key("policy.require_labels", "POLICY_REQUIRE_LABELS"),
+    list_key("policy.forbid_labels", "POLICY_FORBID_LABELS"),
     key("policy.tlp_ceiling", "POLICY_TLP_CEILING"),
     key("policy.unknown_marking", "POLICY_UNKNOWN_MARKING"),
 ];
@@ -175,6 +203,36 @@ pub struct OpenCti {
     pub ssl_verify: bool,
     /// Extra trusted CA certificates (PEM).
     pub ca_file: Option<PathBuf>,
+    /// More trusted CA certificates (`HTTPS_CA_CERTIFICATES`), as PEM text:
+    /// given inline, or read from the path given.
+    pub extra_ca_pem: Option<ExtraCa>,
+    /// Headers added to every OpenCTI request (`OPENCTI_CUSTOM_HEADERS`,
+    /// pycti's `name1:value1;name2:value2`); values may be secrets.
+    pub custom_headers: Vec<(String, Secret)>,
+    /// The proxy for `url`, from the environment as Python's requests reads
+    /// it (`HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` by scheme, lower case
+    /// first, `NO_PROXY`); may carry a password.
+    pub proxy: Option<Secret>,
+}
+
+/// CA certificates given by `HTTPS_CA_CERTIFICATES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExtraCa {
+    /// PEM text given in the variable itself.
+    Inline(String),
+    /// A PEM file.
+    File(PathBuf),
+}
+
+/// How this exporter shows itself on the platform's connectors page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorSettings {
+    /// `connector.id`: the connector's id on the platform (a UUID).
+    pub id: String,
+    /// `connector.name`.
+    pub name: String,
+    /// `connector.scope`, split on commas as pycti does.
+    pub scope: Vec<String>,
 }
 
 /// The live stream and how to read it.
@@ -242,6 +300,8 @@ pub struct Config {
     stream: Result<StreamSettings, ConfigError>,
     /// `connector.name`, used in logs and metrics.
     pub connector_name: String,
+    /// Registration on the platform's connectors page, when `connector.id` is set.
+    pub connector: Option<ConnectorSettings>,
     /// Log level from `connector.log_level`.
     pub log_level: log::LevelFilter,
     /// Worker threads that turn events into lines.
@@ -356,6 +416,7 @@ pub fn load_from(
                     origin: path.display().to_string(),
                     message: format!("not valid YAML ({e}); compare with config.example.yml"),
                 })?;
+            check_tree(path, &value)?;
             Some((path, value))
         }
         None => None,
@@ -365,6 +426,116 @@ pub fn load_from(
         env,
     };
     build(&src, file, overrides)
+}
+
+/// Refuses what the file holds besides known keys with usable values: an
+/// unknown section or key (a misspelt `minio.endpoint` would otherwise turn
+/// an S3 export into a local one without a word), and a list or a map where
+/// a single value is expected. Driven by [`KEYS`] and [`IGNORED_KEYS`]: a key
+/// added there is accepted here.
+fn check_tree(file: &Path, root: &serde_yaml::Value) -> Result<(), ConfigError> {
+    use serde_yaml::Value;
+    let origin = file.display().to_string();
+    let sections = match root {
+        Value::Null => return Ok(()),
+        Value::Mapping(m) => m,
+        _ => {
+            return Err(ConfigError {
+                key: "--config".into(),
+                origin,
+                message: "the file must hold sections such as `opencti:` and `minio:`; compare with config.example.yml".into(),
+            })
+        }
+    };
+    let unknown = |path: String| {
+        let message = match closest_key(&path) {
+            Some(best) => format!(
+                "is not a known key: did you mean `{best}`? (config.example.yml lists every key)"
+            ),
+            None => "is not a known key: config.example.yml lists every key".to_string(),
+        };
+        ConfigError {
+            key: path,
+            origin: origin.clone(),
+            message,
+        }
+    };
+    for (name, section) in sections {
+        let name = scalar_text(name).unwrap_or_else(|| format!("{name:?}"));
+        let entries = match section {
+            Value::Null => continue,
+            Value::Mapping(m) => m,
+            _ => {
+                let has_keys = KEYS
+                    .iter()
+                    .any(|k| k.path.split_once('.').is_some_and(|(s, _)| s == name));
+                if !has_keys {
+                    return Err(unknown(name));
+                }
+                return Err(ConfigError {
+                    key: name.clone(),
+                    origin,
+                    message: format!(
+                        "is a section: write its keys below it, e.g. `{name}:` then `  key: value`"
+                    ),
+                });
+            }
+        };
+        for (k, v) in entries {
+            let k = scalar_text(k).unwrap_or_else(|| format!("{k:?}"));
+            let path = format!("{name}.{k}");
+            let list = match KEYS.iter().find(|k| k.path == path) {
+                Some(spec) => spec.list,
+                None if IGNORED_KEYS.contains(&path.as_str()) => false,
+                None => return Err(unknown(path)),
+            };
+            let single = matches!(
+                v,
+                Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_)
+            );
+            let list_given = list && matches!(v, Value::Sequence(_));
+            if !(single || list_given) {
+                let what = match v {
+                    Value::Sequence(_) => "a list",
+                    Value::Mapping(_) => "a map",
+                    _ => "a tagged value",
+                };
+                let expected = if list {
+                    "a list of names or one comma-separated text"
+                } else {
+                    "a single value (text, number or boolean)"
+                };
+                return Err(ConfigError {
+                    key: path,
+                    origin,
+                    message: format!("is {what}, but {expected} is expected"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A YAML scalar as text; `None` for lists, maps and tagged values.
+fn scalar_text(v: &serde_yaml::Value) -> Option<String> {
+    match v {
+        serde_yaml::Value::Bool(b) => Some(b.to_string()),
+        serde_yaml::Value::Number(n) => Some(n.to_string()),
+        serde_yaml::Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// The known key nearest to `path` by edit distance, when one is near enough
+/// to be a likely misspelling.
+fn closest_key(path: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .map(|k| k.path)
+        .chain(IGNORED_KEYS.iter().copied())
+        .map(|known| (strsim::damerau_levenshtein(path, known), known))
+        .filter(|(d, _)| *d <= 3.max(path.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, known)| known)
 }
 
 struct Sources<'a> {
@@ -393,18 +564,9 @@ impl Sources<'_> {
         let (file, root) = self.yaml?;
         let (section, name) = path.split_once('.').expect("keys are section.key");
         let v = root.get(section)?.get(name)?;
-        let value = match v {
-            serde_yaml::Value::Null => return None,
-            serde_yaml::Value::Bool(b) => b.to_string(),
-            serde_yaml::Value::Number(n) => n.to_string(),
-            serde_yaml::Value::String(s) => s.clone(),
-            _ => {
-                return Some(Raw {
-                    value: "<not a single value>".into(),
-                    origin: file.display().to_string(),
-                });
-            }
-        };
+        // Lists and maps were refused by `check_tree`; a list key is read by
+        // `list`, not here.
+        let value = scalar_text(v)?;
         Some(Raw {
             value,
             origin: file.display().to_string(),
@@ -523,6 +685,80 @@ pub fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// `connector.live_stream_start_timestamp` as the reference takes it: `0`
+/// (pycti sends `0-0`: the beginning of the stream), epoch milliseconds,
+/// `<ms>-<seq>`, or an ISO date (one without a zone is UTC, as the
+/// platform reads dates). Epoch seconds stay refused: pycti would send them
+/// as milliseconds of January 1970.
+pub fn parse_start_timestamp(value: &str) -> Result<EventId, String> {
+    let v = value.trim();
+    if v == "0" {
+        return Ok(EventId::default());
+    }
+    match id::parse_position(v) {
+        Ok(p) => Ok(p),
+        Err(e) => match parse_iso_utc(v) {
+            Some(ms) => Ok(EventId::at_ms(ms)),
+            None => Err(e),
+        },
+    }
+}
+
+/// `connector.live_stream_recover_iso_date` as pycti reads it: `false`,
+/// `no`, `none` (any case; pycti's list is `no`, `none`, `false` with a
+/// capital or not) turn recovery off; `true` (or unset) recovers up to the
+/// start of the run; otherwise an ISO date, UTC when it has no zone.
+pub fn parse_recover(value: &str) -> Result<Recover, String> {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("none") {
+        return Ok(Recover::Off);
+    }
+    match parse_bool(v) {
+        Some(false) => return Ok(Recover::Off),
+        Some(true) => return Ok(Recover::UntilNow),
+        None => {}
+    }
+    match id::parse_iso_ms(v) {
+        Ok(ms) => Ok(Recover::Until(ms)),
+        Err(e) => parse_iso_utc(v).map(Recover::Until).ok_or(e),
+    }
+}
+
+/// An ISO-8601 date or date-time without a zone, read as UTC (the platform
+/// parses such dates as UTC): `2024-06-15`, `2024-06-15T10:00`,
+/// `2024-06-15T10:00:00`, `2024-06-15 10:00:00.250`. `None` for anything else.
+fn parse_iso_utc(v: &str) -> Option<u64> {
+    let b = v.as_bytes();
+    let dated = b.len() >= 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[8..10].iter().all(u8::is_ascii_digit);
+    if !dated {
+        return None;
+    }
+    let (date, time) = match v.len() {
+        10 => (v, "00:00:00"),
+        _ => {
+            let sep = b[10];
+            if sep != b'T' && sep != b't' && sep != b' ' {
+                return None;
+            }
+            (&v[..10], &v[11..])
+        }
+    };
+    if time.ends_with(['Z', 'z']) || time.contains(['+', '-']) {
+        return None;
+    }
+    let time = if time.len() == 5 {
+        format!("{time}:00")
+    } else {
+        time.to_string()
+    };
+    id::parse_iso_ms(&format!("{date}T{time}Z")).ok()
+}
+
 fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, ConfigError> {
     let opencti = opencti(src);
     let stream = stream(src);
@@ -533,13 +769,17 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
             "debug" => log::LevelFilter::Debug,
             "info" => log::LevelFilter::Info,
             "warn" | "warning" => log::LevelFilter::Warn,
-            "error" => log::LevelFilter::Error,
+            // Python's levels above error: this tool logs nothing above
+            // error, so its errors are what these levels show.
+            "error" | "critical" | "fatal" => log::LevelFilter::Error,
             "trace" => log::LevelFilter::Trace,
+            // Python's `NOTSET` on the root logger lets everything through.
+            "notset" => log::LevelFilter::Debug,
             _ => {
                 return Err(src.err(
                     "connector.log_level",
                     Some(&r),
-                    "is not a log level: use debug, info, warn or error",
+                    "is not a log level: use debug, info, warning, error or critical",
                 ))
             }
         },
@@ -566,11 +806,13 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
         .string("minio.folder")
         .unwrap_or_else(|| "opencti".to_string());
     let folder = folder.trim_matches('/').to_string();
-    if folder.is_empty() || folder.contains("//") || folder.contains('\\') {
+    if let Err(why) = check_folder(&folder) {
         return Err(src.err(
             "minio.folder",
             src.get("minio.folder").as_ref(),
-            "is not a usable folder: use a name like `opencti` or `exports/opencti`",
+            format!(
+                "is not a usable folder ({why}): use a name like `opencti` or `exports/opencti`"
+            ),
         ));
     }
 
@@ -613,6 +855,7 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
     let connector_name = src
         .string("connector.name")
         .unwrap_or_else(|| "StreamExporter".to_string());
+    let connector = connector(src, &connector_name)?;
     let policy = policy(src)?;
     // The port is checked even when metrics are off, like every value.
     let port = src.number("connector.metrics_port", 9095, 1, 65535, "port")? as u16;
@@ -653,6 +896,7 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
         opencti,
         stream,
         connector_name,
+        connector,
         log_level,
         consumer_count,
         queue_size,
@@ -699,6 +943,233 @@ fn policy(src: &Sources) -> Result<std::sync::Arc<Policy>, ConfigError> {
         })
 }
 
+fn connector(src: &Sources, name: &str) -> Result<Option<ConnectorSettings>, ConfigError> {
+    if let Some(r) = src.get("connector.type") {
+        if !r.value.trim().eq_ignore_ascii_case("STREAM") {
+            return Err(src.err(
+                "connector.type",
+                Some(&r),
+                "is not this connector's type: it is a `STREAM` connector (set `STREAM` or remove the key)",
+            ));
+        }
+    }
+    if src.boolean("connector.auto_create_service_account", false)? {
+        return Err(src.err(
+            "connector.auto_create_service_account",
+            src.get("connector.auto_create_service_account").as_ref(),
+            "is refused: this tool creates no service account and never runs as one; it reads the stream, \
+             the files and registers with `opencti.token` itself. Give the token of a user that can read \
+             the live stream and set it to false",
+        ));
+    }
+    let Some(id) = src.string("connector.id") else {
+        return Ok(None);
+    };
+    if id.contains(char::is_whitespace) || id.len() > 200 {
+        return Err(src.err(
+            "connector.id",
+            src.get("connector.id").as_ref(),
+            "is not a connector id: use a UUID, e.g. from `uuidgen`",
+        ));
+    }
+    let scope = src
+        .string("connector.scope")
+        .unwrap_or_else(|| "stream-exporter".to_string())
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    Ok(Some(ConnectorSettings {
+        id,
+        name: name.to_string(),
+        scope,
+    }))
+}
+
+/// Parses `OPENCTI_CUSTOM_HEADERS` as pycti does: `name:value` pairs
+/// separated by `;`, each split at its first `:`, both sides trimmed, empty
+/// pairs skipped. pycti skips a pair without `:` with a warning; it is
+/// refused here, as is a header this tool sets itself.
+pub fn parse_custom_headers(text: &str) -> Result<Vec<(String, Secret)>, String> {
+    let mut out = Vec::new();
+    for pair in text.trim().split(';') {
+        if pair.trim().is_empty() {
+            continue;
+        }
+        let Some((name, value)) = pair.split_once(':') else {
+            return Err(format!(
+                "has a pair without `:` (pair {}): write `name1:value1;name2:value2`",
+                out.len() + 1
+            ));
+        };
+        let name = name.trim();
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !valid {
+            return Err(format!(
+                "has a header name that is not a token (pair {}): write `name1:value1;name2:value2`",
+                out.len() + 1
+            ));
+        }
+        let lower = name.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "authorization" | "host" | "content-length" | "transfer-encoding" | "connection"
+        ) {
+            return Err(format!(
+                "sets `{name}`, which this tool sets itself (the token goes in `opencti.token`)"
+            ));
+        }
+        if value.contains(['\r', '\n']) {
+            return Err(format!("has a line break in the value of `{name}`"));
+        }
+        out.push((name.to_string(), Secret::new(value.trim())));
+    }
+    Ok(out)
+}
+
+/// The proxy for `url`, from the environment the way Python's requests
+/// picks it: `<scheme>_proxy` then `all_proxy`, the lower-case name winning
+/// over the upper-case one; none when `no_proxy` matches the host. Returns
+/// the variable it came from and its value.
+pub fn proxy_for(url: &str, env: &HashMap<String, String>) -> Option<(String, String)> {
+    let get = |name: &str| -> Option<(String, String)> {
+        let lower = name.to_ascii_lowercase();
+        let upper = name.to_ascii_uppercase();
+        [lower, upper].into_iter().find_map(|n| {
+            env.get(&n)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .map(|v| (n, v))
+        })
+    };
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let (host, port) = split_host_port(authority);
+    let default_port = if scheme.eq_ignore_ascii_case("https") {
+        443
+    } else {
+        80
+    };
+    if let Some((_, no_proxy)) = get("no_proxy") {
+        if no_proxy_matches(&no_proxy, &host, port.unwrap_or(default_port)) {
+            return None;
+        }
+    }
+    get(&format!("{}_proxy", scheme.to_ascii_lowercase())).or_else(|| get("all_proxy"))
+}
+
+fn split_host_port(authority: &str) -> (String, Option<u16>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').unwrap_or((rest, ""));
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        return (h.to_ascii_lowercase(), port);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() => {
+            (h.to_ascii_lowercase(), p.parse().ok())
+        }
+        _ => (authority.to_ascii_lowercase(), None),
+    }
+}
+
+/// `NO_PROXY` as requests and curl read it: comma-separated entries; `*`
+/// matches every host; an IP address or CIDR block matches addresses; a
+/// name matches itself and its subdomains (a leading `.` is ignored); an
+/// entry with `:port` only matches that port.
+fn no_proxy_matches(list: &str, host: &str, port: u16) -> bool {
+    let ip: Option<std::net::IpAddr> = host.parse().ok();
+    list.split(',')
+        .map(|e| e.trim().to_ascii_lowercase())
+        .filter(|e| !e.is_empty())
+        .any(|entry| {
+            if entry == "*" {
+                return true;
+            }
+            if let (Some(ip), Some((net, bits))) = (ip, entry.split_once('/')) {
+                return match (net.parse::<std::net::IpAddr>(), bits.parse::<u32>()) {
+                    (Ok(std::net::IpAddr::V4(n)), Ok(b)) if b <= 32 => match ip {
+                        std::net::IpAddr::V4(a) => {
+                            let mask = if b == 0 { 0 } else { u32::MAX << (32 - b) };
+                            u32::from(a) & mask == u32::from(n) & mask
+                        }
+                        _ => false,
+                    },
+                    (Ok(std::net::IpAddr::V6(n)), Ok(b)) if b <= 128 => match ip {
+                        std::net::IpAddr::V6(a) => {
+                            let mask = if b == 0 { 0 } else { u128::MAX << (128 - b) };
+                            u128::from(a) & mask == u128::from(n) & mask
+                        }
+                        _ => false,
+                    },
+                    _ => false,
+                };
+            }
+            if let Ok(addr) = entry.parse::<std::net::IpAddr>() {
+                return ip == Some(addr);
+            }
+            let (name, entry_port) = split_host_port(&entry);
+            if entry_port.is_some_and(|p| p != port) {
+                return false;
+            }
+            let name = name.trim_start_matches('.');
+            host == name || host.ends_with(&format!(".{name}"))
+        })
+}
+
+/// The HTTP settings of the OpenCTI side: extra CA, custom headers, proxy.
+type OpenCtiHttp = (Option<ExtraCa>, Vec<(String, Secret)>, Option<Secret>);
+
+fn opencti_http(src: &Sources, url: &str) -> Result<OpenCtiHttp, ConfigError> {
+    let custom_headers = match src.get("opencti.custom_headers") {
+        None => Vec::new(),
+        Some(r) => parse_custom_headers(&r.value)
+            .map_err(|e| src.err("opencti.custom_headers", Some(&r), e))?,
+    };
+    let extra_ca = match src.get("opencti.https_ca_certificates") {
+        None => None,
+        Some(r) => {
+            let v = r.value.trim();
+            if v.is_empty() {
+                None
+            } else if v.starts_with("-----BEGIN") {
+                Some(ExtraCa::Inline(v.to_string()))
+            } else if Path::new(v).is_file() {
+                Some(ExtraCa::File(PathBuf::from(v)))
+            } else {
+                return Err(src.err(
+                    "opencti.https_ca_certificates",
+                    Some(&r),
+                    "is neither PEM text (starting with `-----BEGIN`) nor the path of a readable file",
+                ));
+            }
+        }
+    };
+    let proxy = match proxy_for(url, src.env) {
+        None => None,
+        Some((var, value)) => {
+            let scheme = value.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            match scheme.as_deref() {
+                None | Some("http") => Some(Secret::new(value)),
+                Some(other) => {
+                    return Err(ConfigError {
+                        key: var,
+                        origin: "environment".into(),
+                        message: format!(
+                            "a `{other}://` proxy cannot be used for OpenCTI: this tool speaks to proxies in plain HTTP \
+                             (CONNECT for https); give an `http://host:port` proxy, or list the OpenCTI host in NO_PROXY"
+                        ),
+                    })
+                }
+            }
+        }
+    };
+    Ok((extra_ca, custom_headers, proxy))
+}
+
 fn opencti(src: &Sources) -> Result<OpenCti, ConfigError> {
     let ssl_verify = src.boolean("opencti.ssl_verify", true)?;
     let ca_file = src.string("opencti.ca_file").map(PathBuf::from);
@@ -728,18 +1199,22 @@ fn opencti(src: &Sources) -> Result<OpenCti, ConfigError> {
         "opencti.token",
         "an OpenCTI API token of a user that can read the live stream",
     )?;
+    let (extra_ca_pem, custom_headers, proxy) = opencti_http(src, &url)?;
     Ok(OpenCti {
         url,
         token: Secret::new(token),
         ssl_verify,
         ca_file,
+        extra_ca_pem,
+        custom_headers,
+        proxy,
     })
 }
 
 fn stream(src: &Sources) -> Result<StreamSettings, ConfigError> {
     let start = match src.get("connector.live_stream_start_timestamp") {
         Some(r) if !r.value.trim().is_empty() => {
-            Some(id::parse_position(&r.value).map_err(|e| {
+            Some(parse_start_timestamp(&r.value).map_err(|e| {
                 src.err(
                     "connector.live_stream_start_timestamp",
                     Some(&r),
@@ -751,17 +1226,13 @@ fn stream(src: &Sources) -> Result<StreamSettings, ConfigError> {
     };
     let recover = match src.get("connector.live_stream_recover_iso_date") {
         None => Recover::UntilNow,
-        Some(r) => match parse_bool(&r.value) {
-            Some(false) => Recover::Off,
-            Some(true) => Recover::UntilNow,
-            None => Recover::Until(id::parse_iso_ms(r.value.trim()).map_err(|e| {
-                src.err(
-                    "connector.live_stream_recover_iso_date",
-                    Some(&r),
-                    format!("is neither false nor a date: {e}"),
-                )
-            })?),
-        },
+        Some(r) => parse_recover(&r.value).map_err(|e| {
+            src.err(
+                "connector.live_stream_recover_iso_date",
+                Some(&r),
+                format!("is neither false, none nor a date: {e}"),
+            )
+        })?,
     };
     let listen_delete = src.boolean("connector.live_stream_listen_delete", true)?;
     let no_dependencies = src.boolean("connector.live_stream_no_dependencies", true)?;
@@ -917,6 +1388,31 @@ fn output(src: &Sources, ov: &Overrides) -> Result<Output, ConfigError> {
             "is not a destination: use `s3` or `directory`",
         )),
     }
+}
+
+/// Whether `folder` (outer `/` already removed) is a key prefix both
+/// destinations and the importer take as meant: segments that are not empty,
+/// `.` or `..` (the directory destination would write outside its root), no
+/// backslash or control character, and short enough to leave room for the
+/// file name in S3's 1024-byte keys.
+fn check_folder(folder: &str) -> Result<(), String> {
+    if folder.is_empty() {
+        return Err("it is empty".into());
+    }
+    if folder.len() > 512 {
+        return Err(format!("{} bytes, more than 512", folder.len()));
+    }
+    if let Some(c) = folder.chars().find(|c| c.is_control() || *c == '\\') {
+        return Err(format!("it holds the character {c:?}"));
+    }
+    for segment in folder.split('/') {
+        match segment {
+            "" => return Err("it has an empty segment (`//`)".into()),
+            "." | ".." => return Err(format!("it has a `{segment}` segment")),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn valid_bucket(b: &str) -> bool {
@@ -1100,5 +1596,408 @@ mod tests {
         c.check_for_run().unwrap();
         assert_eq!(c.batch.max_bytes, 4 << 20);
         assert!(c.opencti().unwrap().ssl_verify);
+    }
+
+    fn load_yaml(yaml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yml");
+        std::fs::write(&path, yaml).unwrap();
+        load_from(Some(&path), &env(BASE), &Overrides::default())
+    }
+
+    #[test]
+    fn a_list_or_a_map_where_one_value_is_expected_is_refused_naming_the_key() {
+        for (yaml, key, what) in [
+            ("minio:\n  folder: [a, b]\n", "minio.folder", "is a list"),
+            ("opencti:\n  token: {a: 1}\n", "opencti.token", "is a map"),
+            (
+                "write:\n  every_sec:\n    - 5\n",
+                "write.every_sec",
+                "is a list",
+            ),
+        ] {
+            let e = load_yaml(yaml).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+            assert!(!e.to_string().contains("not a single value>"), "{e}");
+        }
+        // List keys take lists.
+        let c = load_yaml("policy:\n  allow_types: [indicator, report]\n").unwrap();
+        assert!(c.policy.is_active());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_closest_known_key() {
+        for (yaml, key, hint) in [
+            (
+                "minio:\n  endpiont: h\n",
+                "minio.endpiont",
+                "`minio.endpoint`",
+            ),
+            (
+                "write:\n  every_secs: 5\n",
+                "write.every_secs",
+                "`write.every_sec`",
+            ),
+            (
+                "mino:\n  endpoint: h\n",
+                "mino.endpoint",
+                "`minio.endpoint`",
+            ),
+            (
+                "opencti:\n  colour: blue\n",
+                "opencti.colour",
+                "config.example.yml",
+            ),
+            (
+                "nothing_like_it:\n  at_all_here: 1\n",
+                "nothing_like_it.at_all_here",
+                "config.example.yml",
+            ),
+        ] {
+            let e = load_yaml(yaml).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.to_string().contains("not a known key"), "{e}");
+            assert!(e.to_string().contains(hint), "{e}");
+        }
+        let e = load_yaml("minio: exports\n").unwrap_err();
+        assert_eq!(e.key, "minio", "{e}");
+        // The reference's sample keys still load.
+        load_yaml("connector:\n  type: STREAM\n  scope: stream-exporter\n").unwrap();
+    }
+
+    #[test]
+    fn every_known_key_is_accepted_in_a_file() {
+        for k in KEYS {
+            let (section, name) = k.path.split_once('.').unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("config.yml");
+            std::fs::write(&path, format!("{section}:\n  {name}:\n")).unwrap();
+            load_from(Some(&path), &env(BASE), &Overrides::default())
+                .unwrap_or_else(|e| panic!("{}: {e}", k.path));
+        }
+    }
+
+    #[test]
+    fn folders_that_leave_the_root_or_that_s3_mangles_are_refused() {
+        for bad in [
+            "../..", "..", "a/../b", "./a", "a//b", "a\\b", "a\tb", "a\nb", "/",
+        ] {
+            let e = with(&[("MINIO_FOLDER", bad)]).unwrap_err();
+            assert_eq!(e.key, "minio.folder", "{bad:?}: {e}");
+        }
+        let long = "a".repeat(600);
+        assert_eq!(
+            with(&[("MINIO_FOLDER", &long)]).unwrap_err().key,
+            "minio.folder"
+        );
+        for good in [
+            "opencti",
+            "exports/opencti",
+            "/opencti/",
+            "a.b/c-d_e",
+            "été",
+        ] {
+            let c = with(&[("MINIO_FOLDER", good)]).unwrap();
+            assert_eq!(c.folder, good.trim_matches('/'));
+        }
+    }
+
+    #[test]
+    fn the_reference_values_are_read_with_its_meaning() {
+        // (variable, value, what the stream settings or log level become)
+        let d = |s: &str| id::parse_iso_ms(s).unwrap();
+        type Case<'a> = (&'a str, &'a str, &'a dyn Fn(&Config) -> bool);
+        let cases: &[Case] = &[
+            ("CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE", "None", &|c| {
+                c.stream().unwrap().recover == Recover::Off
+            }),
+            ("CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE", "none", &|c| {
+                c.stream().unwrap().recover == Recover::Off
+            }),
+            ("CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE", "No", &|c| {
+                c.stream().unwrap().recover == Recover::Off
+            }),
+            ("CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE", "False", &|c| {
+                c.stream().unwrap().recover == Recover::Off
+            }),
+            ("CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE", "true", &|c| {
+                c.stream().unwrap().recover == Recover::UntilNow
+            }),
+            (
+                "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE",
+                "2024-06-15T10:00:00Z",
+                &|c| c.stream().unwrap().recover == Recover::Until(d("2024-06-15T10:00:00Z")),
+            ),
+            (
+                "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE",
+                "2024-06-15T10:00:00",
+                &|c| c.stream().unwrap().recover == Recover::Until(d("2024-06-15T10:00:00Z")),
+            ),
+            (
+                "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE",
+                "2024-06-15T10:00:00.250",
+                &|c| c.stream().unwrap().recover == Recover::Until(d("2024-06-15T10:00:00.250Z")),
+            ),
+            (
+                "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE",
+                "2024-06-15 10:00",
+                &|c| c.stream().unwrap().recover == Recover::Until(d("2024-06-15T10:00:00Z")),
+            ),
+            (
+                "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE",
+                "2024-06-15",
+                &|c| c.stream().unwrap().recover == Recover::Until(d("2024-06-15T00:00:00Z")),
+            ),
+            (
+                "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE",
+                "2024-06-15T12:00:00+02:00",
+                &|c| c.stream().unwrap().recover == Recover::Until(d("2024-06-15T10:00:00Z")),
+            ),
+            ("CONNECTOR_LIVE_STREAM_START_TIMESTAMP", "0", &|c| {
+                c.stream().unwrap().start == Some(EventId::default())
+            }),
+            (
+                "CONNECTOR_LIVE_STREAM_START_TIMESTAMP",
+                "1718446500000",
+                &|c| c.stream().unwrap().start == Some(EventId::at_ms(1_718_446_500_000)),
+            ),
+            (
+                "CONNECTOR_LIVE_STREAM_START_TIMESTAMP",
+                "1718446500000-3",
+                &|c| {
+                    c.stream().unwrap().start
+                        == Some(EventId {
+                            ms: 1_718_446_500_000,
+                            seq: 3,
+                        })
+                },
+            ),
+            (
+                "CONNECTOR_LIVE_STREAM_START_TIMESTAMP",
+                "2024-06-15T10:00:00",
+                &|c| c.stream().unwrap().start == Some(EventId::at_ms(d("2024-06-15T10:00:00Z"))),
+            ),
+            ("CONNECTOR_LOG_LEVEL", "critical", &|c| {
+                c.log_level == log::LevelFilter::Error
+            }),
+            ("CONNECTOR_LOG_LEVEL", "CRITICAL", &|c| {
+                c.log_level == log::LevelFilter::Error
+            }),
+            ("CONNECTOR_LOG_LEVEL", "fatal", &|c| {
+                c.log_level == log::LevelFilter::Error
+            }),
+            ("CONNECTOR_LOG_LEVEL", "error", &|c| {
+                c.log_level == log::LevelFilter::Error
+            }),
+            ("CONNECTOR_LOG_LEVEL", "warning", &|c| {
+                c.log_level == log::LevelFilter::Warn
+            }),
+            ("CONNECTOR_LOG_LEVEL", "WARN", &|c| {
+                c.log_level == log::LevelFilter::Warn
+            }),
+            ("CONNECTOR_LOG_LEVEL", "Info", &|c| {
+                c.log_level == log::LevelFilter::Info
+            }),
+            ("CONNECTOR_LOG_LEVEL", "debug", &|c| {
+                c.log_level == log::LevelFilter::Debug
+            }),
+            ("CONNECTOR_LOG_LEVEL", "notset", &|c| {
+                c.log_level == log::LevelFilter::Debug
+            }),
+            ("CONNECTOR_TYPE", "STREAM", &|c| c.connector.is_none()),
+            ("CONNECTOR_TYPE", "stream", &|c| c.connector.is_none()),
+            ("CONNECTOR_AUTO_CREATE_SERVICE_ACCOUNT", "false", &|c| {
+                c.connector.is_none()
+            }),
+            ("CONNECTOR_ID", "ChangeMe", &|c| c.connector.is_none()),
+            (
+                "CONNECTOR_ID",
+                "7c8a0e1e-1c47-4f1b-9d6a-1f1c2d3e4f50",
+                &|c| {
+                    c.connector
+                        == Some(ConnectorSettings {
+                            id: "7c8a0e1e-1c47-4f1b-9d6a-1f1c2d3e4f50".into(),
+                            name: "StreamExporter".into(),
+                            scope: vec!["stream-exporter".into()],
+                        })
+                },
+            ),
+        ];
+        for (var, value, check) in cases {
+            let c = with(&[(var, value)]).unwrap_or_else(|e| panic!("{var}={value}: {e}"));
+            assert!(check(&c), "{var}={value}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn reference_values_this_tool_does_not_share_are_refused_with_the_reason() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "CONNECTOR_LIVE_STREAM_START_TIMESTAMP",
+                "1718446500",
+                "epoch seconds",
+            ),
+            (
+                "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE",
+                "yesterday",
+                "neither false, none nor a date",
+            ),
+            (
+                "CONNECTOR_LIVE_STREAM_RECOVER_ISO_DATE",
+                "2024-06-15X10",
+                "neither false, none nor a date",
+            ),
+            ("CONNECTOR_LOG_LEVEL", "verbose", "critical"),
+            ("CONNECTOR_TYPE", "EXTERNAL_IMPORT", "`STREAM` connector"),
+            (
+                "CONNECTOR_AUTO_CREATE_SERVICE_ACCOUNT",
+                "true",
+                "creates no service account",
+            ),
+            ("CONNECTOR_ID", "not an id", "UUID"),
+            ("OPENCTI_CUSTOM_HEADERS", "x-a:1;broken", "without `:`"),
+            (
+                "OPENCTI_CUSTOM_HEADERS",
+                "Authorization:Bearer x",
+                "sets itself",
+            ),
+            (
+                "HTTPS_CA_CERTIFICATES",
+                "/no/such/ca.pem",
+                "neither PEM text",
+            ),
+        ];
+        for (var, value, hint) in cases {
+            let e = with(&[(var, value)]).expect_err(&format!("{var}={value} accepted"));
+            let text = e.to_string();
+            assert!(text.contains(hint), "{var}={value}: {text}");
+        }
+        // A custom header's value is never printed, not even in an error.
+        let e = with(&[("OPENCTI_CUSTOM_HEADERS", "x-key:hunter22;oops")]).unwrap_err();
+        assert!(!e.to_string().contains("hunter22"), "{e}");
+    }
+
+    #[test]
+    fn custom_headers_are_read_like_pycti() {
+        let h = parse_custom_headers(" X-Api-Key : abc:def ; ;cf-access-client-id:id1;").unwrap();
+        let h: Vec<(&str, &str)> = h.iter().map(|(n, v)| (n.as_str(), v.expose())).collect();
+        assert_eq!(
+            h,
+            vec![("X-Api-Key", "abc:def"), ("cf-access-client-id", "id1")]
+        );
+        assert!(parse_custom_headers("").unwrap().is_empty());
+        let c = with(&[("OPENCTI_CUSTOM_HEADERS", "x-secret:s3cr3t-value")]).unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn the_proxy_is_chosen_like_python_requests() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+        let cases: &[Case] = &[
+            (
+                "https://cti.example.org",
+                &[("HTTPS_PROXY", "http://p:3128")],
+                Some("http://p:3128"),
+            ),
+            (
+                "https://cti.example.org",
+                &[
+                    ("https_proxy", "http://low:1"),
+                    ("HTTPS_PROXY", "http://up:1"),
+                ],
+                Some("http://low:1"),
+            ),
+            (
+                "https://cti.example.org",
+                &[("HTTP_PROXY", "http://p:3128")],
+                None,
+            ),
+            (
+                "http://cti.example.org",
+                &[("HTTP_PROXY", "http://p:3128")],
+                Some("http://p:3128"),
+            ),
+            (
+                "http://cti.example.org",
+                &[("ALL_PROXY", "http://all:1")],
+                Some("http://all:1"),
+            ),
+            (
+                "https://cti.example.org",
+                &[("HTTPS_PROXY", "http://p:1"), ("NO_PROXY", "example.org")],
+                None,
+            ),
+            (
+                "https://cti.example.org",
+                &[("HTTPS_PROXY", "http://p:1"), ("no_proxy", ".example.org")],
+                None,
+            ),
+            (
+                "https://cti.example.org",
+                &[("HTTPS_PROXY", "http://p:1"), ("NO_PROXY", "*")],
+                None,
+            ),
+            (
+                "https://cti.example.org",
+                &[("HTTPS_PROXY", "http://p:1"), ("NO_PROXY", "ample.org")],
+                Some("http://p:1"),
+            ),
+            (
+                "https://cti.example.org:8443",
+                &[
+                    ("HTTPS_PROXY", "http://p:1"),
+                    ("NO_PROXY", "cti.example.org:443"),
+                ],
+                Some("http://p:1"),
+            ),
+            (
+                "https://cti.example.org:8443",
+                &[
+                    ("HTTPS_PROXY", "http://p:1"),
+                    ("NO_PROXY", "cti.example.org:8443"),
+                ],
+                None,
+            ),
+            (
+                "http://10.1.2.3:4000",
+                &[("HTTP_PROXY", "http://p:1"), ("NO_PROXY", "10.0.0.0/8")],
+                None,
+            ),
+            (
+                "http://11.1.2.3:4000",
+                &[
+                    ("HTTP_PROXY", "http://p:1"),
+                    ("NO_PROXY", "10.0.0.0/8, localhost"),
+                ],
+                Some("http://p:1"),
+            ),
+            (
+                "http://localhost:4000",
+                &[
+                    ("HTTP_PROXY", "http://p:1"),
+                    ("NO_PROXY", "10.0.0.0/8, localhost"),
+                ],
+                None,
+            ),
+            (
+                "http://[::1]:4000",
+                &[("HTTP_PROXY", "http://p:1"), ("NO_PROXY", "::1")],
+                None,
+            ),
+        ];
+        for (url, vars, want) in cases {
+            let got = proxy_for(url, &env(vars)).map(|(_, v)| v);
+            assert_eq!(got.as_deref(), *want, "{url} {vars:?}");
+        }
+        let e = with(&[
+            ("OPENCTI_URL", "https://cti.example.org"),
+            ("HTTPS_PROXY", "socks5://p:1080"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.key, "HTTPS_PROXY", "{e}");
+        let c = with(&[("HTTP_PROXY", "http://user:pw-secret@p:3128")]).unwrap();
+        assert!(c.opencti().unwrap().proxy.is_some());
+        assert!(!format!("{c:?}").contains("pw-secret"));
     }
 }

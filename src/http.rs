@@ -1,6 +1,10 @@
-//! HTTP agents for OpenCTI (the stream and attached files), with the TLS
-//! settings of the config: verification on by default, an optional CA file,
-//! and an explicit opt-out (`opencti.ssl_verify: false`).
+//! HTTP agents for OpenCTI (the stream, attached files and GraphQL), set up
+//! as pycti sets up its requests: the TLS settings of the config
+//! (verification on by default, `opencti.ca_file` and
+//! `HTTPS_CA_CERTIFICATES` added to the trusted roots, an explicit opt-out
+//! with `opencti.ssl_verify: false`), the proxy the environment names for
+//! OpenCTI's URL (chosen in `config`), and `OPENCTI_CUSTOM_HEADERS` on every
+//! request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +14,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::config::OpenCti;
+use crate::config::{ExtraCa, OpenCti};
 
 /// An agent whose reads fail after `read_timeout` without a byte.
 pub fn agent(opencti: &OpenCti, read_timeout: Duration) -> Result<ureq::Agent> {
@@ -32,7 +36,7 @@ pub fn files_agent(opencti: &OpenCti, connections: usize) -> Result<ureq::Agent>
 /// `/storage/get/` and nowhere else.
 fn agent_builder(opencti: &OpenCti, read_timeout: Duration) -> Result<ureq::AgentBuilder> {
     let tls = tls_config(opencti)?;
-    Ok(ureq::AgentBuilder::new()
+    let mut builder = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(15))
         .timeout_read(read_timeout)
         .timeout_write(Duration::from_secs(30))
@@ -41,7 +45,64 @@ fn agent_builder(opencti: &OpenCti, read_timeout: Duration) -> Result<ureq::Agen
             "opencti-stream-exporter/",
             env!("CARGO_PKG_VERSION")
         ))
-        .tls_config(Arc::new(tls)))
+        .tls_config(Arc::new(tls));
+    // The proxy was chosen for OpenCTI's URL in `config` (NO_PROXY
+    // included); ureq's own environment lookup would ignore NO_PROXY.
+    if let Some(proxy) = &opencti.proxy {
+        let proxy = ureq::Proxy::new(proxy.expose()).map_err(|_| {
+            anyhow::anyhow!(
+                "the proxy for `{}` from the environment is not a usable `http://[user:password@]host:port` URL",
+                opencti.url
+            )
+        })?;
+        builder = builder.proxy(proxy);
+    }
+    if !opencti.custom_headers.is_empty() {
+        builder = builder.middleware(CustomHeaders(
+            opencti
+                .custom_headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.expose().to_string()))
+                .collect(),
+        ));
+    }
+    Ok(builder)
+}
+
+/// Adds `OPENCTI_CUSTOM_HEADERS` to every request of an agent.
+struct CustomHeaders(Vec<(String, String)>);
+
+impl ureq::Middleware for CustomHeaders {
+    fn handle(
+        &self,
+        mut request: ureq::Request,
+        next: ureq::MiddlewareNext,
+    ) -> Result<ureq::Response, ureq::Error> {
+        for (name, value) in &self.0 {
+            request = request.set(name, value);
+        }
+        next.handle(request)
+    }
+}
+
+/// The PEM certificates of `HTTPS_CA_CERTIFICATES` (inline or a file).
+fn extra_ca_certs(ca: &ExtraCa) -> Result<Vec<CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let (certs, what) = match ca {
+        ExtraCa::Inline(pem) => (
+            CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>(),
+            "`HTTPS_CA_CERTIFICATES` (inline PEM)".to_string(),
+        ),
+        ExtraCa::File(path) => (
+            CertificateDer::pem_file_iter(path).and_then(|it| it.collect::<Result<Vec<_>, _>>()),
+            format!("`HTTPS_CA_CERTIFICATES` `{}`", path.display()),
+        ),
+    };
+    let certs = certs.map_err(|e| anyhow::anyhow!("{what}: not PEM certificates ({e})"))?;
+    if certs.is_empty() {
+        anyhow::bail!("{what} holds no certificate");
+    }
+    Ok(certs)
 }
 
 fn tls_config(opencti: &OpenCti) -> Result<rustls::ClientConfig> {
@@ -74,6 +135,13 @@ fn tls_config(opencti: &OpenCti) -> Result<rustls::ClientConfig> {
             roots.add(c).with_context(|| {
                 format!("`opencti.ca_file` `{}`: unusable certificate", ca.display())
             })?;
+        }
+    }
+    if let Some(ca) = &opencti.extra_ca_pem {
+        for c in extra_ca_certs(ca)? {
+            roots
+                .add(c)
+                .context("`HTTPS_CA_CERTIFICATES`: unusable certificate")?;
         }
     }
     Ok(builder.with_root_certificates(roots).with_no_client_auth())

@@ -1599,39 +1599,4 @@ mod tests {
         let kept = data.iter().filter(|d| p.judge(d).is_export()).count();
         assert!(kept > 0 && kept < data.len());
     }
-
-    /// Not a timed test: prints the cost of `judge` on a golden object.
-    /// `cargo test --release --lib policy::tests::judge_cost -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn judge_cost() {
-        let data = golden_data();
-        let big = data
-            .iter()
-            .min_by_key(|d| d.len().abs_diff(1536))
-            .expect("an object of about 1.5 KB");
-        let p = policy(|s| {
-            s.tlp_ceiling = Some("TLP:AMBER".into());
-            s.forbid_labels = strings(&["internal"]);
-            s.deny_types = strings(&["note"]);
-        });
-        let n = 200_000;
-        let start = std::time::Instant::now();
-        let mut exported = 0;
-        for _ in 0..n {
-            exported +=
-                usize::from(std::hint::black_box(p.judge(std::hint::black_box(big))).is_export());
-        }
-        let per = start.elapsed() / n;
-        let inactive = Policy::export_all();
-        let start = std::time::Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(inactive.judge(std::hint::black_box(big)));
-        }
-        let per_inactive = start.elapsed() / n;
-        println!(
-            "judge on {} bytes: {per:?} active, {per_inactive:?} inactive ({exported} exported)",
-            big.len()
-        );
-    }
 }

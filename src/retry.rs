@@ -81,10 +81,39 @@ mod tests {
     }
 
     #[test]
-    fn sleep_wakes_on_stop() {
+    fn sleep_returns_false_at_once_when_already_stopped() {
         let stop = AtomicBool::new(true);
         let t = Instant::now();
         assert!(!sleep_unless(Duration::from_secs(10), &stop));
         assert!(t.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn sleep_wakes_when_stop_is_set_during_the_sleep() {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let setter = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                stop.store(true, Ordering::Relaxed);
+            })
+        };
+        let t = Instant::now();
+        // Without the wake-up this would sleep the whole 30 s.
+        assert!(!sleep_unless(Duration::from_secs(30), &stop));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "woke after {:?}",
+            t.elapsed()
+        );
+        setter.join().unwrap();
+    }
+
+    #[test]
+    fn sleep_runs_its_course_when_not_stopped() {
+        let stop = AtomicBool::new(false);
+        let t = Instant::now();
+        assert!(sleep_unless(Duration::from_millis(60), &stop));
+        assert!(t.elapsed() >= Duration::from_millis(60));
     }
 }

@@ -338,9 +338,13 @@ pub fn lock(state: &Path) -> Result<StateLock, StateError> {
     Ok(StateLock { _file: file, path })
 }
 
-/// True when some process holds the lock right now.
+/// True when some process holds the lock right now. Read-only: it creates
+/// no file (no lock file is no holder) and does not write its pid.
 pub fn is_locked(state: &Path) -> bool {
-    matches!(lock(state), Err(StateError::Locked { .. }))
+    let Ok(file) = File::open(lock_path(state)) else {
+        return false;
+    };
+    matches!(file.try_lock_shared(), Err(fs::TryLockError::WouldBlock))
 }
 
 #[cfg(test)]
@@ -425,5 +429,13 @@ mod tests {
         drop(first);
         assert!(!is_locked(&path));
         lock(&path).unwrap();
+    }
+
+    #[test]
+    fn asking_whether_it_is_locked_creates_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("s.json");
+        assert!(!is_locked(&path));
+        assert!(!dir.path().join("sub").exists());
     }
 }

@@ -209,7 +209,10 @@ mod tests {
         assert!(!d.exists("f/nope").unwrap());
         assert_eq!(d.get("f/stream_0000000000002_2.json").unwrap(), b"b\n");
         d.delete("f/stream_0000000000002_2.json").unwrap();
+        assert!(!d.exists("f/stream_0000000000002_2.json").unwrap());
+        // Deleting what is already gone is not an error.
         d.delete("f/stream_0000000000002_2.json").unwrap();
+        assert_eq!(d.list("f/").unwrap(), vec!["f/stream_0000000000001_1.json"]);
         assert_eq!(meta.first_id, "1-0");
         assert_eq!(meta.events, 1);
     }
