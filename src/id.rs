@@ -134,52 +134,6 @@ pub fn ms_to_iso(ms: u64) -> String {
     )
 }
 
-/// A duration in seconds, in the unit a person reads best.
-pub fn human_secs(s: u64) -> String {
-    match s {
-        0..=119 => format!("{s} s"),
-        120..=7199 => format!("{} min", s / 60),
-        7200..=172_799 => format!("{} h", s / 3600),
-        _ => format!("{} days", s / 86_400),
-    }
-}
-
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// A name unique to this process among runs on any host: the clock in
-/// nanoseconds, the process id and the host's name, hashed. The same for
-/// the whole run.
-pub fn run_id() -> &'static str {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| unique_name("run"))
-}
-
-/// A new name, unique among every other one made here or elsewhere.
-pub fn unique_name(kind: &str) -> String {
-    use sha2::{Digest, Sha256};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let seed = format!(
-        "{kind}:{nanos}:{}:{}:{host}:{:p}",
-        std::process::id(),
-        COUNT.fetch_add(1, Ordering::Relaxed),
-        &COUNT
-    );
-    let digest = Sha256::digest(seed.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -125,7 +125,7 @@ impl Lease {
     ) -> Result<Lease, LeaseError> {
         let key = lease_key(folder);
         for _ in 0..3 {
-            let now = crate::id::now_ms();
+            let now = crate::clock::now_ms();
             let found = d.get_tagged(&key)?;
             let parsed = found
                 .as_ref()
@@ -187,7 +187,7 @@ impl Lease {
 
     /// Extends the lease; fails when another run took it over.
     pub fn renew(&mut self, d: &mut dyn Destination, me: &str) -> Result<(), LeaseError> {
-        let body = doc(me, &self.state, crate::id::now_ms());
+        let body = doc(me, &self.state, crate::clock::now_ms());
         if !self.conditional {
             let still_ours = d
                 .get_tagged(&self.key)?
@@ -284,7 +284,7 @@ fn plain_meta(body: &[u8]) -> crate::dest::ObjectMeta {
         events: 0,
         first_id: String::new(),
         last_id: String::new(),
-        sha256_hex: crate::dest::dir::hex(&sha2::Sha256::digest(body)),
+        sha256_hex: crate::text::hex(&sha2::Sha256::digest(body)),
     }
 }
 

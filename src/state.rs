@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::{parent_dir, write_atomic};
 use crate::id::EventId;
 
 /// An upload that was started but not yet known to have finished.
@@ -322,89 +323,10 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
 /// Writes the state atomically: temp file, fsync, rename, fsync of the directory.
 pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
     let mut state = state.clone();
-    state.updated_at = crate::id::ms_to_iso(crate::id::now_ms());
+    state.updated_at = crate::id::ms_to_iso(crate::clock::now_ms());
     let mut body = serde_json::to_vec_pretty(&state).expect("state serialises");
     body.push(b'\n');
     write_atomic(path, &body, true).map_err(|e| io_err(path, e))
-}
-
-/// Writes `body` to `path` so that a reader sees the old or the new content,
-/// never a mix: a hidden temporary file (`.<name>.tmp-<run id>`) in the same
-/// directory, created anew (never through a link), fsynced, renamed, then
-/// the directory fsynced. When `path` is a symbolic link, its target is
-/// written and the link stays. `private` creates the file mode 0600.
-pub fn write_atomic(path: &Path, body: &[u8], private: bool) -> std::io::Result<()> {
-    let path = &resolve_links(path)?;
-    let dir = parent_dir(path);
-    fs::create_dir_all(&dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", crate::id::run_id()));
-    let result = (|| {
-        let mut f = create_new(&tmp, private)?;
-        f.write_all(body)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        sync_dir(&dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// The file a path names once symbolic links are followed (a dangling
-/// link names its target, which the write creates).
-fn resolve_links(path: &Path) -> std::io::Result<PathBuf> {
-    let mut p = path.to_path_buf();
-    for _ in 0..40 {
-        match fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => {
-                let target = fs::read_link(&p)?;
-                p = if target.is_absolute() {
-                    target
-                } else {
-                    parent_dir(&p).join(target)
-                };
-            }
-            _ => return Ok(p),
-        }
-    }
-    Err(std::io::Error::other(format!(
-        "`{}`: too many levels of symbolic links",
-        path.display()
-    )))
-}
-
-/// The directory a path lives in (`.` for a bare file name).
-pub fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// Flushes a directory entry change to disk.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Creates a file that must not exist yet: a link placed at that name is
-/// not followed (`O_EXCL`).
-fn create_new(path: &Path, private: bool) -> std::io::Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    opts.open(path)
 }
 
 /// An exclusive lock on a state file, released when dropped (or when the

@@ -120,7 +120,7 @@ impl World {
     fn committer(&self) -> Committer {
         let fresh = State {
             stream_id: Some("live".into()),
-            export_id: Some(crate::id::unique_name("export")),
+            export_id: Some(crate::clock::unique_name("export")),
             ..State::default()
         };
         let mut c = Committer::new(
@@ -255,7 +255,7 @@ impl World {
                 let req = ResetRequest {
                     start_from: back,
                     stream_id: Some("live".into()),
-                    new_export_id: crate::id::unique_name("export"),
+                    new_export_id: crate::clock::unique_name("export"),
                     ..ResetRequest::default()
                 };
                 // Stamps are checked by the run's reconcile; none here.

@@ -92,7 +92,7 @@ impl Destination for DirDestination {
 
     fn put(&mut self, key: &str, body: &[u8], _meta: &ObjectMeta) -> Result<(), DestError> {
         let path = self.path(key);
-        crate::state::write_atomic(&path, body, false)
+        crate::fsutil::write_atomic(&path, body, false)
             .map_err(|e| self.err("cannot write", &path, e))
     }
 
@@ -107,12 +107,12 @@ impl Destination for DirDestination {
         cond: &Precondition,
     ) -> Result<CondPut, DestError> {
         let path = self.path(key);
-        let tag = hex(&Sha256::digest(body));
+        let tag = crate::text::hex(&Sha256::digest(body));
         match cond {
             Precondition::Absent => {
-                let dir = crate::state::parent_dir(&path);
+                let dir = crate::fsutil::parent_dir(&path);
                 fs::create_dir_all(&dir).map_err(|e| self.err("cannot create", &dir, e))?;
-                let tmp = dir.join(format!(".lease.tmp-{}", crate::id::run_id()));
+                let tmp = dir.join(format!(".lease.tmp-{}", crate::clock::run_id()));
                 let _ = fs::remove_file(&tmp);
                 let r = fs::write(&tmp, body)
                     .and_then(|_| fs::File::open(&tmp)?.sync_all())
@@ -128,7 +128,7 @@ impl Destination for DirDestination {
             }
             Precondition::Matches(old) => match self.get_tagged(key)? {
                 Some((_, now)) if &now == old => {
-                    crate::state::write_atomic(&path, body, false)
+                    crate::fsutil::write_atomic(&path, body, false)
                         .map_err(|e| self.err("cannot write", &path, e))?;
                     Ok(CondPut::Stored(tag))
                 }
@@ -217,13 +217,8 @@ pub fn meta_of(body: &[u8]) -> ObjectMeta {
         events: lines.len() as u64,
         first_id: lines.first().map(|l| id_of(l)).unwrap_or_default(),
         last_id: lines.last().map(|l| id_of(l)).unwrap_or_default(),
-        sha256_hex: hex(&Sha256::digest(body)),
+        sha256_hex: crate::text::hex(&Sha256::digest(body)),
     }
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

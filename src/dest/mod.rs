@@ -115,7 +115,7 @@ pub trait Destination: Send {
             return Ok(None);
         }
         let body = self.get(key)?;
-        let tag = dir::hex(&sha2::Sha256::digest(&body));
+        let tag = crate::text::hex(&sha2::Sha256::digest(&body));
         Ok(Some((body, tag)))
     }
     /// Whether `put` stores [`ObjectMeta::sha256_hex`]; when not, the

@@ -8,10 +8,13 @@
 
 mod support;
 
+mod attachments;
 mod commands;
 mod export;
 mod faults;
 mod identity;
+mod opencti;
+mod operate;
 mod policy_metrics;
 mod review;
 mod smoke;
