@@ -183,6 +183,10 @@ struct Reader {
     /// After a reconnect inside a group: that group's id, and how many of
     /// its resent events were handed on before and are skipped.
     resend_skip: Option<(EventId, u64)>,
+    /// The events held in `open` came before the connection dropped: the
+    /// server's resend replaces them. Should the run end before it comes
+    /// (a 401, a 410, a stop), they are handed on as received.
+    open_stale: bool,
 }
 
 impl Reader {
@@ -292,6 +296,7 @@ impl Reader {
     fn hand_on_open(&mut self) -> Flow {
         self.open_handed += self.open.len() as u64;
         self.open_bytes = 0;
+        self.open_stale = false;
         for w in std::mem::take(&mut self.open) {
             if self.send(w) == Flow::Stop {
                 return Flow::Stop;
@@ -439,6 +444,12 @@ impl Handler for Reader {
                         if self.is_resent(id) {
                             return Flow::Continue;
                         }
+                        if self.open_stale && self.last_seen == Some(id) {
+                            // The resend has come: it replaces what was held.
+                            self.open.clear();
+                            self.open_bytes = 0;
+                            self.open_stale = false;
+                        }
                         if let Some(u) = self.stop_rule.until {
                             if id > u {
                                 // Not exported: it only proves the window complete.
@@ -510,12 +521,11 @@ impl Handler for Reader {
             return;
         };
         let dropped = self.open.len();
-        self.open.clear();
-        self.open_bytes = 0;
+        self.open_stale = dropped > 0;
         self.resend_skip = Some((group, self.open_handed));
         if dropped > 0 || self.open_handed > 0 {
             log::info!(
-                "the connection dropped inside id group `{group}`: its {dropped} events not yet handed on are dropped and taken from the server's resend{}",
+                "the connection dropped inside id group `{group}`: its {dropped} events not yet handed on are taken from the server's resend instead{}",
                 if self.open_handed > 0 {
                     format!(", whose first {} events (handed on already) are skipped", self.open_handed)
                 } else {
@@ -764,6 +774,7 @@ pub fn run(
             open_bytes: 0,
             open_handed: 0,
             resend_skip: None,
+            open_stale: false,
         };
         let start = settings.start;
         let stream_error = stream_error.clone();
@@ -919,6 +930,7 @@ mod tests {
             open_bytes: 0,
             open_handed: 0,
             resend_skip: None,
+            open_stale: false,
         }
     }
 
@@ -987,6 +999,17 @@ mod tests {
         want.extend((0..n).map(|i| format!("2-0:{i}")));
         want.push("3-0:z".into());
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_group_held_when_the_run_ends_before_the_resend_is_kept() {
+        let (tx, rx) = bounded(1000);
+        let mut r = reader(tx);
+        r.on_message(msg("create", "1-0", "a"));
+        r.on_message(msg("create", "2-0", "b"));
+        r.on_disconnect("dropped");
+        // The server answers 410 on reconnect: the run ends.
+        assert_eq!(handed_on(r, &rx), vec!["1-0:a", "2-0:b"]);
     }
 
     #[test]
