@@ -278,6 +278,11 @@ impl Reader {
     fn hand_on(&mut self, id: EventId, w: Work) -> Flow {
         let open = self.last_seen == Some(id) && self.complete.is_none_or(|c| id > c);
         if !open {
+            // An id lower than the open group's (a server out of order):
+            // what is held goes first, to keep the stream's order.
+            if !self.open.is_empty() && self.hand_on_open() == Flow::Stop {
+                return Flow::Stop;
+            }
             return self.send(w);
         }
         self.open_bytes += match &w {
@@ -1010,6 +1015,16 @@ mod tests {
         r.on_disconnect("dropped");
         // The server answers 410 on reconnect: the run ends.
         assert_eq!(handed_on(r, &rx), vec!["1-0:a", "2-0:b"]);
+    }
+
+    #[test]
+    fn an_id_lower_than_the_open_group_keeps_the_stream_order() {
+        let (tx, rx) = bounded(1000);
+        let mut r = reader(tx);
+        r.on_message(msg("create", "8-0", "a"));
+        r.on_message(msg("create", "7-0", "b"));
+        r.on_message(msg("create", "9-0", "c"));
+        assert_eq!(handed_on(r, &rx), vec!["8-0:a", "7-0:b", "9-0:c"]);
     }
 
     #[test]
