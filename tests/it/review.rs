@@ -337,7 +337,10 @@ fn an_unwritable_state_directory_is_named_with_the_way_out() {
     .sum::<usize>();
     assert_eq!(cause, 1, "the cause once, not repeated\n{out}");
     assert_eq!(
-        out.stderr.lines().filter(|l| l.contains("[ERROR]")).count(),
+        out.stderr
+            .lines()
+            .filter(|l| l.contains("ERROR") && l.contains("cannot write the state"))
+            .count(),
         1,
         "{out}"
     );
