@@ -21,6 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::files;
+use crate::graphql;
 use crate::hash::h;
 use crate::http::{self, Request};
 use crate::id::{self, EventId};
@@ -65,8 +66,22 @@ pub struct Config {
     pub live_after: Option<Duration>,
     /// Every K-th file request answers 500.
     pub file_fail_every: Option<u64>,
+    /// Wait this long before answering each file request (an OpenCTI across
+    /// a network).
+    pub file_latency: Duration,
+    /// Every K-th file request trickles: one byte every `trickle_every.1`.
+    pub trickle: Option<(u64, Duration)>,
+    /// Append one line per request (`<method> <path> <token|-> <status>`) to
+    /// this file.
+    pub request_log: Option<std::path::PathBuf>,
     /// Log requests to stderr.
     pub verbose: bool,
+    /// A connector the platform knows before any registration.
+    pub connector: Option<graphql::Existing>,
+    /// Every GraphQL request answers this status.
+    pub graphql_status: Option<u16>,
+    /// Every GraphQL request waits this long before its answer.
+    pub graphql_delay: Option<Duration>,
 }
 
 impl Config {
@@ -88,7 +103,13 @@ impl Config {
             rate: 0,
             live_after: None,
             file_fail_every: None,
+            file_latency: Duration::ZERO,
+            trickle: None,
+            request_log: None,
             verbose: false,
+            connector: None,
+            graphql_status: None,
+            graphql_delay: None,
         }
     }
 }
@@ -148,6 +169,10 @@ struct Shared {
     streams: AtomicU64,
     /// Authorized file requests so far (for `--file-fail-every`).
     file_requests: AtomicU64,
+    /// The GraphQL side: connectors, and the headers seen.
+    platform: graphql::Platform,
+    /// `--request-log`, opened for appending.
+    request_log: Option<std::sync::Mutex<std::fs::File>>,
 }
 
 fn wall_ms() -> u64 {
@@ -174,12 +199,29 @@ impl Shared {
                 },
             }
         });
+        let platform = graphql::Platform::new(cfg.connector.clone(), cfg.graphql_status);
         Shared {
+            platform,
             cfg,
             live,
             stream_requests: AtomicU64::new(0),
             streams: AtomicU64::new(0),
             file_requests: AtomicU64::new(0),
+            request_log: None,
+        }
+    }
+
+    /// Records a request in `--request-log`: method, path as received,
+    /// whether it carried the token, and the status answered.
+    fn record(&self, req: &Request, status: u16) {
+        if let Some(f) = &self.request_log {
+            let token = if req.bearer() == Some(self.cfg.token.as_str()) {
+                "token"
+            } else {
+                "-"
+            };
+            let mut f = f.lock().expect("not poisoned");
+            let _ = writeln!(f, "{} {} {token} {status}", req.method, req.path);
         }
     }
 
@@ -199,7 +241,21 @@ pub fn bind(cfg: &Config) -> io::Result<(TcpListener, SocketAddr)> {
 
 /// Serves `listener` forever on the calling thread.
 pub fn run(listener: TcpListener, cfg: Config) {
-    accept_loop(listener, Arc::new(Shared::new(cfg)));
+    let mut shared = Shared::new(cfg);
+    if let Some(path) = &shared.cfg.request_log {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => shared.request_log = Some(std::sync::Mutex::new(f)),
+            Err(e) => eprintln!(
+                "opencti-stream-sim: cannot open the request log `{}`: {e}",
+                path.display()
+            ),
+        }
+    }
+    accept_loop(listener, Arc::new(shared));
 }
 
 /// Starts a server on a background thread; returns its address.
@@ -233,10 +289,29 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 fn handle(sh: &Shared, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(HEAD_TIMEOUT));
-    let mut req = match http::read_head(&mut stream) {
+    let (mut req, rest) = match http::read_head_and_rest(&mut stream) {
         Ok(Some(r)) => r,
         _ => return,
     };
+    if req.method == "POST" && req.path == "/graphql" {
+        let body = http::read_body(&req, rest, &mut stream).ok().flatten();
+        if let Some(delay) = sh.cfg.graphql_delay {
+            thread::sleep(delay);
+        }
+        let (status, answer) = match body {
+            Some(b) => sh.platform.answer(&req, &b, &sh.cfg.token),
+            None => (400, "{\"errors\":[{\"message\":\"no body\"}]}".to_string()),
+        };
+        sh.log(|| format!("POST /graphql -> {status}"));
+        let _ = http::respond(
+            &mut stream,
+            status,
+            http::reason(status),
+            "application/json; charset=utf-8",
+            answer.as_bytes(),
+        );
+        return;
+    }
     // Attached files are served on a kept-alive connection, as OpenCTI
     // does: a client fetching many files reuses one connection.
     while req.method == "GET"
@@ -246,6 +321,7 @@ fn handle(sh: &Shared, mut stream: TcpStream) {
             .header("connection")
             .is_some_and(|c| c.eq_ignore_ascii_case("close"))
     {
+        sh.platform.saw("file", &req);
         if file_keep_alive(sh, &req, &mut stream).is_err() {
             return;
         }
@@ -270,6 +346,7 @@ fn answer(
     body: &str,
 ) -> io::Result<()> {
     sh.log(|| format!("{} {} -> {status}", req.method, req.path));
+    sh.record(req, status);
     http::respond(
         &mut stream,
         status,
@@ -286,10 +363,17 @@ fn route(sh: &Shared, req: &Request, stream: TcpStream) -> io::Result<()> {
     if req.path == "/_sim/health" {
         return answer(sh, req, stream, 200, "OK", "ok");
     }
+    if req.path == "/_sim/connectors" {
+        let mut stream = stream;
+        let body = sh.platform.record();
+        return http::respond(&mut stream, 200, "OK", "application/json", body.as_bytes());
+    }
     if let Some(id) = req.path.strip_prefix("/stream/") {
+        sh.platform.saw("stream", req);
         return stream_endpoint(sh, req, id, stream);
     }
     if let Some(key) = req.path.strip_prefix("/storage/get/") {
+        sh.platform.saw("file", req);
         return file_endpoint(sh, req, key, stream);
     }
     answer(sh, req, stream, 404, "Not Found", "not found\n")
@@ -302,38 +386,7 @@ fn authorized(sh: &Shared, req: &Request) -> bool {
 /// Answers one authorized file request and keeps the connection open.
 fn file_keep_alive(sh: &Shared, req: &Request, stream: &mut TcpStream) -> io::Result<()> {
     let raw_key = req.path.strip_prefix("/storage/get/").unwrap_or("");
-    let n = sh.file_requests.fetch_add(1, Ordering::SeqCst) + 1;
-    let failing = sh
-        .cfg
-        .file_fail_every
-        .is_some_and(|k| k > 0 && n.is_multiple_of(k));
-    let content =
-        http::percent_decode_str(raw_key).and_then(|key| files::lookup(&sh.cfg.model, &key));
-    let (status, body, ctype): (u16, Vec<u8>, &str) = match content {
-        _ if failing => (
-            500,
-            b"injected failure\n".to_vec(),
-            "text/plain; charset=utf-8",
-        ),
-        Some(bytes) => (200, bytes, "application/octet-stream"),
-        None => (404, b"no such file\n".to_vec(), "text/plain; charset=utf-8"),
-    };
-    sh.log(|| {
-        format!(
-            "GET {} -> {status} ({} bytes, kept alive)",
-            req.path,
-            body.len()
-        )
-    });
-    use std::io::Write;
-    write!(
-        stream,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
-        http::reason(status),
-        body.len()
-    )?;
-    stream.write_all(&body)?;
-    stream.flush()
+    serve_file(sh, req, raw_key, stream, false)
 }
 
 fn file_endpoint(
@@ -345,30 +398,86 @@ fn file_endpoint(
     if !authorized(sh, req) {
         return answer(sh, req, stream, 401, "Unauthorized", "unauthorized\n");
     }
+    serve_file(sh, req, raw_key, &mut stream, true)
+}
+
+/// Answers an authorized file request: after `--file-latency-ms`, an
+/// injected 500, a redirect for `redirect/` keys, 404 for unknown keys, else
+/// the file, streamed (trickled for every `--trickle-every`-th request).
+fn serve_file(
+    sh: &Shared,
+    req: &Request,
+    raw_key: &str,
+    stream: &mut TcpStream,
+    close: bool,
+) -> io::Result<()> {
+    use std::io::Write;
     let n = sh.file_requests.fetch_add(1, Ordering::SeqCst) + 1;
-    if sh
+    if !sh.cfg.file_latency.is_zero() {
+        thread::sleep(sh.cfg.file_latency);
+    }
+    let failing = sh
         .cfg
         .file_fail_every
-        .is_some_and(|k| k > 0 && n.is_multiple_of(k))
-    {
-        return answer(
-            sh,
-            req,
+        .is_some_and(|k| k > 0 && n.is_multiple_of(k));
+    let key = http::percent_decode_str(raw_key);
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    let small = |stream: &mut TcpStream, status: u16, extra: &str, body: &[u8]| {
+        sh.log(|| format!("GET {} -> {status}", req.path));
+        sh.record(req, status);
+        write!(
             stream,
-            500,
-            "Internal Server Error",
-            "injected failure\n",
+            "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}{connection}\r\n",
+            http::reason(status),
+            body.len()
+        )?;
+        stream.write_all(body)?;
+        stream.flush()
+    };
+    if failing {
+        return small(stream, 500, "", b"injected failure\n");
+    }
+    let Some(key) = key.filter(|k| k.starts_with("redirect/") || files::exists(&sh.cfg.model, k))
+    else {
+        return small(stream, 404, "", b"no such file\n");
+    };
+    if key.starts_with("redirect/") {
+        let location = format!(
+            "Location: http://127.0.0.1:{}{}\r\n",
+            stream.local_addr().map(|a| a.port()).unwrap_or(0),
+            files::REDIRECT_TARGET
         );
+        return small(stream, 302, &location, b"moved\n");
     }
-    let content =
-        http::percent_decode_str(raw_key).and_then(|key| files::lookup(&sh.cfg.model, &key));
-    match content {
-        Some(bytes) => {
-            sh.log(|| format!("GET {} -> 200 ({} bytes)", req.path, bytes.len()));
-            http::respond(&mut stream, 200, "OK", "application/octet-stream", &bytes)
-        }
-        None => answer(sh, req, stream, 404, "Not Found", "no such file\n"),
+    let len = files::served_len(&sh.cfg.model, &key);
+    let trickle = sh
+        .cfg
+        .trickle
+        .filter(|(every, _)| n.is_multiple_of(*every))
+        .map(|(_, pause)| pause);
+    sh.log(|| {
+        format!(
+            "GET {} -> 200 ({len} bytes{})",
+            req.path,
+            if trickle.is_some() { ", trickled" } else { "" }
+        )
+    });
+    sh.record(req, 200);
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n{connection}\r\n"
+    )?;
+    let mut w = BufWriter::with_capacity(64 << 10, &mut *stream);
+    match trickle {
+        Some(pause) => files::write_served(&sh.cfg.model, &key, 1, &mut |b| {
+            w.write_all(b)?;
+            w.flush()?;
+            thread::sleep(pause);
+            Ok(())
+        })?,
+        None => files::write_served(&sh.cfg.model, &key, 64 << 10, &mut |b| w.write_all(b))?,
     }
+    w.flush()
 }
 
 fn stream_endpoint(
@@ -460,6 +569,7 @@ fn stream_endpoint(
             plan.history.end - plan.history.start,
         )
     });
+    sh.record(req, 200);
     let ordinal = sh.streams.fetch_add(1, Ordering::SeqCst);
     let w = BufWriter::with_capacity(WRITE_BUFFER, stream.try_clone()?);
     let mut conn = Conn {

@@ -34,6 +34,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Run(args) => run::run(&cfg, &args, cli.quiet),
         Command::State(StateCommand::Show(args)) => state::show(&cfg, &args),
         Command::State(StateCommand::Reset(args)) => state::reset(&cfg, &args),
+        Command::State(StateCommand::Import(args)) => state::import(&cfg, &args),
         Command::CheckStream(args) => check_stream::check(&cfg, &args),
     }
 }

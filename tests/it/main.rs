@@ -8,9 +8,11 @@
 
 mod support;
 
+mod attachments;
 mod commands;
 mod export;
 mod faults;
+mod opencti;
 mod operate;
 mod policy_metrics;
 mod review;
