@@ -1,5 +1,7 @@
 //! Logging to stderr with simplelog. The level comes from `-q`/`-v`, else
-//! from `connector.log_level` once the config is read.
+//! from `connector.log_level` once the config is read. Every record is
+//! scrubbed of the run's secrets and kept on one line (a newline inside a
+//! message, e.g. from a server's text, could forge a log line).
 
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
 
@@ -29,8 +31,46 @@ pub fn init(quiet: bool, verbose: u8) {
     } else {
         ColorChoice::Never
     };
-    let _ = TermLogger::init(LevelFilter::Trace, config, TerminalMode::Stderr, color);
+    let inner = TermLogger::new(LevelFilter::Trace, config, TerminalMode::Stderr, color);
+    let _ = log::set_boxed_logger(Box::new(Scrubbing(inner)));
     log::set_max_level(level);
+}
+
+/// Masks secrets and control characters in every record, then hands it on.
+struct Scrubbing(Box<TermLogger>);
+
+impl log::Log for Scrubbing {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let text = crate::secret::scrub_all(&record.args().to_string());
+        let text: String = text
+            .chars()
+            .flat_map(|c| {
+                let escape = c.is_control() && c != '\t';
+                let mut one = if escape {
+                    c.escape_default().collect()
+                } else {
+                    String::new()
+                };
+                if !escape {
+                    one.push(c);
+                }
+                one.chars().collect::<Vec<_>>()
+            })
+            .collect();
+        self.0
+            .log(&record.to_builder().args(format_args!("{text}")).build());
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
 }
 
 /// Applies `connector.log_level` unless a flag already chose the level.

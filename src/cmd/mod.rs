@@ -27,6 +27,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         overrides.metrics_textfile = args.metrics_textfile.clone();
     }
     let cfg = config::load(file.as_deref(), &overrides)?;
+    register_secrets(&cfg);
     crate::logging::apply_config_level(cfg.log_level);
     match cli.command {
         Command::Run(args) => run::run(&cfg, &args, cli.quiet),
@@ -34,6 +35,29 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::State(StateCommand::Reset(args)) => state::reset(&cfg, &args),
         Command::State(StateCommand::Import(args)) => state::import(&cfg, &args),
         Command::CheckStream(args) => check_stream::check(&cfg, &args),
+    }
+}
+
+/// Makes every secret of the config masked in logs and reports.
+fn register_secrets(cfg: &Config) {
+    if let Ok(o) = cfg.opencti() {
+        crate::secret::register(o.token.expose());
+        if let Some(p) = crate::secret::url_password(&o.url) {
+            crate::secret::register(p);
+        }
+        for (_, value) in &o.custom_headers {
+            crate::secret::register(value.expose());
+        }
+        if let Some(p) = o
+            .proxy
+            .as_ref()
+            .and_then(|p| crate::secret::url_password(p.expose()))
+        {
+            crate::secret::register(p);
+        }
+    }
+    if let Ok(config::Output::S3 { settings, .. }) = cfg.output() {
+        crate::secret::register(settings.secret_key.expose());
     }
 }
 

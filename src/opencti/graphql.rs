@@ -4,7 +4,8 @@
 //!
 //! The agent is the OpenCTI agent of [`crate::http`] (TLS, proxy, custom
 //! headers); every request has an overall deadline. Errors never carry the
-//! token: answers echoed into an error are scrubbed and cut short. The
+//! token: answers echoed into an error go through
+//! [`crate::secret::clean_external`] (cut, flattened, credentials masked). The
 //! request builders and the answer parser are pure and tested here; the
 //! registration thread lives in [`super::connector`].
 
@@ -129,7 +130,9 @@ impl GraphQl {
             Err(ureq::Error::Transport(t)) => {
                 return Err(GraphQlError::Transport {
                     url: self.url.clone(),
-                    reason: self.token.scrub(&t.to_string()),
+                    reason: self
+                        .token
+                        .scrub(&crate::secret::clean_external(&t.to_string(), BODY_QUOTE)),
                 })
             }
         };
@@ -148,14 +151,7 @@ pub fn parse_answer(
     body: &str,
     token: &Secret,
 ) -> Result<Value, GraphQlError> {
-    let quote = || {
-        let scrubbed = token.scrub(body.trim());
-        let mut q: String = scrubbed.chars().take(BODY_QUOTE).collect();
-        if scrubbed.chars().count() > BODY_QUOTE {
-            q.push('…');
-        }
-        q
-    };
+    let quote = || token.scrub(&crate::secret::clean_external(body, BODY_QUOTE));
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     if let Some(errors) = parsed
         .as_ref()
@@ -173,7 +169,7 @@ pub fn parse_answer(
             Some(n) if n != message => format!("{n}: {message}"),
             _ => message.to_string(),
         };
-        let text: String = token.scrub(&text).chars().take(BODY_QUOTE).collect();
+        let text = token.scrub(&crate::secret::clean_external(&text, BODY_QUOTE));
         return Err(if status == 200 {
             GraphQlError::Refused {
                 url: url.to_string(),
@@ -368,6 +364,16 @@ mod tests {
             assert!(e.contains(want), "{status} {body}: {e}");
             assert!(!e.contains("tok-abcdef"), "{e}");
         }
+        // A body cannot forge log lines nor show an echoed credential.
+        let e = parse_answer(
+            url,
+            500,
+            "bad\nFAKE [ERROR] line Authorization: Bearer other-secret",
+            &tok,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains('\n') && !e.contains("other-secret"), "{e}");
         let long = "x".repeat(5000);
         let e = parse_answer(url, 500, &long, &tok).unwrap_err().to_string();
         assert!(e.len() < 600, "{}", e.len());

@@ -128,11 +128,15 @@ fn a_second_run_on_the_same_state_is_refused_with_its_own_status() {
     s.cmd(&["state", "reset", "--yes"]).run(LONG).assert_code(4);
     let show = s.cmd(&["state", "show"]).run(LONG);
     assert!(show.stdout.contains("a run holds it now"), "{show}");
-    // SIGTERM: flush, commit, exit 0.
+    // SIGTERM: flush, commit, exit 0. How much the first run had received by
+    // then depends on the machine's load; what it received is stored, and a
+    // next run takes the rest without a loss.
     first.sigterm();
     let out = first.wait(LONG);
     out.assert_success();
-    assert_eq!(s.lines().len(), 1000, "{out}");
+    assert!(!s.lines().is_empty(), "{out}");
+    s.cmd(&["run", "--once"]).run(LONG).assert_success();
+    assert_no_loss(&s.lines(), &sim_dump(&["--events", "1000"]));
 }
 
 #[test]
@@ -321,10 +325,14 @@ fn malformed_events_become_dead_letters_and_the_rest_is_exported() {
         .unwrap_or_else(|e| panic!("{}: {e}\n{out}", dl_dir.display()))
         .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
         .collect();
+    // Frames under an unknown name (`weird`) are control frames (PROTOCOL.md
+    // §2): neither lines nor dead letters.
+    let control = dumped.iter().filter(|d| d["event"] == "weird").count();
+    assert!(control > 0);
     assert_eq!(
-        letters.len() + lines.len(),
+        letters.len() + lines.len() + control,
         2000,
-        "every event is either a line or a dead letter"
+        "every data event is either a line or a dead letter"
     );
     assert!(letters
         .iter()

@@ -13,4 +13,5 @@ mod export;
 mod faults;
 mod opencti;
 mod policy_metrics;
+mod review;
 mod smoke;
