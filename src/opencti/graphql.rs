@@ -257,17 +257,26 @@ pub fn register_variables(c: &ConnectorSettings, minimal: bool) -> Value {
     json!({ "input": input })
 }
 
+/// What `connectorInfo` says about this run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PingInfo {
+    /// The run ends by itself (`--once`, `--until`), as pycti's
+    /// `CONNECTOR_RUN_AND_TERMINATE`.
+    pub run_and_terminate: bool,
+}
+
 /// The variables of [`PING`]: the state as a JSON string (pycti sends
-/// `json.dumps(state)`) and, unless `with_info` is false, the connector
-/// details pycti sends for a connector that runs until stopped.
-pub fn ping_variables(id: &str, state: &Value, with_info: bool) -> Value {
+/// `json.dumps(state)`) and, when `info` is given, the connector details
+/// pycti sends (`run_and_terminate`: a run that ends by itself, `--once`
+/// or `--until`).
+pub fn ping_variables(id: &str, state: &Value, info: Option<PingInfo>) -> Value {
     let mut v = json!({
         "id": id,
         "state": state.to_string(),
     });
-    if with_info {
+    if let Some(info) = info {
         v["connectorInfo"] = json!({
-            "run_and_terminate": false,
+            "run_and_terminate": info.run_and_terminate,
             "buffering": false,
             "queue_threshold": 500.0,
             "queue_messages_size": 0.0,
@@ -322,11 +331,19 @@ mod tests {
     #[test]
     fn ping_sends_the_state_as_a_json_string() {
         let state = json!({"start_from": "5-0", "file_count": 3});
-        let v = ping_variables("id1", &state, true);
+        let v = ping_variables("id1", &state, Some(PingInfo::default()));
         let sent: Value = serde_json::from_str(v["state"].as_str().unwrap()).unwrap();
         assert_eq!(sent, state);
         assert_eq!(v["connectorInfo"]["run_and_terminate"], false);
-        assert!(ping_variables("id1", &state, false)
+        let once = ping_variables(
+            "id1",
+            &state,
+            Some(PingInfo {
+                run_and_terminate: true,
+            }),
+        );
+        assert_eq!(once["connectorInfo"]["run_and_terminate"], true);
+        assert!(ping_variables("id1", &state, None)
             .get("connectorInfo")
             .is_none());
     }
