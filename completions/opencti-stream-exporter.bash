@@ -105,7 +105,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__check__subcmd__stream)
+        opencti__stream__exporter__subcmd__check__subcmd__stream)
             opts="-c -q -v -h -V --json --verify --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -131,7 +131,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help)
+        opencti__stream__exporter__subcmd__help)
             opts="run state check-stream help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -145,7 +145,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__check__subcmd__stream)
+        opencti__stream__exporter__subcmd__help__subcmd__check__subcmd__stream)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -159,7 +159,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__help)
+        opencti__stream__exporter__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -173,7 +173,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__run)
+        opencti__stream__exporter__subcmd__help__subcmd__run)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -187,7 +187,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__state)
+        opencti__stream__exporter__subcmd__help__subcmd__state)
             opts="show reset import"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -201,7 +201,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__state__subcmd__import)
+        opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__import)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -215,7 +215,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__state__subcmd__reset)
+        opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__reset)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -229,7 +229,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__state__subcmd__show)
+        opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__show)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -243,7 +243,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__run)
+        opencti__stream__exporter__subcmd__run)
             opts="-c -q -v -h -V --from --until --once --accept-gap --metrics-textfile --output-dir --consumer-count --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -289,7 +289,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state)
+        opencti__stream__exporter__subcmd__state)
             opts="-c -q -v -h -V --config --state --quiet --verbose --help --version show reset import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -315,7 +315,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help)
+        opencti__stream__exporter__subcmd__state__subcmd__help)
             opts="show reset import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -329,7 +329,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help__subcmd__help)
+        opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -343,7 +343,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help__subcmd__import)
+        opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__import)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -357,7 +357,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help__subcmd__reset)
+        opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__reset)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -371,7 +371,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help__subcmd__show)
+        opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__show)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -385,7 +385,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__import)
+        opencti__stream__exporter__subcmd__state__subcmd__import)
             opts="-c -q -v -h -V --from-opencti --connector-id --replace --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -415,7 +415,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__reset)
+        opencti__stream__exporter__subcmd__state__subcmd__reset)
             opts="-y -c -q -v -h -V --yes --start-from --file-count --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -449,7 +449,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__show)
+        opencti__stream__exporter__subcmd__state__subcmd__show)
             opts="-c -q -v -h -V --json --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

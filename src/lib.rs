@@ -3,15 +3,17 @@
 //!
 //! The binary (`main.rs`) only parses flags and dispatches to [`cmd`]. The
 //! pure cores ([`stream::sse`], [`transform`], [`batch`], [`dest::naming`],
-//! [`id`]) do no I/O; [`pipeline`] wires them with threads.
+//! [`id`], [`text`]) do no I/O; [`pipeline`] wires them with threads.
 
 pub mod batch;
 pub mod cli;
+pub mod clock;
 pub mod cmd;
 pub mod commit;
 pub mod config;
 pub mod dest;
 pub mod exit;
+pub mod fsutil;
 pub mod http;
 pub mod id;
 pub mod logging;
@@ -19,8 +21,10 @@ pub mod metrics;
 pub mod opencti;
 pub mod pipeline;
 pub mod policy;
+pub mod progress;
 pub mod retry;
 pub mod secret;
 pub mod state;
 pub mod stream;
+pub mod text;
 pub mod transform;

@@ -14,6 +14,7 @@ use crate::metrics::{self, Metrics, RetryCause};
 use crate::opencti::connector::{Pinger, PING_PERIOD};
 use crate::opencti::graphql::PingInfo;
 use crate::pipeline::{self, PipelineSettings, StopRule};
+use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
 use crate::stream::client::{Start, StreamClient};
 use crate::transform::{FileFetcher, NoFiles};
@@ -21,7 +22,7 @@ use crate::{exit, http};
 
 /// `run --once` ended because OpenCTI or the storage kept failing.
 #[derive(Debug, thiserror::Error)]
-#[error("gave up after {} of failures with nothing getting through ({what}): `run --once` ends after `run.once_max_outage_sec`; nothing was lost, the cursor and the files are as the last commit left them, and the next run resumes there", id::human_secs(*.limit_secs))]
+#[error("gave up after {} of failures with nothing getting through ({what}): `run --once` ends after `run.once_max_outage_sec`; nothing was lost, the cursor and the files are as the last commit left them, and the next run resumes there", crate::text::secs(*.limit_secs))]
 pub struct GaveUp {
     /// How long it failed.
     pub limit_secs: u64,
@@ -82,7 +83,7 @@ fn watch_outage(
                 };
                 log::warn!(
                     "{what} failing for {} under `--once`: stopping",
-                    id::human_secs(gave_up.limit_secs)
+                    crate::text::secs(gave_up.limit_secs)
                 );
                 *out.lock().expect("not poisoned") = Some(gave_up);
                 stop.store(true, Ordering::Relaxed);
@@ -113,7 +114,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         .transpose()?;
     let until = match args.until.as_deref() {
         None => None,
-        Some("now") => Some(EventId::at_ms(id::now_ms())),
+        Some("now") => Some(EventId::at_ms(crate::clock::now_ms())),
         Some(s) => Some(id::parse_position(s).map_err(|e| flag_error("--until", e))?),
     };
     if let (Some(f), Some(u)) = (from, until) {
@@ -168,7 +169,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     );
     let metrics = Arc::new(Metrics::default());
     committer.set_metrics(metrics.clone());
-    let started_at = id::ms_to_iso(id::now_ms());
+    let started_at = id::ms_to_iso(crate::clock::now_ms());
     let stop = Arc::new(AtomicBool::new(false));
     let watch_done = WatchDone(Arc::new(AtomicBool::new(false)));
     let gave_up = args.once.then(|| {
@@ -285,16 +286,15 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         first_cut_after,
         policy: cfg.policy.clone(),
     };
-    let progress_done = Arc::new(AtomicBool::new(false));
-    if !quiet {
-        pipeline::spawn_progress(metrics.clone(), progress_done.clone(), cfg.log_every);
-    }
+    let progress = (!quiet).then(|| Progress::start(metrics.clone(), stop.clone(), cfg.log_every));
     let (mut committer, result) =
         pipeline::run(client, settings, committer, files, stop, metrics.clone());
-    progress_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(p) = progress {
+        p.finish();
+    }
     drop(watch_done);
     let gave_up = gave_up_error();
-    let ended_at = id::ms_to_iso(id::now_ms());
+    let ended_at = id::ms_to_iso(crate::clock::now_ms());
     let totals = metrics.snapshot();
     let (outcome_text, result) = match result {
         Ok(o) => {
@@ -339,8 +339,9 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         return Err(g.into());
     }
     let outcome = result?;
+    let cursor = committer.state().start_from.clone();
     let summary = format!(
-        "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects; cursor `{}`, next file {}",
+        "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects\n{}; next file {}",
         totals.events_written,
         totals.files_written,
         totals.bytes_written,
@@ -350,7 +351,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         totals.dead_letters,
         totals.file_fetch_failures,
         totals.reconnects,
-        committer.state().start_from.as_deref().unwrap_or("-"),
+        explain_cursor(cursor.as_deref(), outcome.last_id),
         committer.state().file_count + 1,
     );
     if !quiet {
@@ -368,6 +369,22 @@ struct WatchDone(Arc<AtomicBool>);
 impl Drop for WatchDone {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The saved cursor, and why it can stand before the last id exported: an
+/// event's id is only known complete once a later id arrives (OpenCTI sends
+/// an object's dependencies under the same id), so the last group of a run
+/// stays open and the next run starts after the cursor, sending it again.
+pub fn explain_cursor(cursor: Option<&str>, last: Option<EventId>) -> String {
+    let Some(cursor) = cursor else {
+        return "cursor: none saved yet (the next run starts from the beginning)".into();
+    };
+    match last {
+        Some(l) if cursor.parse::<EventId>().is_ok_and(|c| c < l) => format!(
+            "cursor `{cursor}`: the last id known complete; `{l}` is not, as more events may share its id, so the next run starts after `{cursor}` and sends `{l}` again"
+        ),
+        _ => format!("cursor `{cursor}`: the next run starts after it"),
     }
 }
 
@@ -394,7 +411,7 @@ fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
     } else {
         match stream.recover {
             Recover::Off => None,
-            Recover::UntilNow => Some(id::ms_to_iso(id::now_ms())),
+            Recover::UntilNow => Some(id::ms_to_iso(crate::clock::now_ms())),
             Recover::Until(ms) => Some(id::ms_to_iso(ms)),
         }
     };
@@ -405,4 +422,22 @@ fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
     };
     state::save(&cfg.state_path, &state)?;
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_says_why_the_cursor_stands_before_the_last_id() {
+        let last = "1700000012742-0".parse().ok();
+        let text = explain_cursor(Some("1700000012738-1"), last);
+        assert!(text.contains("the last id known complete"), "{text}");
+        assert!(text.contains("sends `1700000012742-0` again"), "{text}");
+        assert_eq!(
+            explain_cursor(Some("1700000012742-0"), last),
+            "cursor `1700000012742-0`: the next run starts after it"
+        );
+        assert!(explain_cursor(None, None).contains("none saved yet"));
+    }
 }

@@ -52,11 +52,11 @@ fn describe(out: &mut String, s: &State) {
     let cursor = s.cursor().ok().flatten();
     match cursor {
         Some(c) => {
-            let lag = id::now_ms().saturating_sub(c.ms) / 1000;
+            let lag = crate::clock::now_ms().saturating_sub(c.ms) / 1000;
             out.push_str(&format!(
                 "cursor:         {c} ({}, {} behind now)\n",
                 c.date(),
-                crate::id::human_secs(lag)
+                crate::text::secs(lag)
             ));
         }
         None => out.push_str("cursor:         none yet (nothing committed)\n"),
@@ -150,7 +150,7 @@ pub fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
     } else if let Ok(stream) = cfg.stream() {
         new.recover_until = match stream.recover {
             crate::config::Recover::Off => None,
-            crate::config::Recover::UntilNow => Some(id::ms_to_iso(id::now_ms())),
+            crate::config::Recover::UntilNow => Some(id::ms_to_iso(crate::clock::now_ms())),
             crate::config::Recover::Until(ms) => Some(id::ms_to_iso(ms)),
         };
         if let Some(st) = stream.start {
@@ -226,7 +226,7 @@ pub fn import(cfg: &Config, args: &ImportArgs) -> Result<i32> {
         &remote,
         &connector_id,
         stream_id,
-        &id::ms_to_iso(id::now_ms()),
+        &id::ms_to_iso(crate::clock::now_ms()),
     )
     .map_err(|e| anyhow::anyhow!("connector `{connector_id}`: {e}"))?;
     if let Some(old) = &old {

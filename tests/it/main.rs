@@ -12,6 +12,7 @@ mod commands;
 mod export;
 mod faults;
 mod opencti;
+mod operate;
 mod policy_metrics;
 mod review;
 mod smoke;
