@@ -253,7 +253,7 @@ mod tests {
             elapsed: 86_400,
         };
         let text = status_text(&f);
-        assert!(text.contains("cursor 2 h behind now"), "{text}");
+        assert!(text.contains("cursor 2 h 1 min behind now"), "{text}");
         for width in [20, 40, 80] {
             let cut = fit(&text, width);
             assert!(cut.chars().count() <= width - 3, "{width}: {cut}");
