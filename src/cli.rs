@@ -13,6 +13,8 @@ pub const EXIT_STATUS_HELP: &str = "EXIT STATUS:
   2    usage or configuration error
   3    OpenCTI refused the token or the stream (HTTP 401 or 410)
   4    another run holds the state lock (already running)
+  5    run --once gave up: OpenCTI or the storage failed for longer than
+       run.once_max_outage_sec (300 s by default); cursor and files intact
   130  interrupted by a second signal";
 
 /// Follow an OpenCTI live stream and export it, in ordered batches of
@@ -90,6 +92,13 @@ pub struct RunArgs {
     pub until: Option<String>,
 
     /// Stop once caught up with the stream head announced at connection
+    ///
+    /// For cron: when OpenCTI or the storage fails for longer than
+    /// `run.once_max_outage_sec` (300 s by default) with nothing getting
+    /// through, the run gives up with exit status 5; what was committed stays
+    /// committed and the next run resumes there. An HTTP 4xx answer other
+    /// than 401, 408, 410 and 429 is a configuration error (status 2), not an
+    /// outage. Without --once the run keeps retrying for as long as it takes.
     #[arg(long, conflicts_with = "until")]
     pub once: bool,
 

@@ -10,11 +10,13 @@
 //! `ERROR`), `name` (`connector.name`), `message`, and `attributes` (here:
 //! the module that logged). Trace records are logged as `DEBUG`.
 //!
-//! Every message, in either format, is scrubbed of the secrets registered
-//! with [`hide`] (the token, the S3 secret key, passwords in URLs), on top
-//! of the scrubbing the messages already get where they are made. A line is
-//! written with one `write` under the status line's lock, which clears the
-//! status line first ([`crate::progress`]).
+//! Every message, in either format, is scrubbed of the run's secrets
+//! ([`crate::secret::scrub_all`]: the registered token and S3 secret key,
+//! passwords in URLs) and kept on one line: control characters, newlines
+//! included, are written as escapes (a newline inside a message, e.g. from a
+//! server's text, could forge a log line). A line is written with one
+//! `write` under the status line's lock, which clears the status line first
+//! ([`crate::progress`]).
 //!
 //! The level comes from `-q`/`-v`, else from `connector.log_level` once the
 //! config is read.
@@ -27,7 +29,6 @@ use log::{Level, LevelFilter, Log, Metadata, Record};
 
 static FLAGS_SET: AtomicBool = AtomicBool::new(false);
 static NAME: RwLock<String> = RwLock::new(String::new());
-static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
 /// The variable pycti reads to choose JSON logs.
 pub const JSON_VAR: &str = "OPENCTI_JSON_LOGGING";
@@ -107,36 +108,15 @@ pub fn set_name(name: &str) {
     *NAME.write().unwrap_or_else(|e| e.into_inner()) = name.to_string();
 }
 
-/// Registers a secret: from now on it is replaced by `***` in every log
-/// line. Values shorter than 4 bytes are ignored (they would mangle text).
-pub fn hide(secret: &str) {
-    if secret.len() >= 4 {
-        let mut all = SECRETS.write().unwrap_or_else(|e| e.into_inner());
-        if !all.iter().any(|s| s == secret) {
-            all.push(secret.to_string());
-        }
-    }
-}
-
-/// The password of a URL such as `http://user:password@host/`, if any.
-pub fn url_password(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let userinfo = authority.rsplit_once('@')?.0;
-    userinfo
-        .split_once(':')
-        .map(|(_, p)| p)
-        .filter(|p| !p.is_empty())
-}
-
-/// `text` with every registered secret replaced by `***` (for output that
-/// does not go through the logger).
-pub fn scrub(text: &str) -> String {
-    let all = SECRETS.read().unwrap_or_else(|e| e.into_inner());
-    let mut out = text.to_string();
-    for s in all.iter() {
-        if out.contains(s.as_str()) {
-            out = out.replace(s.as_str(), "***");
+/// `text` scrubbed of secrets, with control characters escaped.
+fn clean(text: &str) -> String {
+    let text = crate::secret::scrub_all(text);
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
         }
     }
     out
@@ -189,7 +169,7 @@ impl Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let message = scrub(&record.args().to_string());
+        let message = clean(&record.args().to_string());
         let module = record
             .target()
             .strip_prefix("opencti_stream_exporter::")
@@ -272,20 +252,11 @@ mod tests {
     }
 
     #[test]
-    fn url_passwords_are_found() {
-        assert_eq!(url_password("http://u:pw1234@h:8080/x"), Some("pw1234"));
-        assert_eq!(url_password("http://u@h/"), None);
-        assert_eq!(url_password("http://h/a:b@c"), None);
-        assert_eq!(url_password("h:1"), None);
-    }
-
-    #[test]
-    fn registered_secrets_are_scrubbed() {
-        hide("tok-scrub-test-123");
-        hide("abc");
+    fn messages_are_scrubbed_and_kept_on_one_line() {
+        crate::secret::register("tok-logging-test-123");
         assert_eq!(
-            scrub("Bearer tok-scrub-test-123 and abc"),
-            "Bearer *** and abc"
+            clean("Bearer tok-logging-test-123 at http://u:pw@h/\nforged"),
+            "Bearer *** at http://u:***@h/\\nforged"
         );
     }
 }

@@ -216,6 +216,11 @@ impl Metrics {
         self.retries[cause as usize].fetch_add(1, Relaxed);
     }
 
+    /// Retries counted so far for `cause`.
+    pub fn retries(&self, cause: RetryCause) -> u64 {
+        self.retries[cause as usize].load(Relaxed)
+    }
+
     /// Counts one event set aside as a dead letter.
     pub fn inc_dead_letter(&self) {
         self.dead_letters.fetch_add(1, Relaxed);

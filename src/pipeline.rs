@@ -155,6 +155,8 @@ struct Reader {
     gap: Option<StreamError>,
     /// Gaps found and accepted, for the committer to record in the state.
     accepted_gaps: Arc<Mutex<Vec<String>>>,
+    /// Names of unknown control frames already logged (a few at most).
+    unknown_frames: std::collections::HashSet<String>,
 }
 
 impl Reader {
@@ -170,8 +172,7 @@ impl Reader {
         else {
             return Flow::Continue;
         };
-        let recovering = self.recover_until_ms.is_some_and(|ms| resume.ms <= ms);
-        if resume == EventId::default() || recovering || resume >= first {
+        if resume == EventId::default() || self.recovering() || resume >= first {
             return Flow::Continue;
         }
         let gap = StreamError::Gap {
@@ -194,6 +195,13 @@ impl Reader {
             self.gap = Some(gap);
             Flow::Stop
         }
+    }
+
+    /// Whether this connection asked for a snapshot that covers the resume
+    /// point (the server then sends objects, not retained events).
+    fn recovering(&self) -> bool {
+        let resume = self.complete.or(self.start_after).unwrap_or_default();
+        self.recover_until_ms.is_some_and(|ms| resume.ms <= ms)
     }
 
     fn send(&mut self, w: Work) -> Flow {
@@ -305,14 +313,22 @@ impl Handler for Reader {
             "no-recover" => {
                 log::warn!(
                     "the server refused recovery: {}; continuing with live events",
-                    String::from_utf8_lossy(&msg.data)
+                    crate::secret::clean_external(&String::from_utf8_lossy(&msg.data), 500)
                 );
-                Flow::Continue
+                // No snapshot is coming: the retention check skipped at
+                // `connected` for the recovery applies now.
+                let was_recovering = self.recovering();
+                self.recover_until_ms = None;
+                let connected = self.connected.lock().expect("not poisoned").clone();
+                match connected {
+                    Some(c) if was_recovering => self.check_gap(&c),
+                    _ => Flow::Continue,
+                }
             }
             "error" => {
                 log::warn!(
                     "the stream reported an error: {}",
-                    String::from_utf8_lossy(&msg.data)
+                    crate::secret::clean_external(&String::from_utf8_lossy(&msg.data), 500)
                 );
                 Flow::Continue
             }
@@ -349,12 +365,14 @@ impl Handler for Reader {
                     }
                 }
             }
+            // Every name outside the data events is a control frame
+            // (PROTOCOL.md §2): never exported, and its id (often a
+            // synthetic `<now>-0`) is never a resume point.
             other => {
-                if let Some(id) = parsed {
-                    self.track(id);
+                if self.unknown_frames.len() < 16 && self.unknown_frames.insert(other.to_string()) {
+                    log::info!("ignoring control frames named `{other}` (not a data event)");
                 }
-                let reason = format!("unknown event name `{other}`");
-                self.dead(parsed, &msg, reason)
+                Flow::Continue
             }
         };
         if flow == Flow::Continue && self.done() {
@@ -487,6 +505,7 @@ pub fn run(
             accept_gap: settings.accept_gap,
             gap: None,
             accepted_gaps: committer.accepted_gaps(),
+            unknown_frames: Default::default(),
         };
         let start = settings.start;
         let stream_error = stream_error.clone();

@@ -168,6 +168,16 @@ pub enum StateError {
         /// What the lock file says about its holder.
         holder: String,
     },
+    /// The directory of the state file refuses us (permissions, read-only).
+    #[error("cannot write the state in `{dir}` ({cause}, on `{path}`): give this user write access to that directory, or choose another state file with `--state PATH` (or `state.path`)")]
+    Unwritable {
+        /// The directory.
+        dir: PathBuf,
+        /// The file the call was about.
+        path: PathBuf,
+        /// The cause, in the message (not a `source`: it would be printed twice).
+        cause: std::io::Error,
+    },
     /// Any I/O failure.
     #[error("state file `{path}`: {source}")]
     Io {
@@ -179,6 +189,17 @@ pub enum StateError {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> StateError {
+    use std::io::ErrorKind;
+    if matches!(
+        source.kind(),
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem
+    ) {
+        return StateError::Unwritable {
+            dir: parent_dir(path),
+            path: path.to_path_buf(),
+            cause: source,
+        };
+    }
     StateError::Io {
         path: path.to_path_buf(),
         source,

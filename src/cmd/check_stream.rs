@@ -120,14 +120,13 @@ pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
         }
     }
 
-    for c in &mut r.0 {
-        c.detail = crate::logging::scrub(&c.detail);
-    }
     let all_ok = r.0.iter().all(|c| c.ok);
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"ok": all_ok, "checks": r.0}))?
+            crate::secret::scrub_all(&serde_json::to_string_pretty(
+                &serde_json::json!({"ok": all_ok, "checks": r.0})
+            )?)
         );
     } else {
         for c in &r.0 {
@@ -135,7 +134,7 @@ pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
                 "{} {}: {}",
                 if c.ok { "ok  " } else { "FAIL" },
                 c.item,
-                c.detail
+                crate::secret::scrub_all(&c.detail)
             );
         }
         println!(
@@ -166,12 +165,24 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
     let resp = match client.connect(Some(EventId::default()), None) {
         Ok(resp) => resp,
         Err(ConnectError::Fatal(e @ StreamError::Unauthorized { .. })) => {
-            r.add("OpenCTI", Ok(format!("`{}` answers", opencti.url)));
+            r.add(
+                "OpenCTI",
+                Ok(format!(
+                    "`{}` answers",
+                    crate::secret::redact_url(&opencti.url)
+                )),
+            );
             r.add("token and stream access", Err(e.to_string()));
             return;
         }
         Err(ConnectError::Fatal(e @ StreamError::Gone { .. })) => {
-            r.add("OpenCTI", Ok(format!("`{}` answers", opencti.url)));
+            r.add(
+                "OpenCTI",
+                Ok(format!(
+                    "`{}` answers",
+                    crate::secret::redact_url(&opencti.url)
+                )),
+            );
             r.add("token and stream access", Ok("accepted".into()));
             r.add("stream running", Err(e.to_string()));
             return;
@@ -195,13 +206,19 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
                 "OpenCTI",
                 Err(format!(
                     "cannot reach `{}`: {why}; check `opencti.url`, the network and the proxy",
-                    opencti.url
+                    crate::secret::redact_url(&opencti.url)
                 )),
             );
             return;
         }
     };
-    r.add("OpenCTI", Ok(format!("`{}` answers", opencti.url)));
+    r.add(
+        "OpenCTI",
+        Ok(format!(
+            "`{}` answers",
+            crate::secret::redact_url(&opencti.url)
+        )),
+    );
     r.add("token and stream access", Ok("accepted".into()));
     r.add("stream running", Ok(format!("`{}`", client.url())));
 

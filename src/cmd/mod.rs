@@ -27,9 +27,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         overrides.metrics_textfile = args.metrics_textfile.clone();
     }
     let cfg = config::load(file.as_deref(), &overrides)?;
+    register_secrets(&cfg);
     crate::logging::apply_config_level(cfg.log_level);
     crate::logging::set_name(&cfg.connector_name);
-    hide_secrets(&cfg);
     match cli.command {
         Command::Run(args) => run::run(&cfg, &args, cli.quiet),
         Command::State(StateCommand::Show(args)) => state::show(&cfg, &args),
@@ -38,29 +38,16 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Registers the secrets of the config with the logger, which scrubs them
-/// from every line whatever its format.
-fn hide_secrets(cfg: &Config) {
-    use crate::logging::{hide, url_password};
+/// Makes every secret of the config masked in logs and reports.
+fn register_secrets(cfg: &Config) {
     if let Ok(o) = cfg.opencti() {
-        hide(o.token.expose());
-        if let Some(p) = url_password(&o.url) {
-            hide(p);
+        crate::secret::register(o.token.expose());
+        if let Some(p) = crate::secret::url_password(&o.url) {
+            crate::secret::register(p);
         }
     }
     if let Ok(config::Output::S3 { settings, .. }) = cfg.output() {
-        hide(settings.secret_key.expose());
-    }
-    for var in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "ALL_PROXY",
-    ] {
-        if let Some(p) = std::env::var(var).ok().as_deref().and_then(url_password) {
-            hide(p);
-        }
+        crate::secret::register(settings.secret_key.expose());
     }
 }
 

@@ -1,7 +1,8 @@
 //! `run`: export the stream until stopped, caught up (`--once`) or past `--until`.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -9,13 +10,87 @@ use crate::cli::RunArgs;
 use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Recover};
 use crate::id::{self, EventId};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, RetryCause};
 use crate::pipeline::{self, PipelineSettings, StopRule};
 use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
 use crate::stream::client::{Start, StreamClient};
 use crate::transform::{FileFetcher, NoFiles};
 use crate::{exit, http};
+
+/// `run --once` ended because OpenCTI or the storage kept failing.
+#[derive(Debug, thiserror::Error)]
+#[error("gave up after {} of failures with nothing getting through ({what}): `run --once` ends after `run.once_max_outage_sec`; nothing was lost, the cursor and the files are as the last commit left them, and the next run resumes there", id::human_secs(*.limit_secs))]
+pub struct GaveUp {
+    /// How long it failed.
+    pub limit_secs: u64,
+    /// What failed: `OpenCTI`, `the storage` or both.
+    pub what: String,
+}
+
+/// Under `--once`, watches the figures of the run: once OpenCTI or the
+/// storage has been failing (retries counted) for `limit` with nothing
+/// getting through (no event received, no file or dead letter stored), it
+/// stops the reader and the committer's retries and says why. Watching the
+/// figures keeps the retry loops unaware of `--once`.
+fn watch_outage(
+    limit: Duration,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    abort: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+) -> Arc<Mutex<Option<GaveUp>>> {
+    let verdict = Arc::new(Mutex::new(None));
+    let out = verdict.clone();
+    let progress = move |m: &Metrics| {
+        let s = m.snapshot();
+        (s.received, s.files_written, s.dead_letters)
+    };
+    let failures = |m: &Metrics| {
+        (
+            m.retries(RetryCause::Stream),
+            m.retries(RetryCause::Storage),
+        )
+    };
+    let _ = std::thread::Builder::new()
+        .name("outage-watch".into())
+        .spawn(move || {
+            let (mut last_progress, mut last_failures) = (progress(&metrics), failures(&metrics));
+            let mut since: Option<(Instant, (u64, u64))> = None;
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                let (p, f) = (progress(&metrics), failures(&metrics));
+                if p != last_progress {
+                    since = None;
+                } else if f != last_failures && since.is_none() {
+                    since = Some((Instant::now(), last_failures));
+                }
+                (last_progress, last_failures) = (p, f);
+                let Some((t, before)) = since else { continue };
+                if t.elapsed() < limit {
+                    continue;
+                }
+                let what = match (f.0 > before.0, f.1 > before.1) {
+                    (true, true) => "OpenCTI and the storage",
+                    (true, false) => "OpenCTI",
+                    _ => "the storage",
+                };
+                let gave_up = GaveUp {
+                    limit_secs: limit.as_secs().max(1),
+                    what: what.to_string(),
+                };
+                log::warn!(
+                    "{what} failing for {} under `--once`: stopping",
+                    id::human_secs(gave_up.limit_secs)
+                );
+                *out.lock().expect("not poisoned") = Some(gave_up);
+                stop.store(true, Ordering::Relaxed);
+                abort.store(true, Ordering::Relaxed);
+                return;
+            }
+        });
+    verdict
+}
 
 fn flag_error(flag: &str, message: String) -> ConfigError {
     ConfigError {
@@ -88,12 +163,31 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         state,
         cfg.folder.clone(),
         dests,
-        abort,
+        abort.clone(),
     );
     let metrics = Arc::new(Metrics::default());
     committer.set_metrics(metrics.clone());
     let started_at = id::ms_to_iso(id::now_ms());
-    let first_cut_after = committer.start()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch_done = WatchDone(Arc::new(AtomicBool::new(false)));
+    let gave_up = args.once.then(|| {
+        watch_outage(
+            cfg.once_max_outage,
+            metrics.clone(),
+            stop.clone(),
+            abort.clone(),
+            watch_done.0.clone(),
+        )
+    });
+    let gave_up_error = || {
+        gave_up
+            .as_ref()
+            .and_then(|g| g.lock().expect("not poisoned").take())
+    };
+    let first_cut_after = match committer.start() {
+        Ok(cut) => cut,
+        Err(e) => return Err(gave_up_error().map(Into::into).unwrap_or(e)),
+    };
     if let Some(c) = committer.state().cursor().ok().flatten() {
         metrics.set_cursor_ms(c.ms);
     }
@@ -135,7 +229,6 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         });
     })?;
 
-    let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(sig, exit::INTERRUPTED, stop.clone())
             .context("installing signal handlers")?;
@@ -182,6 +275,8 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     if let Some(p) = progress {
         p.finish();
     }
+    drop(watch_done);
+    let gave_up = gave_up_error();
     let ended_at = id::ms_to_iso(id::now_ms());
     let totals = metrics.snapshot();
     let (outcome_text, result) = match result {
@@ -195,6 +290,11 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         }
         Err(e) => (format!("failed: {e:#}"), Err(e)),
     };
+    let outcome_text = match &gave_up {
+        Some(g) => format!("failed: {g}"),
+        None => outcome_text,
+    };
+    let outcome_text = crate::secret::scrub_all(&outcome_text);
     let _ = committer.update_state(|s| {
         s.last_run = Some(RunSummary {
             started_at,
@@ -214,6 +314,9 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
                 path.display()
             ),
         }
+    }
+    if let Some(g) = gave_up {
+        return Err(g.into());
     }
     let outcome = result?;
     let cursor = committer.state().start_from.clone();
@@ -253,6 +356,15 @@ pub fn explain_cursor(cursor: Option<&str>, last: Option<EventId>) -> String {
             "cursor `{cursor}`: the last id known complete; `{l}` is not, as more events may share its id, so the next run starts after `{cursor}` and sends `{l}` again"
         ),
         _ => format!("cursor `{cursor}`: the next run starts after it"),
+    }
+}
+
+/// Ends the outage watch when dropped, whichever way `run` returns.
+struct WatchDone(Arc<AtomicBool>);
+
+impl Drop for WatchDone {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -13,4 +13,5 @@ mod export;
 mod faults;
 mod operate;
 mod policy_metrics;
+mod review;
 mod smoke;

@@ -15,6 +15,7 @@
 mod config;
 mod export;
 mod exporter;
+mod hostile;
 mod oracle;
 mod ports;
 mod process;
@@ -32,6 +33,7 @@ pub use self::{
         read_export_lines_s3,
     },
     exporter::{exporter, exporter_bin, ExporterCmd, Outcome, RunningExporter},
+    hostile::{connected, create, hostile_config, sse, Answer, Hostile},
     oracle::{all_lines, assert_no_loss, expected_line, normalise},
     ports::{free_port, free_ports_with_grpc},
     s3::S3,
