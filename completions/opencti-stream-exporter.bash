@@ -40,6 +40,9 @@ _opencti__stream__exporter() {
             opencti__stream__exporter__subcmd__help,state)
                 cmd="opencti__stream__exporter__subcmd__help__subcmd__state"
                 ;;
+            opencti__stream__exporter__subcmd__help__subcmd__state,import)
+                cmd="opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__import"
+                ;;
             opencti__stream__exporter__subcmd__help__subcmd__state,reset)
                 cmd="opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__reset"
                 ;;
@@ -49,6 +52,9 @@ _opencti__stream__exporter() {
             opencti__stream__exporter__subcmd__state,help)
                 cmd="opencti__stream__exporter__subcmd__state__subcmd__help"
                 ;;
+            opencti__stream__exporter__subcmd__state,import)
+                cmd="opencti__stream__exporter__subcmd__state__subcmd__import"
+                ;;
             opencti__stream__exporter__subcmd__state,reset)
                 cmd="opencti__stream__exporter__subcmd__state__subcmd__reset"
                 ;;
@@ -57,6 +63,9 @@ _opencti__stream__exporter() {
                 ;;
             opencti__stream__exporter__subcmd__state__subcmd__help,help)
                 cmd="opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__help"
+                ;;
+            opencti__stream__exporter__subcmd__state__subcmd__help,import)
+                cmd="opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__import"
                 ;;
             opencti__stream__exporter__subcmd__state__subcmd__help,reset)
                 cmd="opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__reset"
@@ -179,8 +188,22 @@ _opencti__stream__exporter() {
             return 0
             ;;
         opencti__stream__exporter__subcmd__help__subcmd__state)
-            opts="show reset"
+            opts="show reset import"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__import)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -267,7 +290,7 @@ _opencti__stream__exporter() {
             return 0
             ;;
         opencti__stream__exporter__subcmd__state)
-            opts="-c -q -v -h -V --config --state --quiet --verbose --help --version show reset help"
+            opts="-c -q -v -h -V --config --state --quiet --verbose --help --version show reset import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -293,7 +316,7 @@ _opencti__stream__exporter() {
             return 0
             ;;
         opencti__stream__exporter__subcmd__state__subcmd__help)
-            opts="show reset help"
+            opts="show reset import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -307,6 +330,20 @@ _opencti__stream__exporter() {
             return 0
             ;;
         opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__import)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -341,6 +378,36 @@ _opencti__stream__exporter() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opencti__stream__exporter__subcmd__state__subcmd__import)
+            opts="-c -q -v -h -V --from-opencti --connector-id --replace --config --state --quiet --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --connector-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

@@ -130,6 +130,15 @@ pub enum StateCommand {
     Show(ShowArgs),
     /// Go back to a first run, optionally with a given cursor and file number
     Reset(ResetArgs),
+    /// Take over from the reference Python connector: read its state from OpenCTI and save it as this tool's state
+    ///
+    /// Reads the reference connector's `connector_state` through OpenCTI's
+    /// GraphQL API (`connector(id)`), checks it has the reference's keys,
+    /// and writes the state file: the next run resumes after the reference's
+    /// `last_written_msg_id` (the last id it stored, not `start_from`, the
+    /// last it received) and numbers files from its `file_count` + 1. Stop
+    /// the reference first.
+    Import(ImportArgs),
 }
 
 /// Options of `state show`.
@@ -154,6 +163,22 @@ pub struct ResetArgs {
     /// Number of the last file the importer has read (the next file is N+1)
     #[arg(long, value_name = "N")]
     pub file_count: Option<u64>,
+}
+
+/// Options of `state import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Read the state from OpenCTI, where the reference connector kept it
+    #[arg(long, required = true)]
+    pub from_opencti: bool,
+
+    /// Id of the reference connector on OpenCTI [default: `connector.id`]
+    #[arg(long, value_name = "ID")]
+    pub connector_id: Option<String>,
+
+    /// Replace an existing state file (never with a lower file count)
+    #[arg(long)]
+    pub replace: bool,
 }
 
 /// Options of `check-stream`.

@@ -13,7 +13,7 @@
 //! it takes, with the cursor frozen; permanent ones stop the run.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,13 +21,13 @@ use anyhow::{anyhow, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::batch::{Batch, DeadLetter};
-use crate::dest::dir::hex;
+use crate::clock::now_ms;
 use crate::dest::naming::{dead_letter_key, key_ms, next_key_ms, object_key};
 use crate::dest::{DestError, Destination, Destinations, ObjectMeta};
-use crate::id::{now_ms, EventId};
+use crate::id::EventId;
 use crate::metrics::{Metrics, RetryCause};
 use crate::policy::Reason;
-use crate::retry::{sleep_unless, Backoff};
+use crate::retry::{self, Failure, Verdict};
 use crate::state::{self, Pending, State};
 
 /// How long to wait before looking again for a pending file that was not
@@ -276,7 +276,7 @@ impl Committer {
             first_id: batch.first_id.map(|i| i.to_string()).unwrap_or_default(),
             last_id: batch.last_id.map(|i| i.to_string()).unwrap_or_default(),
             sha256_hex: if self.dest.stores_checksum() {
-                hex(&Sha256::digest(&batch.body))
+                crate::text::hex(&Sha256::digest(&batch.body))
             } else {
                 String::new()
             },
@@ -351,7 +351,7 @@ impl Committer {
             events: 1,
             first_id: letter.id.clone().unwrap_or_default(),
             last_id: letter.id.clone().unwrap_or_default(),
-            sha256_hex: hex(&Sha256::digest(&record)),
+            sha256_hex: crate::text::hex(&Sha256::digest(&record)),
         };
         let what = format!("keep dead letter `{key}` in {}", self.dead.describe());
         retry_loop(&what, &self.stop, self.retry_max, &self.metrics, || {
@@ -378,6 +378,9 @@ fn fault_point() -> Option<(String, u64)> {
     Some((p.to_string(), n.parse().ok()?))
 }
 
+/// Retries a storage call as [`retry::run`] does, for as long as it takes
+/// (or until the run is stopped); a permanent error stops the run. Every
+/// failed call counts as a write error.
 fn retry_loop<T>(
     what: &str,
     stop: &AtomicBool,
@@ -385,29 +388,31 @@ fn retry_loop<T>(
     metrics: &Metrics,
     mut f: impl FnMut() -> Result<T, DestError>,
 ) -> Result<T> {
-    let mut backoff = Backoff::new(Duration::from_millis(500), max);
-    loop {
-        match f() {
-            Ok(v) => return Ok(v),
-            Err(DestError::Permanent(m)) => {
-                metrics.inc_write_error();
-                return Err(anyhow!("cannot {what}: {m}"));
+    let policy = retry::Policy {
+        first: Duration::from_millis(500),
+        max,
+        attempts: None,
+    };
+    let attempt = || {
+        f().map_err(|e| {
+            metrics.inc_write_error();
+            match e {
+                DestError::Transient(m) => Verdict::Retry(m),
+                DestError::Permanent(m) => Verdict::GiveUp(m),
             }
-            Err(DestError::Transient(m)) => {
-                metrics.inc_write_error();
-                metrics.inc_retry(RetryCause::Storage);
-                let d = backoff.next_delay();
-                log::warn!(
-                    "cannot {what} (attempt {}): {m}; retrying in {:.1} s",
-                    backoff.attempts(),
-                    d.as_secs_f64()
-                );
-                if stop.load(Ordering::Relaxed) || !sleep_unless(d, stop) {
-                    return Err(anyhow!("stopped while trying to {what}: {m}"));
-                }
-            }
-        }
-    }
+        })
+    };
+    let on_retry = |m: &String, n: u32, wait: Duration| {
+        metrics.inc_retry(RetryCause::Storage);
+        log::warn!(
+            "cannot {what} (attempt {n}): {m}; retrying in {:.1} s",
+            wait.as_secs_f64()
+        );
+    };
+    retry::run(policy, stop, attempt, on_retry).map_err(|f| match f {
+        Failure::GaveUp(m) | Failure::Exhausted(m) => anyhow!("cannot {what}: {m}"),
+        Failure::Stopped(m) => anyhow!("stopped while trying to {what}: {m}"),
+    })
 }
 
 /// The JSON document kept for a dead letter: raw bytes as text when they

@@ -3,19 +3,22 @@
 //!
 //! The binary (`main.rs`) only parses flags and dispatches to [`cmd`]. The
 //! pure cores ([`stream::sse`], [`transform`], [`batch`], [`dest::naming`],
-//! [`id`]) do no I/O; [`pipeline`] wires them with threads.
+//! [`id`], [`text`]) do no I/O; [`pipeline`] wires them with threads.
 
 pub mod batch;
 pub mod cli;
+pub mod clock;
 pub mod cmd;
 pub mod commit;
 pub mod config;
 pub mod dest;
 pub mod exit;
+pub mod fsutil;
 pub mod http;
 pub mod id;
 pub mod logging;
 pub mod metrics;
+pub mod opencti;
 pub mod pipeline;
 pub mod policy;
 pub mod progress;
@@ -23,4 +26,5 @@ pub mod retry;
 pub mod secret;
 pub mod state;
 pub mod stream;
+pub mod text;
 pub mod transform;

@@ -22,7 +22,6 @@
 //! This module does not decide *when* to record: the pipeline does.
 
 use std::fmt::{self, Write as _};
-use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -304,7 +303,7 @@ impl Metrics {
     /// The text exposition format 0.0.4, for connector `name`, with the
     /// `process_*` series of this process (for a scrape).
     pub fn render(&self, name: &str) -> String {
-        let mut out = self.exposition_at(name, crate::id::now_ms());
+        let mut out = self.exposition_at(name, crate::clock::now_ms());
         if let Some(p) = process::read() {
             process::render(&mut out, &p);
         }
@@ -314,7 +313,7 @@ impl Metrics {
     /// The run's figures without the `process_*` series: for the textfile,
     /// read after the process is gone, by a node-exporter that has its own.
     pub fn render_run(&self, name: &str) -> String {
-        self.render_at(name, crate::id::now_ms())
+        self.render_at(name, crate::clock::now_ms())
     }
 
     fn render_at(&self, name: &str, now_ms: u64) -> String {
@@ -458,7 +457,7 @@ impl Metrics {
 
     /// The main figures on one line, for a periodic info log.
     pub fn summary_line(&self) -> String {
-        self.summary_line_at(crate::id::now_ms())
+        self.summary_line_at(crate::clock::now_ms())
     }
 
     fn summary_line_at(&self, now_ms: u64) -> String {
@@ -471,7 +470,7 @@ impl Metrics {
         } else {
             format!(
                 "{} behind now",
-                human_seconds(now_ms.saturating_sub(cursor) / 1000)
+                crate::text::secs(now_ms.saturating_sub(cursor) / 1000)
             )
         };
         format!(
@@ -490,15 +489,6 @@ impl Metrics {
             self.file_fetch_failures.load(Relaxed),
             self.reconnects.load(Relaxed),
         )
-    }
-}
-
-/// `12 s`, `5 min 3 s`, `2 h 4 min`.
-fn human_seconds(s: u64) -> String {
-    match s {
-        0..=119 => format!("{s} s"),
-        120..=7199 => format!("{} min {} s", s / 60, s % 60),
-        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
     }
 }
 
@@ -734,52 +724,19 @@ fn route(head: &[u8], metrics: &Metrics, name: &str) -> (&'static str, &'static 
 /// file beside `path` (not ending in `.prom`, so never collected half
 /// written), flushed to disk, then renamed over `path`.
 pub fn write_textfile(path: &Path, metrics: &Metrics, name: &str) -> io::Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let context = |e: io::Error| {
+    crate::fsutil::replace(path, metrics.render_run(name).as_bytes(), false).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot write the metrics file `{}`: {e}", path.display()),
         )
-    };
-    let file_name = path.file_name().ok_or_else(|| {
-        context(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path names no file",
-        ))
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.{}-{}.tmp",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        SEQ.fetch_add(1, Relaxed)
-    ));
-    let text = metrics.render_run(name);
-    let written = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(context(e));
-    }
-    // Make the rename itself durable; not every platform can sync a directory.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::{BTreeMap, HashSet};
+    use std::fs;
 
     const NOW: u64 = 1_700_000_100_000;
 
@@ -1268,8 +1225,6 @@ mod tests {
         assert!(Metrics::new()
             .summary_line_at(NOW)
             .ends_with("cursor not yet saved"));
-        assert_eq!(human_seconds(4000), "66 min 40 s");
-        assert_eq!(human_seconds(90_000), "25 h 0 min");
     }
 
     #[test]

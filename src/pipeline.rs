@@ -186,7 +186,7 @@ impl Reader {
                 "{} .. {} accepted at {}",
                 resume,
                 first,
-                crate::id::ms_to_iso(crate::id::now_ms())
+                crate::id::ms_to_iso(crate::clock::now_ms())
             );
             log::warn!("gap accepted (`--accept-gap`): events between `{resume}` and `{first}` may be missing from the export");
             self.accepted_gaps.lock().expect("not poisoned").push(note);

@@ -121,10 +121,10 @@ pub fn status_text(f: &Figures) -> String {
         f.stored,
         f.files,
         f.cursor_behind
-            .map(|s| format!("{} behind now", crate::id::human_secs(s)))
+            .map(|s| format!("{} behind now", crate::text::secs(s)))
             .unwrap_or_else(|| "not yet saved".into()),
         f.bytes as f64 / 1e6,
-        crate::id::human_secs(f.elapsed),
+        crate::text::secs(f.elapsed),
     )
 }
 
@@ -219,7 +219,7 @@ fn report(
                 files: now.files_written,
                 bytes: now.bytes_written,
                 cursor_behind: (cursor_ms > 0)
-                    .then(|| crate::id::now_ms().saturating_sub(cursor_ms) / 1000),
+                    .then(|| crate::clock::now_ms().saturating_sub(cursor_ms) / 1000),
                 elapsed: started.elapsed().as_secs(),
             };
             if !done.load(Ordering::Relaxed) {
@@ -253,7 +253,7 @@ mod tests {
             elapsed: 86_400,
         };
         let text = status_text(&f);
-        assert!(text.contains("cursor 2 h behind now"), "{text}");
+        assert!(text.contains("cursor 2 h 1 min behind now"), "{text}");
         for width in [20, 40, 80] {
             let cut = fit(&text, width);
             assert!(cut.chars().count() <= width - 3, "{width}: {cut}");

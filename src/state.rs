@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fsutil::{parent_dir, write_atomic};
 use crate::id::EventId;
 
 /// An upload that was started but not yet known to have finished.
@@ -241,64 +242,10 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
 /// Writes the state atomically: temp file, fsync, rename, fsync of the directory.
 pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
     let mut state = state.clone();
-    state.updated_at = crate::id::ms_to_iso(crate::id::now_ms());
+    state.updated_at = crate::id::ms_to_iso(crate::clock::now_ms());
     let mut body = serde_json::to_vec_pretty(&state).expect("state serialises");
     body.push(b'\n');
     write_atomic(path, &body, true).map_err(|e| io_err(path, e))
-}
-
-/// Writes `body` to `path` so that a reader sees the old or the new content,
-/// never a mix: a hidden temporary file (`.<name>.tmp-<pid>`) in the same
-/// directory, fsynced, renamed, then the directory fsynced. `private`
-/// creates the file mode 0600.
-pub fn write_atomic(path: &Path, body: &[u8], private: bool) -> std::io::Result<()> {
-    let dir = parent_dir(path);
-    fs::create_dir_all(&dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = if private {
-            create_private(&tmp)?
-        } else {
-            File::create(&tmp)?
-        };
-        f.write_all(body)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        sync_dir(&dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// The directory a path lives in (`.` for a bare file name).
-pub fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// Flushes a directory entry change to disk.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn create_private(path: &Path) -> std::io::Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path)
 }
 
 /// An exclusive lock on a state file, released when dropped (or when the

@@ -295,7 +295,7 @@ fn check_storage(cfg: &Config, r: &mut Report) {
     // The importer reads every key that sorts after the folder name, so the
     // probe uses a key that sorts before it.
     let key = probe_key(&cfg.folder);
-    let body = format!("opencti-stream-exporter probe {}\n", crate::id::now_ms()).into_bytes();
+    let body = format!("opencti-stream-exporter probe {}\n", crate::clock::now_ms()).into_bytes();
     let meta = meta_of(&body);
     let result = files
         .put(&key, &body, &meta)
@@ -387,7 +387,7 @@ fn verify_files(cfg: &Config, r: &mut Report, file_count: Option<u64>) {
         lines_total += recomputed.events;
         match dest.meta(key) {
             Ok(Some(m)) => {
-                let sha = crate::dest::dir::hex(&sha2::Sha256::digest(&body));
+                let sha = crate::text::hex(&sha2::Sha256::digest(&body));
                 if m.sha256_hex != sha {
                     problems.push(format!(
                         "`{key}`: SHA-256 `{sha}` differs from its metadata `{}`",

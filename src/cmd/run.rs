@@ -11,6 +11,7 @@ use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Recover};
 use crate::id::{self, EventId};
 use crate::metrics::{self, Metrics, RetryCause};
+use crate::opencti::connector::{Pinger, PING_PERIOD};
 use crate::pipeline::{self, PipelineSettings, StopRule};
 use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
@@ -20,7 +21,7 @@ use crate::{exit, http};
 
 /// `run --once` ended because OpenCTI or the storage kept failing.
 #[derive(Debug, thiserror::Error)]
-#[error("gave up after {} of failures with nothing getting through ({what}): `run --once` ends after `run.once_max_outage_sec`; nothing was lost, the cursor and the files are as the last commit left them, and the next run resumes there", id::human_secs(*.limit_secs))]
+#[error("gave up after {} of failures with nothing getting through ({what}): `run --once` ends after `run.once_max_outage_sec`; nothing was lost, the cursor and the files are as the last commit left them, and the next run resumes there", crate::text::secs(*.limit_secs))]
 pub struct GaveUp {
     /// How long it failed.
     pub limit_secs: u64,
@@ -81,7 +82,7 @@ fn watch_outage(
                 };
                 log::warn!(
                     "{what} failing for {} under `--once`: stopping",
-                    id::human_secs(gave_up.limit_secs)
+                    crate::text::secs(gave_up.limit_secs)
                 );
                 *out.lock().expect("not poisoned") = Some(gave_up);
                 stop.store(true, Ordering::Relaxed);
@@ -112,7 +113,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         .transpose()?;
     let until = match args.until.as_deref() {
         None => None,
-        Some("now") => Some(EventId::at_ms(id::now_ms())),
+        Some("now") => Some(EventId::at_ms(crate::clock::now_ms())),
         Some(s) => Some(id::parse_position(s).map_err(|e| flag_error("--until", e))?),
     };
     if let (Some(f), Some(u)) = (from, until) {
@@ -167,7 +168,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     );
     let metrics = Arc::new(Metrics::default());
     committer.set_metrics(metrics.clone());
-    let started_at = id::ms_to_iso(id::now_ms());
+    let started_at = id::ms_to_iso(crate::clock::now_ms());
     let stop = Arc::new(AtomicBool::new(false));
     let watch_done = WatchDone(Arc::new(AtomicBool::new(false)));
     let gave_up = args.once.then(|| {
@@ -235,6 +236,10 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
 
+    let pinger = match &cfg.connector {
+        Some(c) => Some(Pinger::start(opencti, c, &cfg.state_path, PING_PERIOD)?),
+        None => None,
+    };
     let client = StreamClient::new(opencti, stream, stop.clone())?;
     let files: Arc<dyn FileFetcher + Send> = if cfg.fetch_files {
         Arc::new(http::OpenCtiFiles::new(opencti, cfg.file_retries)?)
@@ -277,7 +282,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     }
     drop(watch_done);
     let gave_up = gave_up_error();
-    let ended_at = id::ms_to_iso(id::now_ms());
+    let ended_at = id::ms_to_iso(crate::clock::now_ms());
     let totals = metrics.snapshot();
     let (outcome_text, result) = match result {
         Ok(o) => {
@@ -306,6 +311,9 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             dead_letters: totals.dead_letters,
         });
     });
+    if let Some(p) = pinger {
+        p.stop();
+    }
     if let Some(path) = &cfg.metrics_textfile {
         match metrics::write_textfile(path, &metrics, &cfg.connector_name) {
             Ok(()) => log::info!("metrics written to `{}`", path.display()),
@@ -343,6 +351,15 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     Ok(exit::OK)
 }
 
+/// Ends the outage watch when dropped, whichever way `run` returns.
+struct WatchDone(Arc<AtomicBool>);
+
+impl Drop for WatchDone {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The saved cursor, and why it can stand before the last id exported: an
 /// event's id is only known complete once a later id arrives (OpenCTI sends
 /// an object's dependencies under the same id), so the last group of a run
@@ -356,15 +373,6 @@ pub fn explain_cursor(cursor: Option<&str>, last: Option<EventId>) -> String {
             "cursor `{cursor}`: the last id known complete; `{l}` is not, as more events may share its id, so the next run starts after `{cursor}` and sends `{l}` again"
         ),
         _ => format!("cursor `{cursor}`: the next run starts after it"),
-    }
-}
-
-/// Ends the outage watch when dropped, whichever way `run` returns.
-struct WatchDone(Arc<AtomicBool>);
-
-impl Drop for WatchDone {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -391,7 +399,7 @@ fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
     } else {
         match stream.recover {
             Recover::Off => None,
-            Recover::UntilNow => Some(id::ms_to_iso(id::now_ms())),
+            Recover::UntilNow => Some(id::ms_to_iso(crate::clock::now_ms())),
             Recover::Until(ms) => Some(id::ms_to_iso(ms)),
         }
     };

@@ -88,7 +88,7 @@ impl Destination for DirDestination {
 
     fn put(&mut self, key: &str, body: &[u8], _meta: &ObjectMeta) -> Result<(), DestError> {
         let path = self.path(key);
-        crate::state::write_atomic(&path, body, false)
+        crate::fsutil::write_atomic(&path, body, false)
             .map_err(|e| self.err("cannot write", &path, e))
     }
 
@@ -172,13 +172,8 @@ pub fn meta_of(body: &[u8]) -> ObjectMeta {
         events: lines.len() as u64,
         first_id: lines.first().map(|l| id_of(l)).unwrap_or_default(),
         last_id: lines.last().map(|l| id_of(l)).unwrap_or_default(),
-        sha256_hex: hex(&Sha256::digest(body)),
+        sha256_hex: crate::text::hex(&Sha256::digest(body)),
     }
-}
-
-/// Lower-case hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

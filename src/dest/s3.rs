@@ -655,12 +655,6 @@ fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> 
         .then(|| &text[prefix.len()..])
 }
 
-/// Lower-case hex of `bytes`.
-#[cfg(test)]
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// `value` as an S3 metadata value: every byte outside printable ASCII
 /// without blanks (servers refuse non-ASCII and trim blanks) and every `%`
 /// becomes `%XX`. Stream ids (`<ms>-<seq>`) pass unchanged; a dead letter's
@@ -771,7 +765,7 @@ impl Failure {
         Failure {
             class: Class::Transient,
             code: "timeout".to_string(),
-            detail: format!("no answer within {}", human_duration(limit)),
+            detail: format!("no answer within {}", crate::text::duration(limit)),
             hint: None,
         }
     }
@@ -1141,14 +1135,6 @@ fn first_line(text: &str) -> String {
     line.chars().take(200).collect()
 }
 
-fn human_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{} s", d.as_secs())
-    } else {
-        format!("{} ms", d.as_millis())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1446,7 +1432,7 @@ mod tests {
             events: 42,
             first_id: "1700000000000-0".to_string(),
             last_id: "1700000000999-3".to_string(),
-            sha256_hex: hex(&Sha256::digest(b"x")),
+            sha256_hex: crate::text::hex(&Sha256::digest(b"x")),
         };
         let fields: HashMap<String, String> = [
             ("events", "42"),

@@ -11,6 +11,7 @@ mod support;
 mod commands;
 mod export;
 mod faults;
+mod opencti;
 mod operate;
 mod policy_metrics;
 mod review;
