@@ -242,8 +242,10 @@ pub fn man_sections(page: &str) -> Vec<ManSection> {
                 .to_string(),
         ),
         (
-            "HTTPS_PROXY, HTTP_PROXY, NO_PROXY".to_string(),
-            "Proxies for outgoing requests (see the README for which side honours them)."
+            "HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY".to_string(),
+            "Proxies for outgoing requests. For OpenCTI (the stream, attached files and \
+             GraphQL) chosen as pycti's requests does: by the scheme of opencti.url, \
+             lower-case names first, http:// proxies only; the S3 side reads them too."
                 .to_string(),
         ),
         (

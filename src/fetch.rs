@@ -14,7 +14,9 @@
 //! thread nor the files behind it.
 //!
 //! Memory: every byte of content held by a fetch is charged to one global
-//! budget (`files.buffer_bytes`). A fetch that would exceed it waits a little,
+//! budget (`files.buffer_bytes`), and stays charged until the line (or the
+//! record kept aside) made from it has been taken by the batcher, whatever
+//! the number of workers. A fetch that would exceed it waits a little,
 //! then gives its thread back and is tried again later, except the oldest
 //! file not yet taken by a worker, which may always proceed: the worker the
 //! batcher waits for is never starved, and memory stays within the budget
@@ -92,10 +94,24 @@ impl FileContent {
         self.size
     }
 
-    /// The base64 text, leaving the budget (the caller now owns the memory).
-    pub fn into_base64(self) -> String {
-        let FileContent { base64, .. } = self;
-        base64
+    /// The base64 text, and the hold on the budget it was charged to: keep
+    /// the hold until the bytes made from the text (the line, the record
+    /// kept aside) have left the pipeline's queues, so that memory stays
+    /// bounded whatever the number of workers.
+    pub fn into_parts(self) -> (String, Hold) {
+        let FileContent {
+            base64, _charge, ..
+        } = self;
+        (base64, Hold(_charge))
+    }
+}
+
+/// Bytes charged to the fetch budget, given back when dropped.
+pub struct Hold(Charge);
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hold({} bytes)", self.0.bytes)
     }
 }
 
@@ -465,11 +481,13 @@ enum Attempt {
 
 impl Inner {
     fn run(&self) {
+        // One read buffer per thread, for every file it fetches.
+        let mut buf = vec![0u8; READ_CHUNK + 2];
         while let Some(job) = self.next_job() {
             if job.cancelled.load(Ordering::Relaxed) {
                 continue;
             }
-            match self.attempt(&job) {
+            match self.attempt(&job, &mut buf) {
                 Attempt::Done(outcome) => job.finish(outcome),
                 Attempt::Requeue => {
                     job.progress.lock().expect("not poisoned").first_start = None;
@@ -549,7 +567,7 @@ impl Inner {
         }
     }
 
-    fn attempt(&self, job: &Job) -> Attempt {
+    fn attempt(&self, job: &Job, buf: &mut [u8]) -> Attempt {
         let started = {
             let mut p = job.progress.lock().expect("not poisoned");
             p.attempts += 1;
@@ -613,7 +631,6 @@ impl Inner {
             },
         };
         let mut reader = resp.into_reader();
-        let mut buf = vec![0u8; READ_CHUNK + 2];
         let mut carry = 0usize;
         let engine = &base64::engine::general_purpose::STANDARD;
         let mut over = false;

@@ -31,7 +31,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use crate::batch::{Batch, Batcher, DeadLetter, Item};
 use crate::commit::Committer;
 use crate::config::{BatchLimits, StreamSettings};
-use crate::fetch::{Fetcher, FileOutcome, Ticket};
+use crate::fetch::{Fetcher, FileOutcome, Hold, Ticket};
 use crate::id::EventId;
 use crate::metrics::{Metrics, RetryCause};
 use crate::policy::Policy;
@@ -610,13 +610,25 @@ impl FileFetcher for Prefetched {
     }
 }
 
-fn worker(rx: Receiver<Vec<Task>>, tx: Sender<Vec<Item>>, ctx: Arc<WorkerContext>) {
+/// A worker's results for one chunk, with the fetch budget their file
+/// contents were charged to: given back once the batcher has taken them.
+struct Done {
+    items: Vec<Item>,
+    _holds: Vec<Hold>,
+}
+
+fn worker(rx: Receiver<Vec<Task>>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
     for chunk in rx {
         let mut items = Vec::with_capacity(chunk.len());
+        let mut holds = Vec::new();
         for task in chunk {
-            work_item(task, &ctx, &mut items);
+            work_item(task, &ctx, &mut items, &mut holds);
         }
-        if tx.send(items).is_err() {
+        let done = Done {
+            items,
+            _holds: holds,
+        };
+        if tx.send(done).is_err() {
             return;
         }
     }
@@ -630,7 +642,7 @@ struct WorkerContext {
     max_line: usize,
 }
 
-fn work_item(task: Task, ctx: &WorkerContext, items: &mut Vec<Item>) {
+fn work_item(task: Task, ctx: &WorkerContext, items: &mut Vec<Item>, holds: &mut Vec<Hold>) {
     let Task { work, files } = task;
     let item = match work {
         Work::Mark(id) => Item::Mark { id },
@@ -657,8 +669,9 @@ fn work_item(task: Task, ctx: &WorkerContext, items: &mut Vec<Item>) {
                     // The received bytes of files left out go first: they
                     // are stored before the cursor passes this event.
                     for kept in line.kept {
-                        items.push(kept_file_letter(id, &event, kept));
+                        items.push(kept_file_letter(id, &event, kept, holds));
                     }
+                    holds.extend(line.holds);
                     Item::Line {
                         id,
                         bytes: line.bytes,
@@ -689,8 +702,15 @@ fn work_item(task: Task, ctx: &WorkerContext, items: &mut Vec<Item>) {
 /// The record kept beside the dead letters for an attached file exported
 /// without its content: the event id, the uri, the reason, and the bytes
 /// received (base64, as encoded while they arrived).
-fn kept_file_letter(id: EventId, event: &str, kept: transform::KeptFile) -> Item {
+fn kept_file_letter(
+    id: EventId,
+    event: &str,
+    kept: transform::KeptFile,
+    holds: &mut Vec<Hold>,
+) -> Item {
     let size = kept.content.size() as usize;
+    let (base64, hold) = kept.content.into_parts();
+    holds.push(hold);
     Item::Dead {
         id: Some(id),
         letter: DeadLetter {
@@ -700,7 +720,7 @@ fn kept_file_letter(id: EventId, event: &str, kept: transform::KeptFile) -> Item
                 "attached file `{}` exported without content: {}",
                 kept.uri, kept.reason
             ),
-            raw: kept.content.into_base64().into_bytes(),
+            raw: base64.into_bytes(),
             size,
             base64: true,
         },
@@ -735,7 +755,7 @@ pub fn run(
     let mut item_rx = Vec::with_capacity(n);
     for _ in 0..n {
         let (ttx, trx) = bounded::<Vec<Task>>(ahead);
-        let (itx, irx) = bounded::<Vec<Item>>(per_worker);
+        let (itx, irx) = bounded::<Done>(per_worker);
         let ctx = ctx.clone();
         std::thread::Builder::new()
             .name("worker".into())
@@ -850,7 +870,7 @@ pub fn run(
 }
 
 fn batcher_loop(
-    inputs: Vec<Receiver<Vec<Item>>>,
+    inputs: Vec<Receiver<Done>>,
     out: Sender<Batch>,
     spares: Receiver<Vec<u8>>,
     limits: BatchLimits,
@@ -876,10 +896,12 @@ fn batcher_loop(
             batcher.recycle(body);
         }
         match inputs[next].recv_timeout(wait) {
-            Ok(items) => {
+            Ok(done) => {
                 next = (next + 1) % inputs.len();
                 let now = Instant::now();
-                for item in items {
+                // The lines are copied into the batch body; their holds on
+                // the fetch budget go with `done` at the end of this arm.
+                for item in done.items {
                     if let Some(b) = batcher.push(item, now) {
                         if out.send(b).is_err() {
                             return;

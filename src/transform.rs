@@ -26,7 +26,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::fetch::{FileContent, FileOutcome};
+use crate::fetch::{FileContent, FileOutcome, Hold};
 use crate::id::EventId;
 use crate::policy::{Policy, Reason, Verdict};
 
@@ -80,6 +80,9 @@ pub struct Line {
     pub files_fetched: u32,
     /// Files left out of the line whose bytes must be kept aside.
     pub kept: Vec<KeptFile>,
+    /// The fetch budget the contents in the line were charged to: held
+    /// until the line has left the pipeline's queues.
+    pub holds: Vec<Hold>,
 }
 
 /// Why an event could not become a line.
@@ -284,6 +287,7 @@ fn build_line(
 
     // One buffer, sized once: the contents are copied into it and nowhere else.
     let mut out = Vec::with_capacity(data_len + contents_len + LINE_SLACK);
+    let mut holds = Vec::new();
     out.push(b'{');
     let mut first = true;
     let mut wrote_type = false;
@@ -303,7 +307,7 @@ fn build_line(
                 push_key(&mut out, &mut first, key);
                 match &mut filled {
                     Some((value, contents)) => {
-                        write_with_contents(&mut out, value, std::mem::take(contents))
+                        write_with_contents(&mut out, value, std::mem::take(contents), &mut holds)
                     }
                     None => out.extend_from_slice(value.get().as_bytes()),
                 }
@@ -343,6 +347,7 @@ fn build_line(
         files_failed,
         files_fetched,
         kept,
+        holds,
     })
 }
 
@@ -413,7 +418,12 @@ fn content_mark(n: usize) -> String {
 /// such an event) are copied once, straight into the line, instead of being
 /// scanned by the serialiser. Each content is dropped (and its memory given
 /// back to the fetch budget) as soon as it is written.
-fn write_with_contents(out: &mut Vec<u8>, data: &Value, contents: Vec<FileContent>) {
+fn write_with_contents(
+    out: &mut Vec<u8>,
+    data: &Value,
+    contents: Vec<FileContent>,
+    holds: &mut Vec<Hold>,
+) {
     let text = serde_json::to_string(data).expect("a JSON value serialises");
     if contents.is_empty() {
         out.extend_from_slice(text.as_bytes());
@@ -428,7 +438,14 @@ fn write_with_contents(out: &mut Vec<u8>, data: &Value, contents: Vec<FileConten
         .iter()
         .map(|m| text.matches(m.as_str()).count())
         .collect();
-    let mut contents: Vec<Option<FileContent>> = contents.into_iter().map(Some).collect();
+    let mut contents: Vec<Option<String>> = contents
+        .into_iter()
+        .map(|c| {
+            let (text, hold) = c.into_parts();
+            holds.push(hold);
+            Some(text)
+        })
+        .collect();
     let mut rest = text.as_str();
     loop {
         let next = marks
@@ -440,7 +457,7 @@ fn write_with_contents(out: &mut Vec<u8>, data: &Value, contents: Vec<FileConten
         out.extend_from_slice(&rest.as_bytes()[..pos]);
         out.push(b'"');
         if let Some(c) = &contents[n] {
-            out.extend_from_slice(c.base64().as_bytes());
+            out.extend_from_slice(c.as_bytes());
         }
         out.push(b'"');
         left[n] -= 1;

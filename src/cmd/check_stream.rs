@@ -65,6 +65,7 @@ pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
             "none: every event is exported".to_string()
         }),
     );
+    r.add("line size", Ok(line_size_advice(cfg.max_line_bytes)));
     if let Ok(stream) = cfg.stream() {
         r.add("live stream id", Ok(format!("`{}`", stream.live_stream_id)));
     } else if let Err(e) = cfg.stream() {
@@ -147,6 +148,25 @@ pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
         );
     }
     Ok(if all_ok { exit::OK } else { exit::FAILURE })
+}
+
+/// What `output.max_line_bytes` means for the importer's broker, and how
+/// to raise it.
+pub fn line_size_advice(max_line: usize) -> String {
+    // The importer publishes base64(line): 4/3 of it, plus about 150 bytes.
+    let message = max_line.div_ceil(3) * 4 + 150;
+    format!(
+        "lines up to {max_line} bytes (`output.max_line_bytes`): the stream-importer publishes each \
+         base64-encoded, messages of up to {message} bytes, which RabbitMQ 4 accepts by default \
+         (`max_message_size` 16 MiB) only up to 12 MiB lines; to carry larger attachments raise \
+         `output.max_line_bytes` and the broker's `max_message_size` together \
+         (`max_message_size` >= 4/3 x `output.max_line_bytes` + 1 KiB){}",
+        if message > 16 << 20 {
+            "; WARNING: above RabbitMQ's default, make sure the broker was raised"
+        } else {
+            ""
+        }
+    )
 }
 
 fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {

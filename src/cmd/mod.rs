@@ -47,6 +47,16 @@ fn register_secrets(cfg: &Config) {
         if let Some(p) = crate::secret::url_password(&o.url) {
             crate::secret::register(p);
         }
+        for (_, value) in &o.custom_headers {
+            crate::secret::register(value.expose());
+        }
+        if let Some(p) = o
+            .proxy
+            .as_ref()
+            .and_then(|p| crate::secret::url_password(p.expose()))
+        {
+            crate::secret::register(p);
+        }
     }
     if let Ok(config::Output::S3 { settings, .. }) = cfg.output() {
         crate::secret::register(settings.secret_key.expose());

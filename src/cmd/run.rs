@@ -13,6 +13,7 @@ use crate::fetch::Fetcher;
 use crate::id::{self, EventId};
 use crate::metrics::{self, Metrics, RetryCause};
 use crate::opencti::connector::{Pinger, PING_PERIOD};
+use crate::opencti::graphql::PingInfo;
 use crate::pipeline::{self, PipelineSettings, StopRule};
 use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
@@ -236,7 +237,18 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     }
 
     let pinger = match &cfg.connector {
-        Some(c) => Some(Pinger::start(opencti, c, &cfg.state_path, PING_PERIOD)?),
+        Some(c) => {
+            let info = PingInfo {
+                run_and_terminate: args.once || args.until.is_some(),
+            };
+            Some(Pinger::start(
+                opencti,
+                c,
+                &cfg.state_path,
+                PING_PERIOD,
+                info,
+            )?)
+        }
         None => None,
     };
     let client = StreamClient::new(opencti, stream, stop.clone())?;
