@@ -23,25 +23,25 @@ const FRESH_CAPACITY_MAX: usize = 64 << 20;
 
 /// A malformed event kept aside with the reason it was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// The SSE id as received, if any.
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     /// The SSE event name.
-    pub event: String,
+    pub(crate) event: String,
     /// Why it could not be exported.
-    pub reason: String,
+    pub(crate) reason: String,
     /// The data bytes as received (capped for oversized events).
-    pub raw: Vec<u8>,
+    pub(crate) raw: Vec<u8>,
     /// Size of the data as received, in bytes.
-    pub size: usize,
+    pub(crate) size: usize,
     /// `raw` is already base64 text (the received bytes of an attached
     /// file, encoded as they arrived).
-    pub base64: bool,
+    pub(crate) base64: bool,
 }
 
 /// What the batcher receives, in stream order.
 #[derive(Debug)]
-pub enum Item {
+pub(crate) enum Item {
     /// A line for the file.
     Line {
         /// Its SSE id.
@@ -73,32 +73,32 @@ pub enum Item {
 
 /// A batch ready to be stored and committed.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Batch {
+pub(crate) struct Batch {
     /// The file body: JSON lines.
-    pub body: Vec<u8>,
+    pub(crate) body: Vec<u8>,
     /// Lines in `body`.
-    pub events: u64,
+    pub(crate) events: u64,
     /// Id of the first line.
-    pub first_id: Option<EventId>,
+    pub(crate) first_id: Option<EventId>,
     /// Id of the last line.
-    pub last_id: Option<EventId>,
+    pub(crate) last_id: Option<EventId>,
     /// Greatest id whose whole group is in this batch or before it: the
     /// cursor to save once the batch is stored. `None`: keep the old cursor.
-    pub cursor: Option<EventId>,
+    pub(crate) cursor: Option<EventId>,
     /// Dead letters to keep before the cursor is saved.
-    pub dead: Vec<DeadLetter>,
+    pub(crate) dead: Vec<DeadLetter>,
     /// Events held back by the export policy, by [`Reason::index`].
-    pub held: [u64; 6],
+    pub(crate) held: [u64; 6],
 }
 
 impl Batch {
     /// True when there is no line, no dead letter and no held event.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.events == 0 && self.dead.is_empty() && self.held_total() == 0
     }
 
     /// Events held back by the export policy.
-    pub fn held_total(&self) -> u64 {
+    pub(crate) fn held_total(&self) -> u64 {
         self.held.iter().sum()
     }
 }
@@ -118,7 +118,7 @@ struct Boundary {
 
 /// Accumulates items into batches.
 #[derive(Debug)]
-pub struct Batcher {
+pub(crate) struct Batcher {
     limits: BatchLimits,
     cur: Batch,
     boundary: Boundary,
@@ -141,7 +141,7 @@ pub struct Batcher {
 impl Batcher {
     /// Takes back the body of a stored batch, so that memory is reused
     /// rather than allocated anew for every batch.
-    pub fn recycle(&mut self, mut body: Vec<u8>) {
+    pub(crate) fn recycle(&mut self, mut body: Vec<u8>) {
         body.clear();
         if body.capacity() >= self.limits.max_bytes.min(FRESH_CAPACITY_MAX) {
             self.spare = Some(body);
@@ -159,7 +159,7 @@ impl Batcher {
     /// Makes the next batch end as soon as `id` is complete: after a kill,
     /// a file that may still land on the server is uploaded again with the
     /// same events.
-    pub fn cut_after(&mut self, id: EventId) {
+    pub(crate) fn cut_after(&mut self, id: EventId) {
         self.cut_after = Some(id);
     }
 
@@ -173,7 +173,7 @@ impl Batcher {
     }
 
     /// An empty batcher with these limits.
-    pub fn new(limits: BatchLimits) -> Self {
+    pub(crate) fn new(limits: BatchLimits) -> Self {
         Batcher {
             limits,
             cur: Batch {
@@ -192,12 +192,12 @@ impl Batcher {
     }
 
     /// Events seen with an id lower than an earlier one (kept in stream order).
-    pub fn backwards(&self) -> u64 {
+    pub(crate) fn backwards(&self) -> u64 {
         self.backwards
     }
 
     /// Adds one item; returns a batch when a size limit was reached.
-    pub fn push(&mut self, item: Item, now: Instant) -> Option<Batch> {
+    pub(crate) fn push(&mut self, item: Item, now: Instant) -> Option<Batch> {
         match item {
             Item::Mark { id } => {
                 self.see_mark(id);
@@ -239,7 +239,7 @@ impl Batcher {
     }
 
     /// Cuts at the last complete group if the oldest event reached the age limit.
-    pub fn tick(&mut self, now: Instant) -> Option<Batch> {
+    pub(crate) fn tick(&mut self, now: Instant) -> Option<Batch> {
         let old = self
             .oldest
             .is_some_and(|t| now.duration_since(t) >= self.limits.max_age);
@@ -250,7 +250,7 @@ impl Batcher {
     }
 
     /// When the next [`tick`](Self::tick) may cut, if anything is buffered.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         self.oldest
             .filter(|_| !self.cur.is_empty())
             .map(|t| t + self.limits.max_age)
@@ -258,7 +258,7 @@ impl Batcher {
 
     /// Everything buffered, open group included (end of run). The cursor
     /// stays before an open group.
-    pub fn finish(&mut self) -> Option<Batch> {
+    pub(crate) fn finish(&mut self) -> Option<Batch> {
         let fresh = Batch {
             body: self.fresh_body(),
             ..Batch::default()

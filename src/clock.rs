@@ -3,7 +3,7 @@
 //! modules take the time as an argument; only I/O shells read it here.
 
 /// Milliseconds since the epoch, now (0 if the clock is before 1970).
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -13,13 +13,13 @@ pub fn now_ms() -> u64 {
 /// A name unique to this process among runs on any host: the clock in
 /// nanoseconds, the process id and the host's name, hashed. The same for
 /// the whole run.
-pub fn run_id() -> &'static str {
+pub(crate) fn run_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(|| unique_name("run"))
 }
 
 /// A new name, unique among every other one made here or elsewhere.
-pub fn unique_name(kind: &str) -> String {
+pub(crate) fn unique_name(kind: &str) -> String {
     use sha2::{Digest, Sha256};
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNT: AtomicU64 = AtomicU64::new(0);

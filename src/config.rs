@@ -21,14 +21,14 @@ use crate::secret::Secret;
 
 /// A configuration value that cannot be used, with the fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
+pub(crate) struct ConfigError {
     /// The key, e.g. `minio.port`.
-    pub key: String,
+    pub(crate) key: String,
     /// Where the value came from (`MINIO_PORT`, `config.yml`, `--from`), or
     /// where to set a missing one.
-    pub origin: String,
+    pub(crate) origin: String,
     /// What is wrong and what to do.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 impl fmt::Display for ConfigError {
@@ -52,16 +52,16 @@ struct Raw {
 
 /// One key of the configuration: YAML path and environment variable.
 #[derive(Debug, Clone, Copy)]
-pub struct Key {
+pub(crate) struct Key {
     /// `section.key` as written in the YAML file.
-    pub path: &'static str,
+    pub(crate) path: &'static str,
     /// The environment variable that overrides it.
-    pub env: &'static str,
+    pub(crate) env: &'static str,
     /// True for a token or a secret key: its value is never printed.
-    pub secret: bool,
+    pub(crate) secret: bool,
     /// True when the YAML value may be a list (a sequence); every other key
     /// takes a single value.
-    pub list: bool,
+    pub(crate) list: bool,
 }
 
 const fn key(path: &'static str, env: &'static str) -> Key {
@@ -90,7 +90,7 @@ const fn list_key(path: &'static str, env: &'static str) -> Key {
 /// Keys of the reference connector's sample configuration (and of pycti's
 /// connector settings) that this exporter accepts in a file and ignores, so
 /// that a config copied from the reference still loads.
-pub const IGNORED_KEYS: &[&str] = &[
+pub(crate) const IGNORED_KEYS: &[&str] = &[
     "connector.auto",
     "connector.run_and_terminate",
     "connector.duration_period",
@@ -99,7 +99,7 @@ pub const IGNORED_KEYS: &[&str] = &[
 ];
 
 /// Every key we read, in documentation order (`config.example.yml`).
-pub const KEYS: &[Key] = &[
+pub(crate) const KEYS: &[Key] = &[
     key("opencti.url", "OPENCTI_URL"),
     secret_key("opencti.token", "OPENCTI_TOKEN"),
     key("opencti.ssl_verify", "OPENCTI_SSL_VERIFY"),
@@ -184,7 +184,7 @@ pub const KEYS: &[Key] = &[
 
 /// Where the stream starts when there is no saved state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recover {
+pub(crate) enum Recover {
     /// Snapshot of every object up to the moment the run starts, then live.
     UntilNow,
     /// Snapshot of every object up to this date (epoch ms), then live.
@@ -195,30 +195,30 @@ pub enum Recover {
 
 /// The OpenCTI side.
 #[derive(Debug, Clone)]
-pub struct OpenCti {
+pub(crate) struct OpenCti {
     /// Base URL without a trailing `/`.
-    pub url: String,
+    pub(crate) url: String,
     /// API token, sent as `Authorization: Bearer`.
-    pub token: Secret,
+    pub(crate) token: Secret,
     /// Verify the server's TLS certificate.
-    pub ssl_verify: bool,
+    pub(crate) ssl_verify: bool,
     /// Extra trusted CA certificates (PEM).
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// More trusted CA certificates (`HTTPS_CA_CERTIFICATES`), as PEM text:
     /// given inline, or read from the path given.
-    pub extra_ca_pem: Option<ExtraCa>,
+    pub(crate) extra_ca_pem: Option<ExtraCa>,
     /// Headers added to every OpenCTI request (`OPENCTI_CUSTOM_HEADERS`,
     /// pycti's `name1:value1;name2:value2`); values may be secrets.
-    pub custom_headers: Vec<(String, Secret)>,
+    pub(crate) custom_headers: Vec<(String, Secret)>,
     /// The proxy for `url`, from the environment as Python's requests reads
     /// it (`HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` by scheme, lower case
     /// first, `NO_PROXY`); may carry a password.
-    pub proxy: Option<Secret>,
+    pub(crate) proxy: Option<Secret>,
 }
 
 /// CA certificates given by `HTTPS_CA_CERTIFICATES`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExtraCa {
+pub(crate) enum ExtraCa {
     /// PEM text given in the variable itself.
     Inline(String),
     /// A PEM file.
@@ -227,53 +227,53 @@ pub enum ExtraCa {
 
 /// How this exporter shows itself on the platform's connectors page.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectorSettings {
+pub(crate) struct ConnectorSettings {
     /// `connector.id`: the connector's id on the platform (a UUID).
-    pub id: String,
+    pub(crate) id: String,
     /// `connector.name`.
-    pub name: String,
+    pub(crate) name: String,
     /// `connector.scope`, split on commas as pycti does.
-    pub scope: Vec<String>,
+    pub(crate) scope: Vec<String>,
 }
 
 /// The live stream and how to read it.
 #[derive(Debug, Clone)]
-pub struct StreamSettings {
+pub(crate) struct StreamSettings {
     /// The live stream id (`connector.live_stream_id`).
-    pub live_stream_id: String,
+    pub(crate) live_stream_id: String,
     /// Start position for a first run (`connector.live_stream_start_timestamp`).
-    pub start: Option<EventId>,
+    pub(crate) start: Option<EventId>,
     /// Recovery for a first run.
-    pub recover: Recover,
+    pub(crate) recover: Recover,
     /// `listen-delete` header.
-    pub listen_delete: bool,
+    pub(crate) listen_delete: bool,
     /// `no-dependencies` header.
-    pub no_dependencies: bool,
+    pub(crate) no_dependencies: bool,
     /// `with-inferences` header.
-    pub with_inferences: bool,
+    pub(crate) with_inferences: bool,
     /// Reconnect when no byte arrived for this long.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Largest event kept whole, in bytes; larger ones become dead letters.
-    pub max_event_bytes: usize,
+    pub(crate) max_event_bytes: usize,
     /// Longest wait between two reconnection attempts.
-    pub reconnect_max: Duration,
+    pub(crate) reconnect_max: Duration,
 }
 
 /// When a batch file is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchLimits {
+pub(crate) struct BatchLimits {
     /// Cut when the oldest buffered event is this old.
-    pub max_age: Duration,
+    pub(crate) max_age: Duration,
     /// Cut at this many events.
-    pub max_events: usize,
+    pub(crate) max_events: usize,
     /// Cut before the body would exceed this many bytes (a single larger
     /// event still gets a file of its own).
-    pub max_bytes: usize,
+    pub(crate) max_bytes: usize,
 }
 
 /// Where files go.
 #[derive(Debug, Clone)]
-pub enum Output {
+pub(crate) enum Output {
     /// S3 / MinIO.
     S3 {
         /// Connection settings and bucket.
@@ -294,67 +294,67 @@ pub enum Output {
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// The config file read, if any.
-    pub file: Option<PathBuf>,
+    pub(crate) file: Option<PathBuf>,
     opencti: Result<OpenCti, ConfigError>,
     stream: Result<StreamSettings, ConfigError>,
     /// `connector.name`, used in logs and metrics.
-    pub connector_name: String,
+    pub(crate) connector_name: String,
     /// Registration on the platform's connectors page, when `connector.id` is set.
-    pub connector: Option<ConnectorSettings>,
+    pub(crate) connector: Option<ConnectorSettings>,
     /// Log level from `connector.log_level`.
-    pub log_level: log::LevelFilter,
+    pub(crate) log_level: log::LevelFilter,
     /// Worker threads that turn events into lines.
-    pub consumer_count: usize,
+    pub(crate) consumer_count: usize,
     /// Events in flight between the reader and the batcher.
-    pub queue_size: usize,
+    pub(crate) queue_size: usize,
     /// Batch cutting rules.
-    pub batch: BatchLimits,
+    pub(crate) batch: BatchLimits,
     /// Object key prefix (`minio.folder`), without slashes at the ends.
-    pub folder: String,
+    pub(crate) folder: String,
     output: Result<Output, ConfigError>,
     /// The state file.
-    pub state_path: PathBuf,
+    pub(crate) state_path: PathBuf,
     /// Fetch attached files from OpenCTI.
-    pub fetch_files: bool,
+    pub(crate) fetch_files: bool,
     /// How attached files are fetched: concurrency, size cap, deadline,
     /// attempts, memory for files fetched ahead.
-    pub files: crate::fetch::FileSettings,
+    pub(crate) files: crate::fetch::FileSettings,
     /// Longest output line, in bytes (`output.max_line_bytes`): what the
     /// importer can publish to its broker.
-    pub max_line_bytes: usize,
+    pub(crate) max_line_bytes: usize,
     /// What may leave: types, labels, TLP ceiling.
-    pub policy: std::sync::Arc<Policy>,
+    pub(crate) policy: std::sync::Arc<Policy>,
     /// Serve Prometheus metrics on this port (`connector.expose_metrics`).
-    pub metrics_port: Option<u16>,
+    pub(crate) metrics_port: Option<u16>,
     /// Write the metrics here at exit, for node-exporter's textfile collector.
-    pub metrics_textfile: Option<PathBuf>,
+    pub(crate) metrics_textfile: Option<PathBuf>,
     /// How often a progress line is logged when not on a terminal.
-    pub log_every: Duration,
+    pub(crate) log_every: Duration,
     /// Under `run --once`, how long OpenCTI or the storage may fail with
     /// nothing getting through before the run gives up.
-    pub once_max_outage: Duration,
+    pub(crate) once_max_outage: Duration,
 }
 
 impl Config {
     /// The OpenCTI settings, or why they are missing.
-    pub fn opencti(&self) -> Result<&OpenCti, ConfigError> {
+    pub(crate) fn opencti(&self) -> Result<&OpenCti, ConfigError> {
         self.opencti.as_ref().map_err(Clone::clone)
     }
 
     /// The stream settings, or why they are missing.
-    pub fn stream(&self) -> Result<&StreamSettings, ConfigError> {
+    pub(crate) fn stream(&self) -> Result<&StreamSettings, ConfigError> {
         self.stream.as_ref().map_err(Clone::clone)
     }
 
     /// The destination, or why it cannot be used.
-    pub fn output(&self) -> Result<&Output, ConfigError> {
+    pub(crate) fn output(&self) -> Result<&Output, ConfigError> {
         self.output.as_ref().map_err(Clone::clone)
     }
 
     /// Fails with the first problem among the settings a run needs.
-    pub fn check_for_run(&self) -> Result<(), ConfigError> {
+    pub(crate) fn check_for_run(&self) -> Result<(), ConfigError> {
         self.opencti()?;
         self.stream()?;
         self.output()?;
@@ -364,19 +364,19 @@ impl Config {
 
 /// Values given on the command line, which win over the file and the environment.
 #[derive(Debug, Default, Clone)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     /// `--state`.
-    pub state_path: Option<PathBuf>,
+    pub(crate) state_path: Option<PathBuf>,
     /// `--output-dir`: forces the directory destination.
-    pub output_dir: Option<PathBuf>,
+    pub(crate) output_dir: Option<PathBuf>,
     /// `--consumer-count`.
-    pub consumer_count: Option<String>,
+    pub(crate) consumer_count: Option<String>,
     /// `--metrics-textfile`.
-    pub metrics_textfile: Option<PathBuf>,
+    pub(crate) metrics_textfile: Option<PathBuf>,
 }
 
 /// Which config file to read: `--config`, else `./config.yml` when present.
-pub fn find_file(flag: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
+pub(crate) fn find_file(flag: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
     match flag {
         Some(p) if p.is_file() => Ok(Some(p.to_path_buf())),
         Some(p) => Err(ConfigError {
@@ -396,13 +396,13 @@ pub fn find_file(flag: Option<&Path>) -> Result<Option<PathBuf>, ConfigError> {
 
 /// Reads and validates the configuration from a file, the process
 /// environment and command-line overrides.
-pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+pub(crate) fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
     let env: HashMap<String, String> = std::env::vars().collect();
     load_from(file, &env, overrides)
 }
 
 /// As [`load`], with the environment given (for tests).
-pub fn load_from(
+pub(crate) fn load_from(
     file: Option<&Path>,
     env: &HashMap<String, String>,
     overrides: &Overrides,
@@ -681,7 +681,7 @@ impl Sources<'_> {
 
 /// Reads a boolean the way the reference does: true/false/yes/no/1/0 (and
 /// on/off, y/n, t/f) in any case.
-pub fn parse_bool(s: &str) -> Option<bool> {
+pub(crate) fn parse_bool(s: &str) -> Option<bool> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "yes" | "1" | "on" | "y" | "t" => Some(true),
         "false" | "no" | "0" | "off" | "n" | "f" => Some(false),
@@ -694,7 +694,7 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 /// `<ms>-<seq>`, or an ISO date (one without a zone is UTC, as the
 /// platform reads dates). Epoch seconds stay refused: pycti would send them
 /// as milliseconds of January 1970.
-pub fn parse_start_timestamp(value: &str) -> Result<EventId, String> {
+pub(crate) fn parse_start_timestamp(value: &str) -> Result<EventId, String> {
     let v = value.trim();
     if v == "0" {
         return Ok(EventId::default());
@@ -712,7 +712,7 @@ pub fn parse_start_timestamp(value: &str) -> Result<EventId, String> {
 /// `no`, `none` (any case; pycti's list is `no`, `none`, `false` with a
 /// capital or not) turn recovery off; `true` (or unset) recovers up to the
 /// start of the run; otherwise an ISO date, UTC when it has no zone.
-pub fn parse_recover(value: &str) -> Result<Recover, String> {
+pub(crate) fn parse_recover(value: &str) -> Result<Recover, String> {
     let v = value.trim();
     if v.eq_ignore_ascii_case("none") {
         return Ok(Recover::Off);
@@ -997,7 +997,7 @@ fn connector(src: &Sources, name: &str) -> Result<Option<ConnectorSettings>, Con
 /// separated by `;`, each split at its first `:`, both sides trimmed, empty
 /// pairs skipped. pycti skips a pair without `:` with a warning; it is
 /// refused here, as is a header this tool sets itself.
-pub fn parse_custom_headers(text: &str) -> Result<Vec<(String, Secret)>, String> {
+pub(crate) fn parse_custom_headers(text: &str) -> Result<Vec<(String, Secret)>, String> {
     let mut out = Vec::new();
     for pair in text.trim().split(';') {
         if pair.trim().is_empty() {
@@ -1041,7 +1041,7 @@ pub fn parse_custom_headers(text: &str) -> Result<Vec<(String, Secret)>, String>
 /// picks it: `<scheme>_proxy` then `all_proxy`, the lower-case name winning
 /// over the upper-case one; none when `no_proxy` matches the host. Returns
 /// the variable it came from and its value.
-pub fn proxy_for(url: &str, env: &HashMap<String, String>) -> Option<(String, String)> {
+pub(crate) fn proxy_for(url: &str, env: &HashMap<String, String>) -> Option<(String, String)> {
     let get = |name: &str| -> Option<(String, String)> {
         let lower = name.to_ascii_lowercase();
         let upper = name.to_ascii_uppercase();

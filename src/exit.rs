@@ -16,22 +16,22 @@ use crate::state::StateError;
 use crate::stream::client::StreamError;
 
 /// Success.
-pub const OK: i32 = 0;
+pub(crate) const OK: i32 = 0;
 /// Runtime failure.
-pub const FAILURE: i32 = 1;
+pub(crate) const FAILURE: i32 = 1;
 /// Usage or configuration error.
-pub const USAGE: i32 = 2;
+pub(crate) const USAGE: i32 = 2;
 /// Authentication failed or the stream is refused/stopped.
-pub const REFUSED: i32 = 3;
+pub(crate) const REFUSED: i32 = 3;
 /// Another run holds the lock.
-pub const LOCKED: i32 = 4;
+pub(crate) const LOCKED: i32 = 4;
 /// `run --once` gave up after a bounded outage.
-pub const GAVE_UP: i32 = 5;
+pub(crate) const GAVE_UP: i32 = 5;
 /// Interrupted by a second signal.
-pub const INTERRUPTED: i32 = 130;
+pub(crate) const INTERRUPTED: i32 = 130;
 
 /// The status for an error, from its kind.
-pub fn code_for(err: &anyhow::Error) -> i32 {
+pub(crate) fn code_for(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if cause.downcast_ref::<ConfigError>().is_some() {
             return USAGE;

@@ -41,18 +41,18 @@ use crate::retry::Backoff;
 
 /// What the fetch stage is allowed to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileSettings {
+pub(crate) struct FileSettings {
     /// Requests in flight at most (threads of the pool).
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Largest file, in bytes as served, that is exported with its content.
-    pub max_bytes: u64,
+    pub(crate) max_bytes: u64,
     /// Longest time for one file, from the first request to the last byte,
     /// retries included.
-    pub deadline: Duration,
+    pub(crate) deadline: Duration,
     /// Attempts per file for retryable failures.
-    pub retries: u32,
+    pub(crate) retries: u32,
     /// Content (base64) held by fetches not yet taken by a worker, in bytes.
-    pub buffer_bytes: usize,
+    pub(crate) buffer_bytes: usize,
 }
 
 impl Default for FileSettings {
@@ -68,7 +68,7 @@ impl Default for FileSettings {
 }
 
 /// The content of an attached file as standard padded base64.
-pub struct FileContent {
+pub(crate) struct FileContent {
     base64: String,
     size: u64,
     _charge: Charge,
@@ -76,7 +76,8 @@ pub struct FileContent {
 
 impl FileContent {
     /// Content encoded from `bytes` at once (fetchers without a budget).
-    pub fn from_bytes(bytes: &[u8]) -> Self {
+    #[cfg(test)]
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Self {
         FileContent {
             base64: base64::engine::general_purpose::STANDARD.encode(bytes),
             size: bytes.len() as u64,
@@ -85,12 +86,12 @@ impl FileContent {
     }
 
     /// The base64 text.
-    pub fn base64(&self) -> &str {
+    pub(crate) fn base64(&self) -> &str {
         &self.base64
     }
 
     /// Bytes received (before encoding).
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         self.size
     }
 
@@ -98,7 +99,7 @@ impl FileContent {
     /// the hold until the bytes made from the text (the line, the record
     /// kept aside) have left the pipeline's queues, so that memory stays
     /// bounded whatever the number of workers.
-    pub fn into_parts(self) -> (String, Hold) {
+    pub(crate) fn into_parts(self) -> (String, Hold) {
         let FileContent {
             base64, _charge, ..
         } = self;
@@ -107,7 +108,7 @@ impl FileContent {
 }
 
 /// Bytes charged to the fetch budget, given back when dropped.
-pub struct Hold(Charge);
+pub(crate) struct Hold(Charge);
 
 impl std::fmt::Debug for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -123,7 +124,7 @@ impl std::fmt::Debug for FileContent {
 
 /// What became of an attached file.
 #[derive(Debug)]
-pub enum FileOutcome {
+pub(crate) enum FileOutcome {
     /// Its whole content.
     Fetched(FileContent),
     /// Given up: why, and what was received when something was.
@@ -151,7 +152,7 @@ impl FileOutcome {
 /// asked; a key that could leave `/storage/get/` once decoded by a server or
 /// a proxy (`..`, a backslash, `%2e`, `%2f`, `%5c`, `%25`, a control
 /// character) is refused.
-pub fn storage_path(uri: &str) -> Result<String, String> {
+pub(crate) fn storage_path(uri: &str) -> Result<String, String> {
     const MARK: &str = "storage/get/";
     let Some(pos) = uri.find(MARK) else {
         return Err(format!("uri `{uri}` is not under `/storage/get/`"));
@@ -303,7 +304,7 @@ impl Job {
 }
 
 /// A file submitted to the fetch stage; [`Ticket::wait`] gives its outcome.
-pub struct Ticket {
+pub(crate) struct Ticket {
     job: Arc<Job>,
     budget: Option<Arc<Budget>>,
 }
@@ -328,12 +329,12 @@ impl Ticket {
     }
 
     /// The uri as written in the event.
-    pub fn uri(&self) -> &str {
+    pub(crate) fn uri(&self) -> &str {
         &self.job.uri
     }
 
     /// Blocks until the file is fetched or given up.
-    pub fn wait(self) -> FileOutcome {
+    pub(crate) fn wait(self) -> FileOutcome {
         let mut slot = self.job.result.lock().expect("not poisoned");
         loop {
             if let Some(outcome) = slot.take() {
@@ -374,7 +375,7 @@ struct Inner {
 
 /// The fetch pool. Dropping it stops its threads once the files already
 /// submitted are done.
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     inner: Arc<Inner>,
 }
 
@@ -388,7 +389,7 @@ const READ_CHUNK: usize = 48 * 1024;
 impl Fetcher {
     /// Starts `settings.concurrency` threads fetching from `base_url` (the
     /// configured `opencti.url`) with `agent`, sending `token`.
-    pub fn start(
+    pub(crate) fn start(
         agent: ureq::Agent,
         base_url: &str,
         token: &str,
@@ -423,7 +424,7 @@ impl Fetcher {
 
     /// Queues the attached file `uri` (as written in the event); a uri that
     /// must not be requested gives a ticket already failed.
-    pub fn submit(&self, uri: &str) -> Ticket {
+    pub(crate) fn submit(&self, uri: &str) -> Ticket {
         let path = match storage_path(uri) {
             Ok(p) => crate::http::encode_path(&p),
             Err(reason) => return Ticket::settled(uri, FileOutcome::failed(reason)),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Writes `body` to `path` so that a reader sees the old or the new content,
 /// never a mix (see [`replace`]), creating the missing parent directories
 /// first. `private` creates the file mode 0600.
-pub fn write_atomic(path: &Path, body: &[u8], private: bool) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, body: &[u8], private: bool) -> io::Result<()> {
     let path = &resolve_links(path)?;
     fs::create_dir_all(parent_dir(path))?;
     replace(path, body, private)
@@ -19,7 +19,7 @@ pub fn write_atomic(path: &Path, body: &[u8], private: bool) -> io::Result<()> {
 /// The file a path names once symbolic links are followed (a dangling
 /// link names its target, which a write creates): a state file linked into
 /// a persistent volume is written there, and the link stays.
-pub fn resolve_links(path: &Path) -> io::Result<PathBuf> {
+pub(crate) fn resolve_links(path: &Path) -> io::Result<PathBuf> {
     let mut p = path.to_path_buf();
     for _ in 0..40 {
         match fs::symlink_metadata(&p) {
@@ -48,7 +48,7 @@ pub fn resolve_links(path: &Path) -> io::Result<PathBuf> {
 /// the rename survives a crash. A `path` that is a symbolic link is written
 /// through to its target. On failure the temporary file is removed.
 /// `private` creates it mode 0600.
-pub fn replace(path: &Path, body: &[u8], private: bool) -> io::Result<()> {
+pub(crate) fn replace(path: &Path, body: &[u8], private: bool) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let path = &resolve_links(path)?;
     let Some(name) = path.file_name() else {
@@ -79,7 +79,7 @@ pub fn replace(path: &Path, body: &[u8], private: bool) -> io::Result<()> {
 }
 
 /// The directory a path lives in (`.` for a bare file name).
-pub fn parent_dir(path: &Path) -> PathBuf {
+pub(crate) fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -87,7 +87,7 @@ pub fn parent_dir(path: &Path) -> PathBuf {
 }
 
 /// Flushes a directory entry change to disk.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

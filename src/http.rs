@@ -17,14 +17,14 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use crate::config::{ExtraCa, OpenCti};
 
 /// An agent whose reads fail after `read_timeout` without a byte.
-pub fn agent(opencti: &OpenCti, read_timeout: Duration) -> Result<ureq::Agent> {
+pub(crate) fn agent(opencti: &OpenCti, read_timeout: Duration) -> Result<ureq::Agent> {
     Ok(agent_builder(opencti, read_timeout)?.build())
 }
 
 /// The agent for attached files: keeps up to `connections` connections to
 /// OpenCTI alive, one per request in flight, so that a file costs one round
 /// trip rather than a TCP (and TLS) handshake too.
-pub fn files_agent(opencti: &OpenCti, connections: usize) -> Result<ureq::Agent> {
+pub(crate) fn files_agent(opencti: &OpenCti, connections: usize) -> Result<ureq::Agent> {
     Ok(agent_builder(opencti, Duration::from_secs(30))?
         .max_idle_connections(connections)
         .max_idle_connections_per_host(connections)
@@ -197,7 +197,7 @@ impl ServerCertVerifier for NoVerify {
 }
 
 /// Percent-encodes a storage path for a URL, keeping `/` between segments.
-pub fn encode_path(path: &str) -> String {
+pub(crate) fn encode_path(path: &str) -> String {
     let mut out = String::with_capacity(path.len() + 16);
     for b in path.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {

@@ -13,21 +13,21 @@ use time::OffsetDateTime;
 
 /// A Redis-stream id as OpenCTI sends it: `<epoch_ms>-<seq>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct EventId {
+pub(crate) struct EventId {
     /// Milliseconds since the Unix epoch.
-    pub ms: u64,
+    pub(crate) ms: u64,
     /// Sequence within the millisecond.
-    pub seq: u64,
+    pub(crate) seq: u64,
 }
 
 impl EventId {
     /// The id `<ms>-0`.
-    pub fn at_ms(ms: u64) -> Self {
+    pub(crate) fn at_ms(ms: u64) -> Self {
         EventId { ms, seq: 0 }
     }
 
     /// The id's millisecond part as an RFC 3339 date (UTC, milliseconds).
-    pub fn date(&self) -> String {
+    pub(crate) fn date(&self) -> String {
         ms_to_iso(self.ms)
     }
 }
@@ -76,7 +76,7 @@ impl<'de> serde::Deserialize<'de> for EventId {
 
 /// Parses a start position: `<ms>-<seq>`, epoch milliseconds (13 digits),
 /// or an ISO-8601 date-time with a zone. Returns the id to resume after.
-pub fn parse_position(input: &str) -> Result<EventId, String> {
+pub(crate) fn parse_position(input: &str) -> Result<EventId, String> {
     let s = input.trim();
     if s.is_empty() {
         return Err("empty position: give a date like `2024-06-15T10:00:00Z`, epoch milliseconds, or an id `<ms>-<seq>`".into());
@@ -102,7 +102,7 @@ pub fn parse_position(input: &str) -> Result<EventId, String> {
 }
 
 /// Parses an ISO-8601 / RFC 3339 date-time with a zone into epoch ms.
-pub fn parse_iso_ms(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_iso_ms(s: &str) -> Result<u64, String> {
     let t = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| {
         let b = s.as_bytes();
         let dated =
@@ -119,7 +119,7 @@ pub fn parse_iso_ms(s: &str) -> Result<u64, String> {
 }
 
 /// Epoch milliseconds as an RFC 3339 UTC date with milliseconds.
-pub fn ms_to_iso(ms: u64) -> String {
+pub(crate) fn ms_to_iso(ms: u64) -> String {
     let t = OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     format!(

@@ -18,29 +18,29 @@ use crate::dest::{CondPut, DestError, Destination, Precondition};
 use crate::marker::lease_key;
 
 /// How long a lease lasts without renewal.
-pub const TTL_MS: u64 = 60_000;
+pub(crate) const TTL_MS: u64 = 60_000;
 /// How often it is renewed.
-pub const RENEW_EVERY_MS: u64 = 15_000;
+pub(crate) const RENEW_EVERY_MS: u64 = 15_000;
 
 /// What the lease object says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseDoc {
+pub(crate) struct LeaseDoc {
     /// The run that holds it.
-    pub owner: String,
+    pub(crate) owner: String,
     /// Where that run is, for messages: host name and process id.
-    pub holder: String,
+    pub(crate) holder: String,
     /// The host and state file of that run: a run on the same host with
     /// the same state file holds the state's lock, so the holder is gone
     /// (killed) and the lease is taken over at once.
     #[serde(default)]
-    pub state: String,
+    pub(crate) state: String,
     /// Until when (epoch ms).
-    pub expires_ms: u64,
+    pub(crate) expires_ms: u64,
 }
 
 /// What to do about the lease found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// None: create it.
     Create,
     /// Ours, or expired: replace it (compare-and-swap on its tag).
@@ -51,7 +51,7 @@ pub enum Decision {
 
 /// Decides, from the lease found (`None`: none; `Err`: unreadable), for
 /// run `me` with state `my_state` (see [`LeaseDoc::state`]) at `now_ms`.
-pub fn decide(
+pub(crate) fn decide(
     found: Option<Result<&LeaseDoc, String>>,
     me: &str,
     my_state: &str,
@@ -75,7 +75,7 @@ pub fn decide(
 
 /// A lease this run holds.
 #[derive(Debug)]
-pub struct Lease {
+pub(crate) struct Lease {
     key: String,
     tag: String,
     conditional: bool,
@@ -84,7 +84,7 @@ pub struct Lease {
 
 /// Why a lease could not be taken or kept.
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseError {
+pub(crate) enum LeaseError {
     /// Another run holds it, or took it over.
     #[error("{0}")]
     Held(String),
@@ -100,7 +100,7 @@ fn host() -> String {
 }
 
 /// The [`LeaseDoc::state`] of a run with this state file on this host.
-pub fn state_identity(state_path: &std::path::Path) -> String {
+pub(crate) fn state_identity(state_path: &std::path::Path) -> String {
     let path = std::fs::canonicalize(state_path).unwrap_or_else(|_| state_path.to_path_buf());
     format!("{}:{}", host(), path.display())
 }
@@ -117,7 +117,7 @@ fn doc(me: &str, my_state: &str, now_ms: u64) -> Vec<u8> {
 
 impl Lease {
     /// Takes the lease of `folder` for run `me`.
-    pub fn acquire(
+    pub(crate) fn acquire(
         d: &mut dyn Destination,
         folder: &str,
         me: &str,
@@ -186,7 +186,7 @@ impl Lease {
     }
 
     /// Extends the lease; fails when another run took it over.
-    pub fn renew(&mut self, d: &mut dyn Destination, me: &str) -> Result<(), LeaseError> {
+    pub(crate) fn renew(&mut self, d: &mut dyn Destination, me: &str) -> Result<(), LeaseError> {
         let body = doc(me, &self.state, crate::clock::now_ms());
         if !self.conditional {
             let still_ours = d
@@ -213,13 +213,13 @@ impl Lease {
     }
 
     /// Gives the lease up at the end of the run.
-    pub fn release(self, d: &mut dyn Destination) {
+    pub(crate) fn release(self, d: &mut dyn Destination) {
         let _ = d.delete(&self.key);
     }
 }
 
 /// Renews a lease in its own thread until dropped, then gives it up.
-pub struct Keeper {
+pub(crate) struct Keeper {
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
@@ -236,7 +236,7 @@ impl Drop for Keeper {
 /// Keeps `lease` (through `d`, a destination of its own) for run `me`.
 /// When another run takes it over, `lost` and `stop` are set: the
 /// committer stores nothing more, and the run ends.
-pub fn keep(
+pub(crate) fn keep(
     mut d: Box<dyn Destination>,
     mut lease: Lease,
     me: String,

@@ -30,11 +30,11 @@ static FLAGS_SET: AtomicBool = AtomicBool::new(false);
 static NAME: RwLock<String> = RwLock::new(String::new());
 
 /// The variable pycti reads to choose JSON logs.
-pub const JSON_VAR: &str = "OPENCTI_JSON_LOGGING";
+pub(crate) const JSON_VAR: &str = "OPENCTI_JSON_LOGGING";
 
 /// The two formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     /// `2024-06-15T10:00:00.123Z INFO  message`.
     Text,
     /// One JSON object a line, with pycti's fields.
@@ -44,7 +44,7 @@ pub enum Format {
 /// The format for the value of `OPENCTI_JSON_LOGGING` (if set) and whether
 /// stderr is a terminal. An unreadable value is reported in `Err` with the
 /// format used instead.
-pub fn choose_format(var: Option<&str>, terminal: bool) -> Result<Format, (Format, String)> {
+pub(crate) fn choose_format(var: Option<&str>, terminal: bool) -> Result<Format, (Format, String)> {
     let default = if terminal { Format::Text } else { Format::Json };
     let Some(value) = var else {
         return Ok(default);
@@ -66,7 +66,7 @@ struct Logger {
 }
 
 /// Starts logging; `-q` and `-v` fix the level for the whole run.
-pub fn init(quiet: bool, verbose: u8) {
+pub(crate) fn init(quiet: bool, verbose: u8) {
     let level = if quiet {
         LevelFilter::Warn
     } else {
@@ -96,14 +96,14 @@ pub fn init(quiet: bool, verbose: u8) {
 }
 
 /// Applies `connector.log_level` unless a flag already chose the level.
-pub fn apply_config_level(level: LevelFilter) {
+pub(crate) fn apply_config_level(level: LevelFilter) {
     if !FLAGS_SET.load(Ordering::Relaxed) {
         log::set_max_level(level);
     }
 }
 
 /// Sets the `name` field of JSON lines (`connector.name`).
-pub fn set_name(name: &str) {
+pub(crate) fn set_name(name: &str) {
     *NAME.write().unwrap_or_else(|e| e.into_inner()) = name.to_string();
 }
 
@@ -130,7 +130,13 @@ fn level_name(level: Level) -> &'static str {
 }
 
 /// One JSON line (with its `\n`) in pycti's shape.
-pub fn json_line(timestamp: &str, level: Level, name: &str, message: &str, module: &str) -> String {
+pub(crate) fn json_line(
+    timestamp: &str,
+    level: Level,
+    name: &str,
+    message: &str,
+    module: &str,
+) -> String {
     let mut doc = serde_json::Map::new();
     doc.insert("timestamp".into(), timestamp.into());
     doc.insert("level".into(), level_name(level).into());

@@ -1,18 +1,8 @@
-//! Parse, set up logging, dispatch, map the error to an exit status.
+//! Parse the command line, hand it to the library, exit with its status.
 
 use clap::Parser;
 
-use opencti_stream_exporter::{cli::Cli, cmd, exit, logging};
-
 fn main() {
-    let cli = Cli::parse();
-    logging::init(cli.quiet, cli.verbose);
-    let code = match cmd::dispatch(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            log::error!("{e:#}");
-            exit::code_for(&e)
-        }
-    };
-    std::process::exit(code);
+    let cli = opencti_stream_exporter::cli::Cli::parse();
+    std::process::exit(opencti_stream_exporter::main_with(cli));
 }

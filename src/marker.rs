@@ -15,48 +15,48 @@
 use serde::{Deserialize, Serialize};
 
 /// The directory of the exporter's own objects in a bucket or output root.
-pub const OWN_PREFIX: &str = ".opencti-stream-exporter";
+pub(crate) const OWN_PREFIX: &str = ".opencti-stream-exporter";
 
 /// What the marker records.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Marker {
+pub(crate) struct Marker {
     /// The export's identity: the same across restarts, restores and
     /// `state reset`, new for another state (a backfill) or a renumbering.
-    pub export_id: String,
+    pub(crate) export_id: String,
     /// The live stream exported.
     #[serde(default)]
-    pub stream_id: Option<String>,
+    pub(crate) stream_id: Option<String>,
     /// The number the next file gets.
-    pub next_file: u64,
+    pub(crate) next_file: u64,
     /// Millisecond stamp of the last key used.
     #[serde(default)]
-    pub last_key_ms: u64,
+    pub(crate) last_key_ms: u64,
     /// The cursor saved with the last stored file.
     #[serde(default)]
-    pub cursor: Option<String>,
+    pub(crate) cursor: Option<String>,
     /// The snapshot's end date while one is in progress.
     #[serde(default)]
-    pub recover_until: Option<String>,
+    pub(crate) recover_until: Option<String>,
     /// When it was written (RFC 3339).
     #[serde(default)]
-    pub updated_at: String,
+    pub(crate) updated_at: String,
 }
 
 impl Marker {
     /// The number of files the export has stored.
-    pub fn file_count(&self) -> u64 {
+    pub(crate) fn file_count(&self) -> u64 {
         self.next_file.saturating_sub(1)
     }
 
     /// The JSON body of the marker object.
-    pub fn to_body(&self) -> Vec<u8> {
+    pub(crate) fn to_body(&self) -> Vec<u8> {
         let mut body = serde_json::to_vec_pretty(self).expect("marker serialises");
         body.push(b'\n');
         body
     }
 
     /// Reads a marker body; the error says what is wrong.
-    pub fn from_body(body: &[u8]) -> Result<Marker, String> {
+    pub(crate) fn from_body(body: &[u8]) -> Result<Marker, String> {
         let m: Marker = serde_json::from_slice(body).map_err(|e| e.to_string())?;
         if m.next_file == 0 {
             return Err("`next_file` is 0".into());
@@ -70,19 +70,19 @@ impl Marker {
 }
 
 /// The key of the marker of `folder`.
-pub fn marker_key(folder: &str) -> String {
+pub(crate) fn marker_key(folder: &str) -> String {
     format!("{OWN_PREFIX}/{folder}/marker.json")
 }
 
 /// The key of the lease of `folder`.
-pub fn lease_key(folder: &str) -> String {
+pub(crate) fn lease_key(folder: &str) -> String {
     format!("{OWN_PREFIX}/{folder}/lease.json")
 }
 
 /// Whether the exporter's own keys for `folder` could be read by an
 /// importer: one that lists `folder` as a string prefix, or every key that
 /// sorts after it. They must sort before the folder's name.
-pub fn collides_with_folder(folder: &str) -> bool {
+pub(crate) fn collides_with_folder(folder: &str) -> bool {
     marker_key(folder).as_str() >= folder || lease_key(folder).as_str() >= folder
 }
 
@@ -91,7 +91,7 @@ pub fn collides_with_folder(folder: &str) -> bool {
 /// prefix, recursively, reads them), and other exports' folders (from their
 /// markers, `marker_keys`) that start with its name or whose name it starts
 /// with. `prefixed_keys` are the keys that start with `folder`. Pure.
-pub fn folder_clashes(
+pub(crate) fn folder_clashes(
     folder: &str,
     prefixed_keys: &[String],
     marker_keys: &[String],

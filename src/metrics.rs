@@ -31,17 +31,17 @@ use std::time::{Duration, Instant};
 
 use crate::policy::Reason;
 
-pub mod process;
+pub(crate) mod process;
 
 /// Actions of `processed_messages_total`, the SSE names of data events.
-pub const ACTIONS: [&str; 4] = crate::transform::DATA_EVENTS;
+pub(crate) const ACTIONS: [&str; 4] = crate::transform::DATA_EVENTS;
 
 /// Upper bounds of the `events_per_file` buckets (events); `+Inf` follows.
-pub const EVENTS_PER_FILE_BOUNDS: [u64; 6] = [1, 10, 100, 1_000, 10_000, 100_000];
+pub(crate) const EVENTS_PER_FILE_BOUNDS: [u64; 6] = [1, 10, 100, 1_000, 10_000, 100_000];
 
 /// Upper bounds of the `upload_duration_seconds` buckets, in microseconds
 /// (0.01 s to 60 s); `+Inf` follows.
-pub const UPLOAD_BOUNDS_US: [u64; 12] = [
+pub(crate) const UPLOAD_BOUNDS_US: [u64; 12] = [
     10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
     30_000_000, 60_000_000,
 ];
@@ -56,7 +56,7 @@ const PREFIX: &str = "opencti_stream_exporter_";
 
 /// What a retry was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RetryCause {
+pub(crate) enum RetryCause {
     /// Storing a file (S3 or directory).
     Storage,
     /// Reconnecting to the stream.
@@ -67,14 +67,14 @@ pub enum RetryCause {
 
 impl RetryCause {
     /// Every cause, in label order.
-    pub const ALL: [RetryCause; 3] = [
+    pub(crate) const ALL: [RetryCause; 3] = [
         RetryCause::Storage,
         RetryCause::Stream,
         RetryCause::FileFetch,
     ];
 
     /// The `cause` label value: `storage`, `stream` or `file_fetch`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             RetryCause::Storage => "storage",
             RetryCause::Stream => "stream",
@@ -121,32 +121,32 @@ impl<const N: usize> Histogram<N> {
 
 /// A reading of the main figures, for people rather than scrapers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Data events received.
-    pub received: u64,
+    pub(crate) received: u64,
     /// Millisecond part of the last complete id received.
-    pub received_ms: u64,
+    pub(crate) received_ms: u64,
     /// Millisecond part of the stream head announced at connection.
-    pub head_ms: u64,
+    pub(crate) head_ms: u64,
     /// Millisecond part of the committed cursor (0: none yet).
-    pub cursor_ms: u64,
+    pub(crate) cursor_ms: u64,
     /// Lines in the files written and committed.
-    pub events_written: u64,
+    pub(crate) events_written: u64,
     /// Files written and committed.
-    pub files_written: u64,
+    pub(crate) files_written: u64,
     /// Bytes written and committed.
-    pub bytes_written: u64,
+    pub(crate) bytes_written: u64,
     /// Attached files exported without content.
-    pub file_fetch_failures: u64,
+    pub(crate) file_fetch_failures: u64,
     /// Lost stream connections.
-    pub reconnects: u64,
+    pub(crate) reconnects: u64,
     /// Dead letters kept.
-    pub dead_letters: u64,
+    pub(crate) dead_letters: u64,
 }
 
 /// The figures of a run. Share it as `Arc<Metrics>`.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     processed: [AtomicU64; 4],
     written_files: AtomicU64,
     write_errors: AtomicU64,
@@ -174,19 +174,21 @@ pub struct Metrics {
 
 impl Metrics {
     /// All figures at zero.
-    pub fn new() -> Self {
+    #[cfg(test)]
+    pub(crate) fn new() -> Self {
         Metrics::default()
     }
 
     /// Counts one data event; `action` is its SSE name (other names are ignored).
-    pub fn inc_processed(&self, action: &str) {
+    pub(crate) fn inc_processed(&self, action: &str) {
         if let Some(i) = ACTIONS.iter().position(|a| *a == action) {
             self.processed[i].fetch_add(1, Relaxed);
         }
     }
 
     /// Events counted for `action` so far.
-    pub fn processed(&self, action: &str) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn processed(&self, action: &str) -> u64 {
         ACTIONS
             .iter()
             .position(|a| *a == action)
@@ -195,7 +197,7 @@ impl Metrics {
 
     /// Records a file stored: its events, its size in bytes, and how long
     /// the successful store took.
-    pub fn record_file(&self, events: u64, bytes: u64, upload: Duration) {
+    pub(crate) fn record_file(&self, events: u64, bytes: u64, upload: Duration) {
         self.written_files.fetch_add(1, Relaxed);
         self.bytes_written.fetch_add(bytes, Relaxed);
         self.last_file_events.store(events, Relaxed);
@@ -206,86 +208,81 @@ impl Metrics {
     }
 
     /// Counts one failed attempt to store a file (retried or not).
-    pub fn inc_write_error(&self) {
+    pub(crate) fn inc_write_error(&self) {
         self.write_errors.fetch_add(1, Relaxed);
     }
 
     /// Counts one retry.
-    pub fn inc_retry(&self, cause: RetryCause) {
+    pub(crate) fn inc_retry(&self, cause: RetryCause) {
         self.retries[cause as usize].fetch_add(1, Relaxed);
     }
 
     /// Retries counted so far for `cause`.
-    pub fn retries(&self, cause: RetryCause) -> u64 {
+    pub(crate) fn retries(&self, cause: RetryCause) -> u64 {
         self.retries[cause as usize].load(Relaxed)
     }
 
     /// Counts one event set aside as a dead letter.
-    pub fn inc_dead_letter(&self) {
+    pub(crate) fn inc_dead_letter(&self) {
         self.dead_letters.fetch_add(1, Relaxed);
     }
 
     /// Counts attached files that could not be fetched (exported without content).
-    pub fn add_file_fetch_failures(&self, n: u64) {
+    pub(crate) fn add_file_fetch_failures(&self, n: u64) {
         self.file_fetch_failures.fetch_add(n, Relaxed);
     }
 
     /// Counts one lost stream connection.
-    pub fn inc_reconnect(&self) {
+    pub(crate) fn inc_reconnect(&self) {
         self.reconnects.fetch_add(1, Relaxed);
     }
 
     /// Counts one event held back by the export policy.
-    pub fn inc_held(&self, reason: Reason) {
+    pub(crate) fn inc_held(&self, reason: Reason) {
         self.held[reason.index()].fetch_add(1, Relaxed);
-    }
-
-    /// Events held back so far for `reason`.
-    pub fn held(&self, reason: Reason) -> u64 {
-        self.held[reason.index()].load(Relaxed)
     }
 
     /// Sets the millisecond part of the last complete id received (never
     /// goes back).
-    pub fn set_received_ms(&self, ms: u64) {
+    pub(crate) fn set_received_ms(&self, ms: u64) {
         self.received_ms.fetch_max(ms, Relaxed);
     }
 
     /// Records a commit: the millisecond part of the committed cursor and
     /// the time of the commit (epoch milliseconds).
-    pub fn record_commit(&self, cursor_ms: u64, at_ms: u64) {
+    pub(crate) fn record_commit(&self, cursor_ms: u64, at_ms: u64) {
         self.cursor_ms.store(cursor_ms, Relaxed);
         self.last_commit_ms.store(at_ms, Relaxed);
     }
 
     /// Sets the committed cursor without a commit (e.g. from the saved state
     /// at start-up).
-    pub fn set_cursor_ms(&self, ms: u64) {
+    pub(crate) fn set_cursor_ms(&self, ms: u64) {
         self.cursor_ms.store(ms, Relaxed);
     }
 
     /// Sets the end of the recovery (epoch milliseconds); 0 when none.
-    pub fn set_recover_until_ms(&self, ms: u64) {
+    pub(crate) fn set_recover_until_ms(&self, ms: u64) {
         self.recover_until_ms.store(ms, Relaxed);
     }
 
     /// Counts one data event received from the stream.
-    pub fn inc_received(&self) {
+    pub(crate) fn inc_received(&self) {
         self.received.fetch_add(1, Relaxed);
     }
 
     /// Records that the stream connection is up (`true`) or lost.
-    pub fn set_stream_connected(&self, up: bool) {
+    pub(crate) fn set_stream_connected(&self, up: bool) {
         self.stream_connected.store(u64::from(up), Relaxed);
     }
 
     /// Sets the millisecond part of the stream head the server announced.
-    pub fn set_head_ms(&self, ms: u64) {
+    pub(crate) fn set_head_ms(&self, ms: u64) {
         self.head_ms.store(ms, Relaxed);
     }
 
     /// The figures the progress line and the run summary show.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
             received: self.received.load(Relaxed),
             received_ms: self.received_ms.load(Relaxed),
@@ -302,7 +299,7 @@ impl Metrics {
 
     /// The text exposition format 0.0.4, for connector `name`, with the
     /// `process_*` series of this process (for a scrape).
-    pub fn render(&self, name: &str) -> String {
+    pub(crate) fn render(&self, name: &str) -> String {
         let mut out = self.exposition_at(name, crate::clock::now_ms());
         if let Some(p) = process::read() {
             process::render(&mut out, &p);
@@ -312,7 +309,7 @@ impl Metrics {
 
     /// The run's figures without the `process_*` series: for the textfile,
     /// read after the process is gone, by a node-exporter that has its own.
-    pub fn render_run(&self, name: &str) -> String {
+    pub(crate) fn render_run(&self, name: &str) -> String {
         self.render_at(name, crate::clock::now_ms())
     }
 
@@ -456,7 +453,7 @@ impl Metrics {
     }
 
     /// The main figures on one line, for a periodic info log.
-    pub fn summary_line(&self) -> String {
+    pub(crate) fn summary_line(&self) -> String {
         self.summary_line_at(crate::clock::now_ms())
     }
 
@@ -588,7 +585,11 @@ fn escape_label(v: &str) -> String {
 /// request and 2 s to take the answer, so a slow or silent one delays the
 /// next scrape by a few seconds at most, and the pipeline never (only
 /// atomics are read).
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>, name: String) -> io::Result<SocketAddr> {
+pub(crate) fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    name: String,
+) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -723,7 +724,7 @@ fn route(head: &[u8], metrics: &Metrics, name: &str) -> (&'static str, &'static 
 /// Writes the metrics for node-exporter's textfile collector: a temporary
 /// file beside `path` (not ending in `.prom`, so never collected half
 /// written), flushed to disk, then renamed over `path`.
-pub fn write_textfile(path: &Path, metrics: &Metrics, name: &str) -> io::Result<()> {
+pub(crate) fn write_textfile(path: &Path, metrics: &Metrics, name: &str) -> io::Result<()> {
     crate::fsutil::replace(path, metrics.render_run(name).as_bytes(), false).map_err(|e| {
         io::Error::new(
             e.kind(),

@@ -25,12 +25,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::batch::{Batch, Batcher, DeadLetter, Item};
 use crate::commit::Committer;
-use crate::config::{BatchLimits, StreamSettings};
+use crate::config::BatchLimits;
 use crate::fetch::{Fetcher, FileOutcome, Hold, Ticket};
 use crate::id::EventId;
 use crate::metrics::{Metrics, RetryCause};
@@ -42,27 +42,27 @@ use crate::transform::{self, FileFetcher, NoFiles, Transformed, DATA_EVENTS};
 /// What the stream's `connected` event said.
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub struct Connected {
+pub(crate) struct Connected {
     /// Newest id in the stream.
     #[serde(default)]
-    pub last_event_id: Option<String>,
+    pub(crate) last_event_id: Option<String>,
     /// Oldest id the server still retains.
     #[serde(default)]
-    pub first_event_id: Option<String>,
+    pub(crate) first_event_id: Option<String>,
     /// Date of the oldest retained event.
     #[serde(default)]
-    pub first_event_date: Option<String>,
+    pub(crate) first_event_date: Option<String>,
     /// Date of the newest event.
     #[serde(default)]
-    pub last_event_date: Option<String>,
+    pub(crate) last_event_date: Option<String>,
     /// Events retained.
     #[serde(default)]
-    pub stream_size: Option<u64>,
+    pub(crate) stream_size: Option<u64>,
 }
 
 impl Connected {
     /// One line: how many events, from which id and date to which.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         format!(
             "{} events retained, from `{}` ({}) to `{}` ({})",
             self.stream_size
@@ -78,52 +78,48 @@ impl Connected {
 
 /// When a run ends by itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StopRule {
+pub(crate) struct StopRule {
     /// End once the stream head announced at connection is complete.
-    pub once: bool,
+    pub(crate) once: bool,
     /// End once the stream passes this id; later events are not exported.
-    pub until: Option<EventId>,
+    pub(crate) until: Option<EventId>,
 }
 
 /// What a pipeline run needs besides the committer.
-pub struct PipelineSettings {
-    /// Stream connection settings.
-    pub stream: StreamSettings,
+pub(crate) struct PipelineSettings {
     /// Where to start.
-    pub start: Start,
+    pub(crate) start: Start,
     /// When to end.
-    pub stop_rule: StopRule,
+    pub(crate) stop_rule: StopRule,
     /// Worker threads.
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// Events in flight.
-    pub queue_size: usize,
+    pub(crate) queue_size: usize,
     /// Batch limits.
-    pub limits: BatchLimits,
+    pub(crate) limits: BatchLimits,
     /// Continue past a gap on the server side instead of stopping.
-    pub accept_gap: bool,
+    pub(crate) accept_gap: bool,
     /// End the first batch as soon as this id is complete.
-    pub first_cut_after: Option<EventId>,
+    pub(crate) first_cut_after: Option<EventId>,
     /// What may leave.
-    pub policy: Arc<Policy>,
+    pub(crate) policy: Arc<Policy>,
     /// Longest line (`output.max_line_bytes`).
-    pub max_line_bytes: usize,
+    pub(crate) max_line_bytes: usize,
 }
 
 /// How a run ended.
 #[derive(Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// The stream stopped us (401/410/not a stream).
-    pub stream_error: Option<StreamError>,
+    pub(crate) stream_error: Option<StreamError>,
     /// Stopped by a signal.
-    pub interrupted: bool,
+    pub(crate) interrupted: bool,
     /// First and last id stored.
-    pub first_id: Option<EventId>,
+    pub(crate) first_id: Option<EventId>,
     /// Last id stored.
-    pub last_id: Option<EventId>,
-    /// The `connected` event of the last connection.
-    pub connected: Option<Connected>,
+    pub(crate) last_id: Option<EventId>,
     /// Wall time.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
 }
 
 enum Work {
@@ -730,7 +726,7 @@ fn kept_file_letter(
 /// Runs the pipeline until the stream ends the run, a stop rule is met, a
 /// signal arrives (`stop`), or storage fails for good. `files` is the fetch
 /// stage (`None`: attached files are exported without content).
-pub fn run(
+pub(crate) fn run(
     client: StreamClient,
     settings: PipelineSettings,
     mut committer: Committer,
@@ -776,7 +772,6 @@ pub fn run(
 
     let connected = Arc::new(Mutex::new(None));
     let stream_error: Arc<Mutex<Option<StreamError>>> = Arc::new(Mutex::new(None));
-    let reader_done = Arc::new(AtomicBool::new(false));
     {
         let mut reader = Reader {
             senders: work_tx,
@@ -803,7 +798,6 @@ pub fn run(
         };
         let start = settings.start;
         let stream_error = stream_error.clone();
-        let reader_done = reader_done.clone();
         std::thread::Builder::new()
             .name("reader".into())
             .spawn(move || {
@@ -813,7 +807,6 @@ pub fn run(
                 if let Some(e) = reader.gap.take().map(Err).unwrap_or(result).err() {
                     *stream_error.lock().expect("not poisoned") = Some(e);
                 }
-                reader_done.store(true, Ordering::Relaxed);
                 // Dropping the reader closes the work channels: the end of input.
             })
             .expect("spawn reader");
@@ -863,7 +856,6 @@ pub fn run(
         interrupted: stop.load(Ordering::Relaxed),
         first_id,
         last_id,
-        connected: connected.lock().expect("not poisoned").clone(),
         elapsed: started.elapsed(),
     };
     (committer, Ok(outcome))
@@ -924,11 +916,6 @@ fn batcher_loop(
     if let Some(b) = batcher.finish() {
         let _ = out.send(b);
     }
-}
-
-/// Turns an outcome into an error when the stream refused us.
-pub fn stream_failure(outcome: &Outcome) -> Option<anyhow::Error> {
-    outcome.stream_error.as_ref().map(|e| anyhow!("{e}"))
 }
 
 #[cfg(test)]

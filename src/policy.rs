@@ -109,29 +109,29 @@ use serde_json::value::RawValue;
 
 /// The export policy as configured (`policy.*` keys), before validation.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct PolicySettings {
+pub(crate) struct PolicySettings {
     /// STIX types to export; empty = every type (`policy.allow_types`,
     /// `POLICY_ALLOW_TYPES`, comma-separated).
-    pub allow_types: Vec<String>,
+    pub(crate) allow_types: Vec<String>,
     /// STIX types never exported (`policy.deny_types`).
-    pub deny_types: Vec<String>,
+    pub(crate) deny_types: Vec<String>,
     /// An object must carry at least one of these labels; empty = no
     /// requirement (`policy.require_labels`).
-    pub require_labels: Vec<String>,
+    pub(crate) require_labels: Vec<String>,
     /// An object carrying any of these labels is held back
     /// (`policy.forbid_labels`).
-    pub forbid_labels: Vec<String>,
+    pub(crate) forbid_labels: Vec<String>,
     /// Highest TLP level exported, e.g. `TLP:AMBER` (`policy.tlp_ceiling`);
     /// `None` = markings are not checked.
-    pub tlp_ceiling: Option<String>,
+    pub(crate) tlp_ceiling: Option<String>,
     /// What to do with an object whose TLP level cannot be determined
     /// (`policy.unknown_marking`).
-    pub unknown_marking: UnknownMarking,
+    pub(crate) unknown_marking: UnknownMarking,
 }
 
 /// What to do with an object whose TLP level cannot be determined.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum UnknownMarking {
+pub(crate) enum UnknownMarking {
     /// Hold it back (the default: fail closed).
     #[default]
     Deny,
@@ -141,26 +141,18 @@ pub enum UnknownMarking {
 
 impl UnknownMarking {
     /// Parses `deny` or `allow` (any case).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         match s.trim().to_ascii_lowercase().as_str() {
             "deny" => Ok(UnknownMarking::Deny),
             "allow" => Ok(UnknownMarking::Allow),
             _ => Err(format!("`{s}` is not a choice: use deny or allow")),
         }
     }
-
-    /// `deny` or `allow`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UnknownMarking::Deny => "deny",
-            UnknownMarking::Allow => "allow",
-        }
-    }
 }
 
 /// A TLP level; the order is the order of restriction (CLEAR lowest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Tlp {
+pub(crate) enum Tlp {
     /// TLP:CLEAR (TLP 1.0: TLP:WHITE).
     Clear,
     /// TLP:GREEN.
@@ -225,7 +217,8 @@ const MARKING_PREFIX: &str = "marking-definition--";
 
 impl Tlp {
     /// Every level, lowest first.
-    pub const ALL: [Tlp; 5] = [
+    #[cfg(test)]
+    pub(crate) const ALL: [Tlp; 5] = [
         Tlp::Clear,
         Tlp::Green,
         Tlp::Amber,
@@ -234,7 +227,7 @@ impl Tlp {
     ];
 
     /// `TLP:CLEAR`, `TLP:GREEN`, `TLP:AMBER`, `TLP:AMBER+STRICT` or `TLP:RED`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Tlp::Clear => "TLP:CLEAR",
             Tlp::Green => "TLP:GREEN",
@@ -246,7 +239,7 @@ impl Tlp {
 
     /// Parses a level name in any case, with or without the `TLP:` prefix;
     /// `TLP:WHITE` is TLP:CLEAR.
-    pub fn parse(s: &str) -> Result<Tlp, String> {
+    pub(crate) fn parse(s: &str) -> Result<Tlp, String> {
         let t = s.trim();
         let bare = match t.get(..4) {
             Some(p) if p.eq_ignore_ascii_case("TLP:") => &t[4..],
@@ -266,7 +259,7 @@ impl Tlp {
 
     /// The level of a marking-definition standard id, if it is a known TLP
     /// marking (ASCII case ignored).
-    pub fn of_marking(id: &str) -> Option<Tlp> {
+    pub(crate) fn of_marking(id: &str) -> Option<Tlp> {
         TLP_MARKINGS
             .iter()
             .find(|(known, _)| known.eq_ignore_ascii_case(id))
@@ -274,7 +267,8 @@ impl Tlp {
     }
 
     /// The marking-definition standard ids known for this level.
-    pub fn marking_ids(self) -> impl Iterator<Item = &'static str> {
+    #[cfg(test)]
+    pub(crate) fn marking_ids(self) -> impl Iterator<Item = &'static str> {
         TLP_MARKINGS
             .iter()
             .filter(move |(_, t)| *t == self)
@@ -290,7 +284,7 @@ impl fmt::Display for Tlp {
 
 /// Why an object is held back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// `policy.allow_types` is set and does not list the object's type.
     TypeNotAllowed,
     /// `policy.deny_types` lists the object's type.
@@ -307,7 +301,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of [`Reason::index`].
-    pub const ALL: [Reason; 6] = [
+    pub(crate) const ALL: [Reason; 6] = [
         Reason::TypeNotAllowed,
         Reason::TypeDenied,
         Reason::MissingLabel,
@@ -317,7 +311,7 @@ impl Reason {
     ];
 
     /// A stable snake_case label, e.g. for a metric label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::TypeNotAllowed => "type_not_allowed",
             Reason::TypeDenied => "type_denied",
@@ -329,7 +323,7 @@ impl Reason {
     }
 
     /// Position in [`Reason::ALL`] (0..6), for arrays of counters.
-    pub fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
@@ -351,7 +345,7 @@ impl fmt::Display for Reason {
 
 /// What to do with one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The event may leave.
     Export,
     /// The event must not leave, for this reason.
@@ -360,14 +354,14 @@ pub enum Verdict {
 
 impl Verdict {
     /// True for [`Verdict::Export`].
-    pub fn is_export(self) -> bool {
+    pub(crate) fn is_export(self) -> bool {
         self == Verdict::Export
     }
 }
 
 /// A validated export policy. Cheap to share between threads (`&Policy`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Lowercase STIX types.
     allow_types: Vec<String>,
     deny_types: Vec<String>,
@@ -381,7 +375,7 @@ pub struct Policy {
 
 impl Policy {
     /// Validates the settings. An error names the key, the value and the fix.
-    pub fn new(s: &PolicySettings) -> Result<Policy, String> {
+    pub(crate) fn new(s: &PolicySettings) -> Result<Policy, String> {
         let allow_types = types("policy.allow_types", &s.allow_types)?;
         let deny_types = types("policy.deny_types", &s.deny_types)?;
         if let Some(t) = allow_types.iter().find(|t| deny_types.contains(t)) {
@@ -417,23 +411,25 @@ impl Policy {
     }
 
     /// A policy that exports everything.
-    pub fn export_all() -> Policy {
+    #[cfg(test)]
+    pub(crate) fn export_all() -> Policy {
         Policy::new(&PolicySettings::default()).expect("the default settings are valid")
     }
 
     /// True when at least one rule is set; an inactive policy exports all.
-    pub fn is_active(&self) -> bool {
+    pub(crate) fn is_active(&self) -> bool {
         self.active
     }
 
     /// The TLP ceiling, if set.
-    pub fn ceiling(&self) -> Option<Tlp> {
+    #[cfg(test)]
+    pub(crate) fn ceiling(&self) -> Option<Tlp> {
         self.ceiling
     }
 
     /// The rules, one line each (no trailing newline), for `check-stream`
     /// and the start-up log.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         if !self.active {
             return "no export policy: every event is exported".to_string();
         }
@@ -482,7 +478,8 @@ impl Policy {
     /// Judges one event by the raw JSON of its `data` object. Free when the
     /// policy is inactive.
     #[inline]
-    pub fn judge(&self, data_json: &str) -> Verdict {
+    #[cfg(test)]
+    pub(crate) fn judge(&self, data_json: &str) -> Verdict {
         if !self.active {
             return Verdict::Export;
         }
@@ -491,7 +488,7 @@ impl Policy {
 
     /// Judges several objects that leave together (a merge's `data` and the
     /// objects of its `context.sources`): the first hold wins.
-    pub fn judge_all<'a>(&self, objects: impl IntoIterator<Item = &'a str>) -> Verdict {
+    pub(crate) fn judge_all<'a>(&self, objects: impl IntoIterator<Item = &'a str>) -> Verdict {
         if !self.active {
             return Verdict::Export;
         }

@@ -34,7 +34,7 @@ static LINE: Mutex<Line> = Mutex::new(Line {
 const CLEAR: &[u8] = b"\r\x1b[2K";
 
 /// Writes `bytes` (whole log lines) to stderr above the status line.
-pub fn write_above(bytes: &[u8]) {
+pub(crate) fn write_above(bytes: &[u8]) {
     let line = LINE.lock().unwrap_or_else(|e| e.into_inner());
     let mut err = std::io::stderr().lock();
     if line.shown {
@@ -68,7 +68,7 @@ fn draw(text: Option<String>) {
 }
 
 /// Columns of the terminal on stderr (80 when it cannot be told).
-pub fn terminal_width() -> usize {
+pub(crate) fn terminal_width() -> usize {
     // SAFETY: TIOCGWINSZ fills a `winsize` and touches nothing else.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
@@ -83,7 +83,7 @@ pub fn terminal_width() -> usize {
 /// character written in the last one makes some terminals wrap, and the
 /// terminal echoes `^C` after the line when Ctrl-C is pressed; a line that
 /// wrapped could no longer be cleared with one `\r`.
-pub fn fit(text: &str, width: usize) -> String {
+pub(crate) fn fit(text: &str, width: usize) -> String {
     let max = width.saturating_sub(3).max(1);
     if text.chars().count() <= max {
         return text.to_string();
@@ -95,25 +95,25 @@ pub fn fit(text: &str, width: usize) -> String {
 
 /// The figures of one status line.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Figures {
+pub(crate) struct Figures {
     /// Data events received.
-    pub received: u64,
+    pub(crate) received: u64,
     /// Received per second since the last line.
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Lines stored.
-    pub stored: u64,
+    pub(crate) stored: u64,
     /// Files stored.
-    pub files: u64,
+    pub(crate) files: u64,
     /// Bytes stored.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Seconds between now and the committed cursor (`None`: no cursor yet).
-    pub cursor_behind: Option<u64>,
+    pub(crate) cursor_behind: Option<u64>,
     /// Seconds since the start of the run.
-    pub elapsed: u64,
+    pub(crate) elapsed: u64,
 }
 
 /// The status line: one lag figure, the committed cursor's age.
-pub fn status_text(f: &Figures) -> String {
+pub(crate) fn status_text(f: &Figures) -> String {
     format!(
         "{} received ({:.0}/s); {} stored in {} files; cursor {}; {:.1} MB; {}",
         f.received,
@@ -129,7 +129,7 @@ pub fn status_text(f: &Figures) -> String {
 }
 
 /// What a first stop signal does, said once.
-pub fn stop_text(terminal: bool) -> &'static str {
+pub(crate) fn stop_text(terminal: bool) -> &'static str {
     if terminal {
         "stopping: storing what was received (Ctrl-C again to quit now)"
     } else {
@@ -139,7 +139,7 @@ pub fn stop_text(terminal: bool) -> &'static str {
 
 /// The running reporter. [`Progress::finish`] (or dropping it) stops it and
 /// clears the status line.
-pub struct Progress {
+pub(crate) struct Progress {
     done: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -148,7 +148,11 @@ impl Progress {
     /// Starts reporting `metrics`; `stop` is the run's signal flag, watched
     /// to acknowledge a first signal. `interval`: between two log lines when
     /// stderr is not a terminal.
-    pub fn start(metrics: Arc<Metrics>, stop: Arc<AtomicBool>, interval: Duration) -> Progress {
+    pub(crate) fn start(
+        metrics: Arc<Metrics>,
+        stop: Arc<AtomicBool>,
+        interval: Duration,
+    ) -> Progress {
         let done = Arc::new(AtomicBool::new(false));
         let tty = std::io::stderr().is_terminal();
         let thread = {
@@ -162,7 +166,7 @@ impl Progress {
     }
 
     /// Stops reporting and clears the status line.
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         self.stop_now();
     }
 

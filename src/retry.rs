@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 /// Capped exponential backoff with ±25 % jitter.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     base: Duration,
     max: Duration,
     attempt: u32,
@@ -19,7 +19,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// Starts at `base`, doubles up to `max`.
-    pub fn new(base: Duration, max: Duration) -> Self {
+    pub(crate) fn new(base: Duration, max: Duration) -> Self {
         let seed = std::process::id() as u64 ^ crate::clock::now_ms();
         Backoff {
             base,
@@ -30,7 +30,7 @@ impl Backoff {
     }
 
     /// The next wait.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let exp = self.base.saturating_mul(1u32 << self.attempt.min(20));
         let capped = exp.min(self.max);
         self.attempt = self.attempt.saturating_add(1);
@@ -42,19 +42,14 @@ impl Backoff {
         capped.mul_f64(0.75 + 0.5 * frac)
     }
 
-    /// Attempts made since the last reset.
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
     /// Back to the first delay (after a success).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.attempt = 0;
     }
 }
 
 /// Sleeps for `d`, waking early when `stop` becomes true. Returns false if stopped.
-pub fn sleep_unless(d: Duration, stop: &AtomicBool) -> bool {
+pub(crate) fn sleep_unless(d: Duration, stop: &AtomicBool) -> bool {
     let end = Instant::now() + d;
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -70,7 +65,7 @@ pub fn sleep_unless(d: Duration, stop: &AtomicBool) -> bool {
 
 /// What the code where an error happened says about trying again.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict<E> {
+pub(crate) enum Verdict<E> {
     /// May succeed if tried again (network, server busy, full disk).
     Retry(E),
     /// Will fail the same way: give up now.
@@ -79,7 +74,7 @@ pub enum Verdict<E> {
 
 /// Why [`run`] ended without a result; each carries the last error.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Failure<E> {
+pub(crate) enum Failure<E> {
     /// The attempt said it cannot succeed.
     GaveUp(E),
     /// The stop flag was set while waiting to try again.
@@ -91,20 +86,20 @@ pub enum Failure<E> {
 /// How to retry: the first and the longest wait, and how many attempts in
 /// all (`None`: for as long as it takes).
 #[derive(Debug, Clone, Copy)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// The first wait.
-    pub first: Duration,
+    pub(crate) first: Duration,
     /// The longest wait.
-    pub max: Duration,
+    pub(crate) max: Duration,
     /// Attempts in all, the first included; `None` for no limit.
-    pub attempts: Option<u32>,
+    pub(crate) attempts: Option<u32>,
 }
 
 /// Calls `attempt` until it succeeds, it gives up, the attempts run out or
 /// `stop` is set, waiting between attempts as `policy` says. Before each
 /// wait, `on_retry` hears the error, the number of the attempt that failed
 /// and the wait (to log it and count it).
-pub fn run<T, E>(
+pub(crate) fn run<T, E>(
     policy: Policy,
     stop: &AtomicBool,
     mut attempt: impl FnMut() -> Result<T, Verdict<E>>,

@@ -15,27 +15,22 @@ static REGISTERED: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
 /// A secret value (API token, S3 secret key). Prints as `***`.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
     /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
         Secret(value.into())
     }
 
     /// The raw value, for the one place that must send it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
-    }
-
-    /// True when no value was given.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     /// Replaces every occurrence of the secret in `text` by `***`, for
     /// messages that come from libraries and might echo a request.
-    pub fn scrub(&self, text: &str) -> String {
+    pub(crate) fn scrub(&self, text: &str) -> String {
         if self.0.len() < 4 {
             return text.to_string();
         }
@@ -58,7 +53,7 @@ impl fmt::Display for Secret {
 /// Adds `value` to the secrets [`scrub_all`] masks. Values shorter than 4
 /// characters are not masked in free text (too many false hits); they are
 /// still masked where they are known to be, e.g. in URLs ([`redact_url`]).
-pub fn register(value: &str) {
+pub(crate) fn register(value: &str) {
     if value.chars().count() < 4 {
         return;
     }
@@ -72,7 +67,7 @@ pub fn register(value: &str) {
 
 /// `text` with every registered secret replaced by `***`, and the password
 /// of every URL in it masked.
-pub fn scrub_all(text: &str) -> String {
+pub(crate) fn scrub_all(text: &str) -> String {
     let mut out = redact_urls(text);
     let all = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
     for secret in all.iter() {
@@ -86,7 +81,7 @@ pub fn scrub_all(text: &str) -> String {
 /// The password of a URL's `user:password@`, when there is one
 /// (percent-decoded as a server would read it is not needed: the raw text is
 /// what could be printed).
-pub fn url_password(url: &str) -> Option<&str> {
+pub(crate) fn url_password(url: &str) -> Option<&str> {
     let (_, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     let (userinfo, _) = authority.rsplit_once('@')?;
@@ -95,7 +90,7 @@ pub fn url_password(url: &str) -> Option<&str> {
 }
 
 /// `url` with the password of its `user:password@` part replaced by `***`.
-pub fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     redact_urls(url)
 }
 
@@ -132,7 +127,7 @@ fn redact_urls(text: &str) -> String {
 /// (newlines included, which would let a server forge log lines) shown as
 /// escapes, credentials after `Bearer`/`Basic` masked, and every registered
 /// secret masked.
-pub fn clean_external(text: &str, max_chars: usize) -> String {
+pub(crate) fn clean_external(text: &str, max_chars: usize) -> String {
     let mut cut: String = text.trim().chars().take(max_chars).collect();
     if text.trim().chars().count() > max_chars {
         cut.push('…');

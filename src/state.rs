@@ -30,98 +30,98 @@ use crate::id::EventId;
 
 /// An upload that was started but not yet known to have finished.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pending {
+pub(crate) struct Pending {
     /// The file number it uses.
-    pub file_number: u64,
+    pub(crate) file_number: u64,
     /// Its object key.
-    pub key: String,
+    pub(crate) key: String,
     /// The cursor to save once it is stored (`None`: keep the old one).
-    pub cursor: Option<EventId>,
+    pub(crate) cursor: Option<EventId>,
     /// Lines in it.
-    pub events: u64,
+    pub(crate) events: u64,
     /// Its size in bytes.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 /// Figures of the last run, for `state show`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunSummary {
+pub(crate) struct RunSummary {
     /// When the run started (RFC 3339).
-    pub started_at: String,
+    pub(crate) started_at: String,
     /// When it ended (RFC 3339); empty while running.
     #[serde(default)]
-    pub ended_at: String,
+    pub(crate) ended_at: String,
     /// How it ended: `running`, `completed`, `interrupted`, `failed: ...`.
-    pub outcome: String,
+    pub(crate) outcome: String,
     /// Lines exported.
-    pub events: u64,
+    pub(crate) events: u64,
     /// Files stored.
-    pub files: u64,
+    pub(crate) files: u64,
     /// Bytes stored.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Dead letters kept.
     #[serde(default)]
-    pub dead_letters: u64,
+    pub(crate) dead_letters: u64,
 }
 
 /// The saved state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct State {
+pub(crate) struct State {
     /// Reference key: the id to resume after (every event up to it is stored).
     #[serde(default)]
-    pub start_from: Option<String>,
+    pub(crate) start_from: Option<String>,
     /// Reference key: recovery end date (ISO) while a snapshot is in progress, else `false`.
     #[serde(default, with = "recover_until")]
-    pub recover_until: Option<String>,
+    pub(crate) recover_until: Option<String>,
     /// Reference key: same as `start_from` (the last id written to storage).
     #[serde(default)]
-    pub last_written_msg_id: Option<String>,
+    pub(crate) last_written_msg_id: Option<String>,
     /// Reference key: number of the last stored file (the next is `file_count + 1`).
     #[serde(default)]
-    pub file_count: u64,
+    pub(crate) file_count: u64,
     /// Millisecond stamp of the last key used; keys never go below it.
     #[serde(default)]
-    pub last_key_ms: u64,
+    pub(crate) last_key_ms: u64,
     /// The export this state belongs to (see [`crate::marker`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub export_id: Option<String>,
+    pub(crate) export_id: Option<String>,
     /// The upload in progress, if the process stopped during one.
     #[serde(default)]
-    pub pending: Option<Pending>,
+    pub(crate) pending: Option<Pending>,
     /// The live stream this state belongs to.
     #[serde(default)]
-    pub stream_id: Option<String>,
+    pub(crate) stream_id: Option<String>,
     /// Dead letters kept since the state was created.
     #[serde(default)]
-    pub dead_letters: u64,
+    pub(crate) dead_letters: u64,
     /// Events held back by the export policy, by reason.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub held_by_policy: std::collections::BTreeMap<String, u64>,
+    pub(crate) held_by_policy: std::collections::BTreeMap<String, u64>,
     /// Gaps on the server side that an operator accepted (`--accept-gap`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub accepted_gaps: Vec<String>,
+    pub(crate) accepted_gaps: Vec<String>,
     /// Last save (RFC 3339).
     #[serde(default)]
-    pub updated_at: String,
+    pub(crate) updated_at: String,
     /// The last run's figures.
     #[serde(default)]
-    pub last_run: Option<RunSummary>,
+    pub(crate) last_run: Option<RunSummary>,
     /// Keys this version does not know, kept as they are.
     #[serde(flatten)]
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub(crate) extra: serde_json::Map<String, serde_json::Value>,
 }
 
 mod recover_until {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(date) => s.serialize_str(date),
             None => s.serialize_bool(false),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
         match serde_json::Value::deserialize(d)? {
             serde_json::Value::String(s) => Ok(Some(s)),
             serde_json::Value::Bool(false) | serde_json::Value::Null => Ok(None),
@@ -134,7 +134,7 @@ mod recover_until {
 
 impl State {
     /// The saved cursor as an id.
-    pub fn cursor(&self) -> Result<Option<EventId>, String> {
+    pub(crate) fn cursor(&self) -> Result<Option<EventId>, String> {
         match &self.start_from {
             None => Ok(None),
             Some(s) => s
@@ -145,7 +145,7 @@ impl State {
     }
 
     /// Moves the cursor forward (never back) and mirrors it into `last_written_msg_id`.
-    pub fn advance_cursor(&mut self, to: EventId) {
+    pub(crate) fn advance_cursor(&mut self, to: EventId) {
         let cur = self.cursor().ok().flatten();
         if cur.is_none_or(|c| to > c) {
             self.start_from = Some(to.to_string());
@@ -161,7 +161,7 @@ impl State {
 
 /// Why the state file could not be used.
 #[derive(Debug, thiserror::Error)]
-pub enum StateError {
+pub(crate) enum StateError {
     /// Unreadable content: never reset silently.
     #[error("state file `{path}` is corrupt ({reason}): repair it, move it aside (the next run resumes from the export's own record in the destination), or run `opencti-stream-exporter state reset --start-from <position>`, which keeps the file numbering and key stamps the destination records")]
     Corrupt {
@@ -219,7 +219,7 @@ fn io_err(path: &Path, source: std::io::Error) -> StateError {
 }
 
 /// Where the committer saves the state.
-pub trait StateStore: Send {
+pub(crate) trait StateStore: Send {
     /// Saves `state` so that a crash leaves the old or the new one.
     fn save(&mut self, state: &State) -> Result<(), StateError>;
     /// Where it is, for messages.
@@ -228,7 +228,7 @@ pub trait StateStore: Send {
 
 /// The state file at a path.
 #[derive(Debug, Clone)]
-pub struct StateFile(pub PathBuf);
+pub(crate) struct StateFile(pub PathBuf);
 
 impl StateStore for StateFile {
     fn save(&mut self, state: &State) -> Result<(), StateError> {
@@ -243,7 +243,7 @@ impl StateStore for StateFile {
 impl State {
     /// Whether this state was written by the reference exporter (it has
     /// none of the keys only this tool writes).
-    pub fn is_reference(&self) -> bool {
+    pub(crate) fn is_reference(&self) -> bool {
         self.updated_at.is_empty()
             && self.last_key_ms == 0
             && self.export_id.is_none()
@@ -255,7 +255,7 @@ impl State {
     /// `last_written_msg_id` (what was stored), not `start_from` (what was
     /// received); with nothing written, the reference starts over from its
     /// configuration and so does this. Returns what changed, for the log.
-    pub fn adopt_reference_cursor(&mut self) -> Option<String> {
+    pub(crate) fn adopt_reference_cursor(&mut self) -> Option<String> {
         let written = self.last_written_msg_id.clone();
         match (&self.start_from, &written) {
             (Some(from), Some(w)) if from != w => {
@@ -280,7 +280,7 @@ impl State {
 }
 
 /// Reads the state; `Ok(None)` when there is no file yet.
-pub fn load(path: &Path) -> Result<Option<State>, StateError> {
+pub(crate) fn load(path: &Path) -> Result<Option<State>, StateError> {
     let text = match fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -321,7 +321,7 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
 }
 
 /// Writes the state atomically: temp file, fsync, rename, fsync of the directory.
-pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
+pub(crate) fn save(path: &Path, state: &State) -> Result<(), StateError> {
     let mut state = state.clone();
     state.updated_at = crate::id::ms_to_iso(crate::clock::now_ms());
     let mut body = serde_json::to_vec_pretty(&state).expect("state serialises");
@@ -332,20 +332,12 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
 /// An exclusive lock on a state file, released when dropped (or when the
 /// process dies, kill -9 included).
 #[derive(Debug)]
-pub struct StateLock {
+pub(crate) struct StateLock {
     _file: File,
-    path: PathBuf,
-}
-
-impl StateLock {
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// The lock file of a state file.
-pub fn lock_path(state: &Path) -> PathBuf {
+pub(crate) fn lock_path(state: &Path) -> PathBuf {
     let mut name = state
         .file_name()
         .map(|n| n.to_os_string())
@@ -355,7 +347,7 @@ pub fn lock_path(state: &Path) -> PathBuf {
 }
 
 /// Takes the exclusive lock without waiting.
-pub fn lock(state: &Path) -> Result<StateLock, StateError> {
+pub(crate) fn lock(state: &Path) -> Result<StateLock, StateError> {
     let path = lock_path(state);
     fs::create_dir_all(parent_dir(&path)).map_err(|e| io_err(&path, e))?;
     let mut opts = OpenOptions::new();
@@ -394,12 +386,12 @@ pub fn lock(state: &Path) -> Result<StateLock, StateError> {
     }
     file.set_len(0).map_err(|e| io_err(&path, e))?;
     writeln!(file, "{}", std::process::id()).map_err(|e| io_err(&path, e))?;
-    Ok(StateLock { _file: file, path })
+    Ok(StateLock { _file: file })
 }
 
 /// True when some process holds the lock right now. Read-only: it creates
 /// no file (no lock file is no holder) and does not write its pid.
-pub fn is_locked(state: &Path) -> bool {
+pub(crate) fn is_locked(state: &Path) -> bool {
     let Ok(file) = File::open(lock_path(state)) else {
         return false;
     };

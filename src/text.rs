@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// A duration in whole seconds, with at most two units: `42 s`,
 /// `5 min 3 s`, `3 h 20 min`, `1106 days 4 h`. A zero second unit is left out.
-pub fn secs(s: u64) -> String {
+pub(crate) fn secs(s: u64) -> String {
     let two = |big: u64, big_unit: &str, small: u64, small_unit: &str| {
         if small == 0 {
             format!("{big} {big_unit}")
@@ -25,7 +25,7 @@ pub fn secs(s: u64) -> String {
 
 /// A [`Duration`]: as [`secs`], or in milliseconds when a short one has a
 /// fraction of a second (`1500 ms`).
-pub fn duration(d: Duration) -> String {
+pub(crate) fn duration(d: Duration) -> String {
     if d.subsec_millis() != 0 && d < Duration::from_secs(120) {
         format!("{} ms", d.as_millis())
     } else {
@@ -34,7 +34,7 @@ pub fn duration(d: Duration) -> String {
 }
 
 /// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {

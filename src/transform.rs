@@ -31,22 +31,23 @@ use crate::id::EventId;
 use crate::policy::{Policy, Reason, Verdict};
 
 /// OpenCTI's extension, where files are listed first.
-pub const EXT_OPENCTI: &str = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba";
+pub(crate) const EXT_OPENCTI: &str = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba";
 /// OpenCTI's secondary extension, read when the first has no `files`.
-pub const EXT_OPENCTI_SDO: &str = "extension-definition--f93e2c80-4231-4f9a-af8b-95c9bd566a82";
+pub(crate) const EXT_OPENCTI_SDO: &str =
+    "extension-definition--f93e2c80-4231-4f9a-af8b-95c9bd566a82";
 
 /// SSE event names that carry data and become lines.
-pub const DATA_EVENTS: [&str; 4] = ["create", "update", "delete", "merge"];
+pub(crate) const DATA_EVENTS: [&str; 4] = ["create", "update", "delete", "merge"];
 
 /// Gives the attached files of an event, in the order they are listed.
-pub trait FileFetcher {
+pub(crate) trait FileFetcher {
     /// The file at `uri`, exactly as the event writes it (the fetcher only
     /// ever asks the configured OpenCTI, see [`crate::fetch::storage_path`]).
     fn fetch(&self, uri: &str) -> FileOutcome;
 }
 
 /// A fetcher for deployments and tests without files: always fails.
-pub struct NoFiles;
+pub(crate) struct NoFiles;
 
 impl FileFetcher for NoFiles {
     fn fetch(&self, uri: &str) -> FileOutcome {
@@ -60,36 +61,34 @@ impl FileFetcher for NoFiles {
 /// An attached file exported without its content, whose received bytes are
 /// kept aside (beside the dead letters) so that nothing is lost.
 #[derive(Debug)]
-pub struct KeptFile {
+pub(crate) struct KeptFile {
     /// The uri as the event writes it.
-    pub uri: String,
+    pub(crate) uri: String,
     /// Why the content is not in the line.
-    pub reason: String,
+    pub(crate) reason: String,
     /// What was received.
-    pub content: FileContent,
+    pub(crate) content: FileContent,
 }
 
 /// A line ready for a batch, with what the transform noticed on the way.
 #[derive(Debug)]
-pub struct Line {
+pub(crate) struct Line {
     /// The JSON line, ending with `\n`.
-    pub bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
     /// Attached files that could not be fetched (their entries keep no `data`).
-    pub files_failed: u32,
-    /// Attached files fetched and filled in.
-    pub files_fetched: u32,
+    pub(crate) files_failed: u32,
     /// Files left out of the line whose bytes must be kept aside.
-    pub kept: Vec<KeptFile>,
+    pub(crate) kept: Vec<KeptFile>,
     /// The fetch budget the contents in the line were charged to: held
     /// until the line has left the pipeline's queues.
-    pub holds: Vec<Hold>,
+    pub(crate) holds: Vec<Hold>,
 }
 
 /// Why an event could not become a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reject {
+pub(crate) struct Reject {
     /// One lowercase sentence, for the dead-letter record and the log.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 impl fmt::Display for Reject {
@@ -106,7 +105,7 @@ fn reject(reason: impl Into<String>) -> Reject {
 
 /// What became of a data event.
 #[derive(Debug)]
-pub enum Transformed {
+pub(crate) enum Transformed {
     /// A line for the file.
     Line(Line),
     /// Held back by the export policy: no line, but its id is consumed.
@@ -142,7 +141,7 @@ fn judge(event: &str, fields: &[(Cow<'_, str>, &RawValue)], policy: &Policy) -> 
 /// The uris of the attached files [`transform_with_policy`] will ask
 /// `files` for, in the same order: what the fetch stage fetches ahead.
 /// Empty for an event the policy holds back or that cannot become a line.
-pub fn files_to_fetch(event: &str, data: &[u8], policy: &Policy) -> Vec<String> {
+pub(crate) fn files_to_fetch(event: &str, data: &[u8], policy: &Policy) -> Vec<String> {
     if memchr::memmem::find(data, b"\"files\"").is_none() {
         return Vec::new();
     }
@@ -196,7 +195,7 @@ fn fetchable(entry: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
 /// No line is longer than `max_line` bytes (`output.max_line_bytes`, the
 /// newline included): a file that would take it past that is left out (and
 /// kept aside); an event over it by itself is a [`Reject`].
-pub fn transform_with_policy(
+pub(crate) fn transform_with_policy(
     id: &EventId,
     event: &str,
     data: &[u8],
@@ -220,7 +219,8 @@ struct MergeContext<'a> {
 }
 
 /// Turns one data event into its output line (no export policy, no line limit).
-pub fn transform(
+#[cfg(test)]
+pub(crate) fn transform(
     id: &EventId,
     event: &str,
     data: &[u8],
@@ -266,14 +266,12 @@ fn build_line(
 
     // Files are rare: look for the word before parsing the STIX object.
     let mut filled = None;
-    let mut files_fetched = 0;
     let mut files_failed = 0;
     let mut kept = Vec::new();
     if memchr::memmem::find(data_raw.get().as_bytes(), b"\"files\"").is_some() {
         let mut value: Value = serde_json::from_str(data_raw.get())
             .map_err(|e| reject(format!("event `data` is not valid JSON ({e})")))?;
         let f = fill_files(id, &mut value, files, data_len, max_line);
-        files_fetched = f.fetched;
         files_failed = f.failed;
         kept = f.kept;
         if f.listed {
@@ -345,7 +343,6 @@ fn build_line(
     Ok(Line {
         bytes: out,
         files_failed,
-        files_fetched,
         kept,
         holds,
     })
@@ -771,7 +768,7 @@ mod tests {
             b"hello".to_vec(),
         )]));
         let l = transform(&id("1-0"), "create", data.as_bytes(), &fetcher).unwrap();
-        assert_eq!((l.files_fetched, l.files_failed), (1, 1));
+        assert_eq!(l.files_failed, 1);
         let v: Value = serde_json::from_slice(&l.bytes).unwrap();
         let ext = &v["data"]["extensions"][EXT_OPENCTI]["files"];
         assert_eq!(ext[0]["data"], "aGVsbG8=");

@@ -21,13 +21,13 @@ use crate::stream::sse::SseParser;
 
 /// One checked item.
 #[derive(Debug, serde::Serialize)]
-pub struct Check {
+pub(crate) struct Check {
     /// What was checked.
-    pub item: String,
+    pub(crate) item: String,
     /// Whether it passed.
-    pub ok: bool,
+    pub(crate) ok: bool,
     /// What was found, or what is wrong and the fix.
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 struct Report(Vec<Check>);
@@ -46,7 +46,7 @@ impl Report {
 }
 
 /// Runs the checks; exit 0 when all pass.
-pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
+pub(crate) fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
     let mut r = Report(Vec::new());
     let config_ok = r.add(
         "configuration",
@@ -152,7 +152,7 @@ pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
 
 /// What `output.max_line_bytes` means for the importer's broker, and how
 /// to raise it.
-pub fn line_size_advice(max_line: usize) -> String {
+pub(crate) fn line_size_advice(max_line: usize) -> String {
     // The importer publishes base64(line): 4/3 of it, plus about 150 bytes.
     let message = max_line.div_ceil(3) * 4 + 150;
     format!(
@@ -501,7 +501,7 @@ fn verify_files(cfg: &Config, r: &mut Report, file_count: Option<u64>) {
 }
 
 /// A key that the importer never reads: it sorts before `folder`.
-pub fn probe_key(folder: &str) -> String {
+pub(crate) fn probe_key(folder: &str) -> String {
     let mut bytes = folder.as_bytes().to_vec();
     if let Some(b) = bytes.first_mut() {
         *b = b.saturating_sub(1).max(b'!');

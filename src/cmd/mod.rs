@@ -1,10 +1,8 @@
 //! One module per subcommand; [`dispatch`] picks one.
 
-pub mod check_stream;
-pub mod run;
-pub mod state;
-
-use std::path::Path;
+pub(crate) mod check_stream;
+pub(crate) mod run;
+pub(crate) mod state;
 
 use anyhow::Result;
 
@@ -16,7 +14,7 @@ use crate::dest::s3::S3Destination;
 use crate::dest::{Destination, Destinations};
 
 /// Runs the chosen subcommand; returns the exit status.
-pub fn dispatch(cli: Cli) -> Result<i32> {
+pub(crate) fn dispatch(cli: Cli) -> Result<i32> {
     let file = config::find_file(cli.config.as_deref())?;
     let mut overrides = Overrides {
         state_path: cli.state.clone(),
@@ -81,7 +79,7 @@ fn register_secrets(cfg: &Config) {
 
 /// Builds the destinations the config names (the files' one wrapped for a
 /// crash test when [`fault::FAULT_VAR`] asks for it).
-pub fn destinations(cfg: &Config) -> Result<Destinations> {
+pub(crate) fn destinations(cfg: &Config) -> Result<Destinations> {
     let mut dests = plain_destinations(cfg)?;
     if let Some(point) = fault::Point::from_env() {
         dests.files = Box::new(fault::Faulty::new(dests.files, point));
@@ -123,9 +121,4 @@ fn plain_destinations(cfg: &Config) -> Result<Destinations> {
             }
         }
     })
-}
-
-/// `path` as shown to operators.
-pub fn show_path(path: &Path) -> String {
-    path.display().to_string()
 }

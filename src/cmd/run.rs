@@ -23,11 +23,11 @@ use crate::{exit, http};
 /// `run --once` ended because OpenCTI or the storage kept failing.
 #[derive(Debug, thiserror::Error)]
 #[error("gave up after {} of failures with nothing getting through ({what}): `run --once` ends after `run.once_max_outage_sec`; nothing was lost, the cursor and the files are as the last commit left them, and the next run resumes there", crate::text::secs(*.limit_secs))]
-pub struct GaveUp {
+pub(crate) struct GaveUp {
     /// How long it failed.
-    pub limit_secs: u64,
+    pub(crate) limit_secs: u64,
     /// What failed: `OpenCTI`, `the storage` or both.
-    pub what: String,
+    pub(crate) what: String,
 }
 
 /// Under `--once`, watches the figures of the run: once OpenCTI or the
@@ -103,7 +103,7 @@ fn flag_error(flag: &str, message: String) -> ConfigError {
 }
 
 /// Runs the export; returns the exit status.
-pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
+pub(crate) fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     cfg.check_for_run()?;
     let opencti = cfg.opencti()?;
     let stream = cfg.stream()?;
@@ -278,7 +278,6 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             .unwrap_or_default()
     );
     let settings = PipelineSettings {
-        stream: stream.clone(),
         start,
         stop_rule: StopRule {
             once: args.once,
@@ -382,7 +381,7 @@ impl Drop for WatchDone {
 /// event's id is only known complete once a later id arrives (OpenCTI sends
 /// an object's dependencies under the same id), so the last group of a run
 /// stays open and the next run starts after the cursor, sending it again.
-pub fn explain_cursor(cursor: Option<&str>, last: Option<EventId>) -> String {
+pub(crate) fn explain_cursor(cursor: Option<&str>, last: Option<EventId>) -> String {
     let Some(cursor) = cursor else {
         return "cursor: none saved yet (the next run starts from the beginning)".into();
     };

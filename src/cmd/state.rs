@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Prints the saved state.
-pub fn show(cfg: &Config, args: &ShowArgs) -> Result<i32> {
+pub(crate) fn show(cfg: &Config, args: &ShowArgs) -> Result<i32> {
     let saved = state::load(&cfg.state_path)?;
     let locked = state::is_locked(&cfg.state_path);
     if args.json {
@@ -120,7 +120,7 @@ fn describe(out: &mut String, s: &State) {
 }
 
 /// Resets the state to a first run.
-pub fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
+pub(crate) fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
     let start: Option<EventId> = args
         .start_from
         .as_deref()
@@ -219,7 +219,7 @@ pub fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
 }
 
 /// Imports the reference connector's state from OpenCTI.
-pub fn import(cfg: &Config, args: &ImportArgs) -> Result<i32> {
+pub(crate) fn import(cfg: &Config, args: &ImportArgs) -> Result<i32> {
     use crate::opencti::graphql::{self, GraphQl};
     let opencti = cfg.opencti()?;
     let connector_id = args

@@ -15,7 +15,7 @@ use crate::state::{Pending, State};
 /// `reuse_key` is the key of a pending upload that was not found at
 /// start-up: the same number and key are used again, so the importer never
 /// sees a hole.
-pub fn plan_file(
+pub(crate) fn plan_file(
     state: &State,
     reuse_key: Option<String>,
     folder: &str,
@@ -49,7 +49,7 @@ pub fn plan_file(
 
 /// Records that `p` is stored: the count, the key stamp and the cursor move
 /// on, and nothing is pending any more.
-pub fn apply_commit(state: &mut State, p: &Pending) {
+pub(crate) fn apply_commit(state: &mut State, p: &Pending) {
     state.file_count = state.file_count.max(p.file_number);
     state.last_key_ms = state.last_key_ms.max(key_ms(&p.key).unwrap_or(0));
     if let Some(c) = p.cursor {
@@ -60,7 +60,7 @@ pub fn apply_commit(state: &mut State, p: &Pending) {
 
 /// How a pending upload left by a stopped run is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
+pub(crate) enum Settle {
     /// It was stored (or its number was used): commit it.
     Stored,
     /// It was not stored and its number never used: upload its events
@@ -72,7 +72,7 @@ pub enum Settle {
 /// or the done location; `used_up_to` is the highest number the export's
 /// other traces (marker, folder, done) show as used. A number that was used
 /// is never used again, even when its object cannot be found.
-pub fn settle(p: &Pending, found: bool, used_up_to: u64) -> Settle {
+pub(crate) fn settle(p: &Pending, found: bool, used_up_to: u64) -> Settle {
     if found || p.file_number <= used_up_to {
         Settle::Stored
     } else {
@@ -81,7 +81,7 @@ pub fn settle(p: &Pending, found: bool, used_up_to: u64) -> Settle {
 }
 
 /// The marker that describes `state` after a commit.
-pub fn marker_of(state: &State) -> Marker {
+pub(crate) fn marker_of(state: &State) -> Marker {
     Marker {
         export_id: state.export_id.clone().unwrap_or_default(),
         stream_id: state.stream_id.clone(),
@@ -96,7 +96,7 @@ pub fn marker_of(state: &State) -> Marker {
 /// The position just before `id`: resuming after it gets `id`'s whole id
 /// group again (a file may end inside a group; its cursor then stays
 /// before the group).
-pub fn before(id: EventId) -> EventId {
+pub(crate) fn before(id: EventId) -> EventId {
     if id.seq > 0 {
         EventId {
             ms: id.ms,
@@ -112,19 +112,19 @@ pub fn before(id: EventId) -> EventId {
 
 /// What `state reset` is asked.
 #[derive(Debug, Clone, Default)]
-pub struct ResetRequest {
+pub(crate) struct ResetRequest {
     /// The position to resume after (`None`: the configured start).
-    pub start_from: Option<EventId>,
+    pub(crate) start_from: Option<EventId>,
     /// The snapshot's end date, when the new position asks for one.
-    pub recover_until: Option<String>,
+    pub(crate) recover_until: Option<String>,
     /// `--file-count`: the number of the last file the importer has read.
-    pub file_count: Option<u64>,
+    pub(crate) file_count: Option<u64>,
     /// `--importer-was-reset`: the importer's count went back too.
-    pub importer_was_reset: bool,
+    pub(crate) importer_was_reset: bool,
     /// The stream exported.
-    pub stream_id: Option<String>,
+    pub(crate) stream_id: Option<String>,
     /// The name of the new export, used when the numbering starts anew.
-    pub new_export_id: String,
+    pub(crate) new_export_id: String,
 }
 
 /// The state `state reset` writes: a new stream position; the numbering,
@@ -132,7 +132,7 @@ pub struct ResetRequest {
 /// being reset; `marker` the export's marker; `stored` the highest number
 /// the folder or the done location hold; `stamp` the highest key stamp of
 /// their files.
-pub fn reset(
+pub(crate) fn reset(
     old: Option<&State>,
     marker: Option<&Marker>,
     stored: u64,

@@ -18,8 +18,8 @@
 //! errors are retried with capped backoff for as long as it takes, with the
 //! cursor frozen; permanent ones stop the run.
 
-pub mod core;
-pub mod reconcile;
+pub(crate) mod core;
+pub(crate) mod reconcile;
 #[cfg(test)]
 mod tests;
 
@@ -50,7 +50,7 @@ use self::reconcile::{Sources, Trace};
 const SETTLE_GRACE: Duration = Duration::from_secs(2);
 
 /// Stores batches and saves the state.
-pub struct Committer {
+pub(crate) struct Committer {
     store: Box<dyn StateStore>,
     /// The saved state, or before [`Committer::start`], the local state as
     /// loaded (`None`: no state file).
@@ -83,7 +83,7 @@ impl Committer {
     /// is the state file as loaded (`None`: there is none); `fresh` is the
     /// state of a first run (its `export_id` names a new export). `stop`
     /// ends retry waits. Nothing is read or written before [`Self::start`].
-    pub fn new(
+    pub(crate) fn new(
         store: Box<dyn StateStore>,
         local: Option<State>,
         fresh: State,
@@ -114,7 +114,7 @@ impl Committer {
 
     /// Where the reader reports gaps an operator accepted; they are recorded
     /// in the state with the next save.
-    pub fn accepted_gaps(&self) -> Arc<std::sync::Mutex<Vec<String>>> {
+    pub(crate) fn accepted_gaps(&self) -> Arc<std::sync::Mutex<Vec<String>>> {
         self.gaps.clone()
     }
 
@@ -126,34 +126,28 @@ impl Committer {
     /// Says that the run was given its own start position (`run --from`):
     /// it begins a new export and refuses to continue one found in the
     /// destination.
-    pub fn set_explicit_start(&mut self, explicit: bool) {
+    pub(crate) fn set_explicit_start(&mut self, explicit: bool) {
         self.explicit_start = explicit;
     }
 
     /// The flag that says another run took the folder's lease over: from
     /// then on nothing more is stored.
-    pub fn set_lease_lost(&mut self, lost: Arc<AtomicBool>) {
+    pub(crate) fn set_lease_lost(&mut self, lost: Arc<AtomicBool>) {
         self.lease_lost = lost;
     }
 
     /// Counts what is stored into `metrics`.
-    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+    pub(crate) fn set_metrics(&mut self, metrics: Arc<Metrics>) {
         self.metrics = metrics;
     }
 
     /// The state as last saved.
-    pub fn state(&self) -> &State {
+    pub(crate) fn state(&self) -> &State {
         &self.state
     }
 
-    /// What start-up settled (a state resumed from the destination's
-    /// traces, an older copy caught up), one sentence each.
-    pub fn notes(&self) -> &[String] {
-        &self.notes
-    }
-
     /// Changes the state outside a batch (run summary) and saves it.
-    pub fn update_state(&mut self, f: impl FnOnce(&mut State)) -> Result<()> {
+    pub(crate) fn update_state(&mut self, f: impl FnOnce(&mut State)) -> Result<()> {
         self.take_gaps();
         f(&mut self.state);
         self.save("")
@@ -181,7 +175,7 @@ impl Committer {
     /// source, settles a pending upload and saves the state (the first save
     /// of a first run too). Returns the cursor the first batch must end at
     /// when the pending file was not found (see [`core::settle`]).
-    pub fn start(&mut self) -> Result<Option<EventId>> {
+    pub(crate) fn start(&mut self) -> Result<Option<EventId>> {
         let what = self.dest.describe();
         if crate::marker::collides_with_folder(&self.folder) {
             return Err(anyhow!(
@@ -241,7 +235,7 @@ impl Committer {
 
     /// What keeps this export's folder from being read alone by its
     /// importer (see [`crate::marker::folder_clashes`]), one sentence each.
-    pub fn folder_clashes(&mut self) -> Result<Vec<String>> {
+    pub(crate) fn folder_clashes(&mut self) -> Result<Vec<String>> {
         let folder = self.folder.clone();
         let own = format!("{}/", crate::marker::OWN_PREFIX);
         let what = self.dest.describe();
@@ -253,7 +247,7 @@ impl Committer {
 
     /// Makes the destination ready and reads what it records of this
     /// export (marker, folder, done location), for `state reset`.
-    pub fn survey(&mut self) -> Result<Sources> {
+    pub(crate) fn survey(&mut self) -> Result<Sources> {
         let what = self.dest.describe();
         self.retry(&format!("prepare {what}"), |d| d.prepare())?;
         self.read_sources()
@@ -261,7 +255,7 @@ impl Committer {
 
     /// Deletes the export's marker (`state reset --importer-was-reset`
     /// starts a new export).
-    pub fn forget_marker(&mut self) -> Result<()> {
+    pub(crate) fn forget_marker(&mut self) -> Result<()> {
         let key = marker_key(&self.folder);
         self.retry(&format!("delete `{key}`"), |d| d.delete(&key))
     }
@@ -411,7 +405,7 @@ impl Committer {
 
     /// Stores one batch and commits it. Returns the key written, if any, and
     /// the batch's body buffer for reuse.
-    pub fn store(&mut self, batch: Batch) -> Result<(Option<String>, Vec<u8>)> {
+    pub(crate) fn store(&mut self, batch: Batch) -> Result<(Option<String>, Vec<u8>)> {
         self.take_gaps();
         for letter in &batch.dead {
             self.keep_dead_letter(letter)?;
@@ -611,7 +605,7 @@ fn retry_loop<T>(
 
 /// The JSON document kept for a dead letter: raw bytes as text when they
 /// are UTF-8, else base64, with the reason.
-pub fn dead_letter_record(letter: &DeadLetter) -> Vec<u8> {
+pub(crate) fn dead_letter_record(letter: &DeadLetter) -> Vec<u8> {
     use base64::Engine as _;
     #[derive(serde::Serialize)]
     struct Record<'a> {

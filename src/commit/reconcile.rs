@@ -20,59 +20,59 @@ use super::core::before;
 
 /// The highest data file found in a location.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Trace {
+pub(crate) struct Trace {
     /// Its number.
-    pub number: u64,
+    pub(crate) number: u64,
     /// Its key.
-    pub key: String,
+    pub(crate) key: String,
     /// The id of its last line, from its metadata.
-    pub last_id: Option<EventId>,
+    pub(crate) last_id: Option<EventId>,
 }
 
 /// Everything reconciled, already read.
 #[derive(Debug, Clone, Default)]
-pub struct Sources {
+pub(crate) struct Sources {
     /// The local state (after its pending upload was settled), and where it is.
-    pub local: Option<State>,
+    pub(crate) local: Option<State>,
     /// The state file's path, for messages.
-    pub local_path: String,
+    pub(crate) local_path: String,
     /// The marker, and where it is.
-    pub marker: Option<Marker>,
+    pub(crate) marker: Option<Marker>,
     /// The marker's location, for messages.
-    pub marker_at: String,
+    pub(crate) marker_at: String,
     /// The folder's highest file, and the folder.
-    pub folder: Option<Trace>,
+    pub(crate) folder: Option<Trace>,
     /// The folder, for messages.
-    pub folder_at: String,
+    pub(crate) folder_at: String,
     /// The done location's highest file of this folder, when configured.
-    pub done: Option<Trace>,
+    pub(crate) done: Option<Trace>,
     /// The done location, for messages (empty: not configured).
-    pub done_at: String,
+    pub(crate) done_at: String,
     /// The stream this run exports.
-    pub stream_id: String,
+    pub(crate) stream_id: String,
     /// The run was given its own start (`run --from`): it must begin a new
     /// export, never continue one found in the destination.
-    pub explicit_start: bool,
+    pub(crate) explicit_start: bool,
 }
 
 /// Where the run continues.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// The state to continue with.
-    pub state: State,
+    pub(crate) state: State,
     /// What was settled, for the log (empty when the sources agreed).
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 /// Sources that cannot be settled safely.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Conflict {
+pub(crate) struct Conflict {
     /// What is wrong, in one sentence.
-    pub what: String,
+    pub(crate) what: String,
     /// One line per source: where it is and what it says.
-    pub sources: Vec<String>,
+    pub(crate) sources: Vec<String>,
     /// The commands that choose.
-    pub choices: Vec<String>,
+    pub(crate) choices: Vec<String>,
 }
 
 impl fmt::Display for Conflict {
@@ -149,7 +149,7 @@ impl Sources {
     }
 
     /// The highest number the destination shows (folder or done).
-    pub fn stored_high(&self) -> u64 {
+    pub(crate) fn stored_high(&self) -> u64 {
         let f = self.folder.as_ref().map(|t| t.number).unwrap_or(0);
         let d = self.done.as_ref().map(|t| t.number).unwrap_or(0);
         f.max(d)
@@ -176,7 +176,7 @@ const CMD: &str = "opencti-stream-exporter";
 /// Decides where the run continues. `fresh` is the state of a first run,
 /// used when no source knows the export; its `export_id` names the export
 /// when no source has a name for it yet.
-pub fn reconcile(src: &Sources, fresh: &State) -> Result<Resolved, Conflict> {
+pub(crate) fn reconcile(src: &Sources, fresh: &State) -> Result<Resolved, Conflict> {
     let new_export_id = fresh.export_id.as_deref().unwrap_or_default();
     let marker_count = src.marker.as_ref().map(|m| m.file_count()).unwrap_or(0);
     let stored = src.stored_high();

@@ -18,13 +18,13 @@ use super::{CondPut, DestError, Destination, ObjectMeta, Precondition};
 
 /// Files under a local directory.
 #[derive(Debug, Clone)]
-pub struct DirDestination {
+pub(crate) struct DirDestination {
     root: PathBuf,
 }
 
 impl DirDestination {
     /// Files go below `root`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(root: impl Into<PathBuf>) -> Self {
         DirDestination { root: root.into() }
     }
 
@@ -202,7 +202,7 @@ impl Destination for DirDestination {
 }
 
 /// Metadata recomputed from a body of JSON lines.
-pub fn meta_of(body: &[u8]) -> ObjectMeta {
+pub(crate) fn meta_of(body: &[u8]) -> ObjectMeta {
     let id_of = |line: &[u8]| -> String {
         serde_json::from_slice::<serde_json::Value>(line)
             .ok()

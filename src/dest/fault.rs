@@ -12,11 +12,11 @@
 use super::{naming, CondPut, DestError, Destination, ObjectMeta, Precondition};
 
 /// The variable that arms a fault.
-pub const FAULT_VAR: &str = "OPENCTI_STREAM_EXPORTER_FAULT";
+pub(crate) const FAULT_VAR: &str = "OPENCTI_STREAM_EXPORTER_FAULT";
 
 /// Where to die.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Point {
+pub(crate) enum Point {
     /// Before data file N is stored.
     BeforeUpload(u64),
     /// After data file N is stored.
@@ -25,7 +25,7 @@ pub enum Point {
 
 impl Point {
     /// The point the environment asks for, if any.
-    pub fn from_env() -> Option<Point> {
+    pub(crate) fn from_env() -> Option<Point> {
         let v = std::env::var(FAULT_VAR).ok()?;
         let (p, n) = v.split_once(':')?;
         let n = n.parse().ok()?;
@@ -38,14 +38,14 @@ impl Point {
 }
 
 /// Wraps a destination; aborts the process at the chosen point.
-pub struct Faulty {
+pub(crate) struct Faulty {
     inner: Box<dyn Destination>,
     point: Point,
 }
 
 impl Faulty {
     /// `inner`, dying at `point`.
-    pub fn new(inner: Box<dyn Destination>, point: Point) -> Self {
+    pub(crate) fn new(inner: Box<dyn Destination>, point: Point) -> Self {
         Faulty { inner, point }
     }
 

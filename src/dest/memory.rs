@@ -12,15 +12,15 @@ use crate::state::{State, StateError, StateStore};
 
 /// When the process dies.
 #[derive(Debug, Default)]
-pub struct Crash {
+pub(crate) struct Crash {
     /// Writes done so far.
-    pub ticks: u64,
+    pub(crate) ticks: u64,
     /// The write that dies, if any.
-    pub at: Option<u64>,
+    pub(crate) at: Option<u64>,
     /// Whether the dying write is stored first (its answer is lost).
-    pub after_store: bool,
+    pub(crate) after_store: bool,
     /// Set once dead: every call fails until the next run.
-    pub dead: bool,
+    pub(crate) dead: bool,
 }
 
 impl Crash {
@@ -39,31 +39,31 @@ impl Crash {
 }
 
 /// The shared crash switch.
-pub type CrashSwitch = Arc<Mutex<Crash>>;
+pub(crate) type CrashSwitch = Arc<Mutex<Crash>>;
 
 fn died() -> DestError {
     DestError::Permanent("the process died here".into())
 }
 
 /// Bodies and metadata by key.
-pub type Objects = BTreeMap<String, (Vec<u8>, ObjectMeta)>;
+pub(crate) type Objects = BTreeMap<String, (Vec<u8>, ObjectMeta)>;
 
 /// Objects by key, shared so a test can look at them after a "crash".
 #[derive(Clone, Default)]
-pub struct Memory {
+pub(crate) struct Memory {
     /// The objects.
-    pub objects: Arc<Mutex<Objects>>,
+    pub(crate) objects: Arc<Mutex<Objects>>,
     /// Each key's bodies as written, in order.
-    pub history: Arc<Mutex<BTreeMap<String, Vec<Vec<u8>>>>>,
+    pub(crate) history: Arc<Mutex<BTreeMap<String, Vec<Vec<u8>>>>>,
     /// The crash switch.
-    pub crash: CrashSwitch,
+    pub(crate) crash: CrashSwitch,
     /// Its name.
-    pub name: String,
+    pub(crate) name: String,
 }
 
 impl Memory {
     /// An empty store sharing `crash`.
-    pub fn new(name: &str, crash: CrashSwitch) -> Self {
+    pub(crate) fn new(name: &str, crash: CrashSwitch) -> Self {
         Memory {
             name: name.into(),
             crash,
@@ -72,7 +72,7 @@ impl Memory {
     }
 
     /// Stores an object without a crash check (the importer's own writes).
-    pub fn insert(&self, key: &str, body: Vec<u8>, meta: ObjectMeta) {
+    pub(crate) fn insert(&self, key: &str, body: Vec<u8>, meta: ObjectMeta) {
         self.objects
             .lock()
             .unwrap()
@@ -80,7 +80,7 @@ impl Memory {
     }
 
     /// Removes an object without a crash check.
-    pub fn remove(&self, key: &str) -> Option<(Vec<u8>, ObjectMeta)> {
+    pub(crate) fn remove(&self, key: &str) -> Option<(Vec<u8>, ObjectMeta)> {
         self.objects.lock().unwrap().remove(key)
     }
 
@@ -159,11 +159,11 @@ impl Destination for Memory {
 
 /// A state "file" in memory, saved through the same crash switch.
 #[derive(Clone, Default)]
-pub struct MemoryState {
+pub(crate) struct MemoryState {
     /// The saved state (`None`: no file).
-    pub saved: Arc<Mutex<Option<State>>>,
+    pub(crate) saved: Arc<Mutex<Option<State>>>,
     /// The crash switch.
-    pub crash: CrashSwitch,
+    pub(crate) crash: CrashSwitch,
 }
 
 impl StateStore for MemoryState {

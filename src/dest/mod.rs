@@ -7,12 +7,12 @@
 //! whole objects by key. Keys are full object keys (`<folder>/stream_<ms>_<N>.json`);
 //! naming lives in [`naming`].
 
-pub mod dir;
-pub mod fault;
+pub(crate) mod dir;
+pub(crate) mod fault;
 #[cfg(test)]
-pub mod memory;
-pub mod naming;
-pub mod s3;
+pub(crate) mod memory;
+pub(crate) mod naming;
+pub(crate) mod s3;
 
 use std::fmt;
 
@@ -21,20 +21,20 @@ use sha2::Digest as _;
 /// What we record beside every object (S3 user metadata, or a sidecar for the
 /// directory destination is *not* written: the directory keeps the body only).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObjectMeta {
+pub(crate) struct ObjectMeta {
     /// Number of lines (events) in the body.
-    pub events: u64,
+    pub(crate) events: u64,
     /// SSE id of the first line.
-    pub first_id: String,
+    pub(crate) first_id: String,
     /// SSE id of the last line.
-    pub last_id: String,
+    pub(crate) last_id: String,
     /// Lower-case hex SHA-256 of the body.
-    pub sha256_hex: String,
+    pub(crate) sha256_hex: String,
 }
 
 /// Whether a failed storage call may succeed if tried again.
 #[derive(Debug, thiserror::Error)]
-pub enum DestError {
+pub(crate) enum DestError {
     /// Network trouble, server busy, timeouts: retry with backoff.
     #[error("{0}")]
     Transient(String),
@@ -46,14 +46,14 @@ pub enum DestError {
 
 impl DestError {
     /// True when the same call may succeed later.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(self, DestError::Transient(_))
     }
 }
 
 /// The condition of a conditional write.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Precondition {
+pub(crate) enum Precondition {
     /// Only if no object has the key (`If-None-Match: *`).
     Absent,
     /// Only if the object still has this tag (`If-Match: "<etag>"`).
@@ -62,7 +62,7 @@ pub enum Precondition {
 
 /// What a conditional write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CondPut {
+pub(crate) enum CondPut {
     /// Stored; the new object's tag.
     Stored(String),
     /// Not stored: the condition did not hold.
@@ -73,7 +73,7 @@ pub enum CondPut {
 
 /// A place that stores whole objects atomically: a reader sees an object in
 /// full or not at all.
-pub trait Destination: Send {
+pub(crate) trait Destination: Send {
     /// Where the objects go, for logs and messages (`s3://bucket/folder`,
     /// `/path/to/dir`). Never contains a secret.
     fn describe(&self) -> String;
@@ -133,11 +133,11 @@ impl fmt::Debug for dyn Destination {
 
 /// The destinations of a config: files, dead letters, and the importer's
 /// done bucket when configured.
-pub struct Destinations {
+pub(crate) struct Destinations {
     /// Where batch files go.
-    pub files: Box<dyn Destination>,
+    pub(crate) files: Box<dyn Destination>,
     /// Where dead letters go.
-    pub dead: Box<dyn Destination>,
+    pub(crate) dead: Box<dyn Destination>,
     /// The importer's done bucket.
-    pub done: Option<Box<dyn Destination>>,
+    pub(crate) done: Option<Box<dyn Destination>>,
 }

@@ -5,23 +5,23 @@
 //! the wall clock does: [`next_key_ms`] takes `max(now, previous + 1)`. Pure.
 
 /// The millisecond stamp for the next key: never below or equal to the previous one.
-pub fn next_key_ms(now_ms: u64, previous_ms: u64) -> u64 {
+pub(crate) fn next_key_ms(now_ms: u64, previous_ms: u64) -> u64 {
     now_ms.max(previous_ms + 1)
 }
 
 /// The key of batch file `number` stamped `ms`.
-pub fn object_key(folder: &str, ms: u64, number: u64) -> String {
+pub(crate) fn object_key(folder: &str, ms: u64, number: u64) -> String {
     format!("{folder}/stream_{ms:013}_{number}.json")
 }
 
 /// The file number in a key, by the importer's own rule
 /// (`int(key.split("_")[-1].split(".")[0])`).
-pub fn file_number(key: &str) -> Option<u64> {
+pub(crate) fn file_number(key: &str) -> Option<u64> {
     key.rsplit('_').next()?.split('.').next()?.parse().ok()
 }
 
 /// The millisecond stamp of a key written by [`object_key`].
-pub fn key_ms(key: &str) -> Option<u64> {
+pub(crate) fn key_ms(key: &str) -> Option<u64> {
     let name = key.rsplit('/').next()?;
     name.strip_prefix("stream_")?
         .split('_')
@@ -31,7 +31,7 @@ pub fn key_ms(key: &str) -> Option<u64> {
 }
 
 /// The key of a dead letter: sortable by stream position, unique per run.
-pub fn dead_letter_key(folder: &str, id: &str, received_ms: u64, seq: u64) -> String {
+pub(crate) fn dead_letter_key(folder: &str, id: &str, received_ms: u64, seq: u64) -> String {
     let safe: String = id
         .chars()
         .map(|c| {

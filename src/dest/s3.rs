@@ -82,33 +82,33 @@ macro_rules! next_page {
 
 /// How to reach one bucket of an S3 server. `Debug` shows `***` for the secret key.
 #[derive(Clone, Debug)]
-pub struct S3Settings {
+pub(crate) struct S3Settings {
     /// Host name or IP, optionally with a scheme (`http://` / `https://`),
     /// which then overrides `secure`, and optionally with `:port`.
-    pub endpoint: String,
+    pub(crate) endpoint: String,
     /// TCP port; `None` = the port in `endpoint`, else 443 (https) or 80 (http).
-    pub port: Option<u16>,
+    pub(crate) port: Option<u16>,
     /// Use https when `endpoint` has no scheme.
-    pub secure: bool,
+    pub(crate) secure: bool,
     /// `false` accepts any server certificate (an explicit, insecure opt-out).
-    pub cert_check: bool,
+    pub(crate) cert_check: bool,
     /// Extra trusted CA certificates (PEM), beside the bundled Mozilla roots.
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Signing region; `None` = `us-east-1`.
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// Bucket that receives the objects; created by `prepare` when missing.
-    pub bucket: String,
+    pub(crate) bucket: String,
     /// Access key id.
-    pub access_key: String,
+    pub(crate) access_key: String,
     /// Secret key; never printed.
-    pub secret_key: Secret,
+    pub(crate) secret_key: Secret,
     /// Limit on each S3 call (each page of a listing is one call).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
 }
 
 /// Objects in one S3 bucket. Each call blocks on a private current-thread
 /// tokio runtime and gives up after [`S3Settings::timeout`].
-pub struct S3Destination {
+pub(crate) struct S3Destination {
     runtime: tokio::runtime::Runtime,
     client: MinioClient,
     bucket: BucketName,
@@ -137,7 +137,7 @@ impl fmt::Debug for S3Destination {
 impl S3Destination {
     /// Checks the settings and builds the client; does not contact the server
     /// (that is [`Destination::prepare`]). Errors are `Permanent`.
-    pub fn new(settings: S3Settings) -> Result<Self, DestError> {
+    pub(crate) fn new(settings: S3Settings) -> Result<Self, DestError> {
         let scrub = |text: String| DestError::Permanent(settings.secret_key.scrub(&text));
 
         let endpoint = Endpoint::parse(&settings.endpoint, settings.port, settings.secure)

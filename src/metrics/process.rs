@@ -9,23 +9,23 @@ use super::Exposition;
 
 /// What `/proc` says about this process.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ProcessFigures {
+pub(crate) struct ProcessFigures {
     /// User + system CPU time, in seconds.
-    pub cpu_seconds: f64,
+    pub(crate) cpu_seconds: f64,
     /// Resident set size, in bytes.
-    pub resident_bytes: u64,
+    pub(crate) resident_bytes: u64,
     /// Virtual memory size, in bytes.
-    pub virtual_bytes: u64,
+    pub(crate) virtual_bytes: u64,
     /// Start of the process, in epoch seconds.
-    pub start_time_seconds: f64,
+    pub(crate) start_time_seconds: f64,
     /// Open file descriptors.
-    pub open_fds: u64,
+    pub(crate) open_fds: u64,
     /// The soft limit on open file descriptors (`None`: unlimited).
-    pub max_fds: Option<u64>,
+    pub(crate) max_fds: Option<u64>,
 }
 
 /// Reads the figures of this process, `None` without `/proc`.
-pub fn read() -> Option<ProcessFigures> {
+pub(crate) fn read() -> Option<ProcessFigures> {
     let stat = fs::read_to_string("/proc/self/stat").ok()?;
     let boot = fs::read_to_string("/proc/stat").ok()?;
     let limits = fs::read_to_string("/proc/self/limits").unwrap_or_default();
@@ -45,7 +45,7 @@ pub fn read() -> Option<ProcessFigures> {
 
 /// The figures from the text of `/proc/self/stat`, `/proc/stat` and
 /// `/proc/self/limits`, with the clock ticks per second and the page size.
-pub fn parse(
+pub(crate) fn parse(
     stat: &str,
     boot: &str,
     limits: &str,

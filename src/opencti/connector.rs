@@ -29,7 +29,7 @@ use crate::config::{ConnectorSettings, OpenCti};
 use crate::state::{self, State};
 
 /// pycti's ping period.
-pub const PING_PERIOD: Duration = Duration::from_secs(40);
+pub(crate) const PING_PERIOD: Duration = Duration::from_secs(40);
 /// Deadline of one registration or ping request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(20);
 /// Deadline of the last ping, sent while the process stops.
@@ -40,7 +40,7 @@ const FINAL_DEADLINE: Duration = Duration::from_secs(5);
 const STOP_WAIT: Duration = Duration::from_secs(8);
 
 /// The reference's state keys, as the platform stores and shows them. Pure.
-pub fn reference_state(s: &State) -> Value {
+pub(crate) fn reference_state(s: &State) -> Value {
     json!({
         "start_from": s.start_from,
         "recover_until": match &s.recover_until {
@@ -53,7 +53,7 @@ pub fn reference_state(s: &State) -> Value {
 }
 
 /// The registration and ping thread; stop it with [`Pinger::stop`].
-pub struct Pinger {
+pub(crate) struct Pinger {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
     done: std::sync::mpsc::Receiver<()>,
@@ -63,7 +63,7 @@ impl Pinger {
     /// Starts the thread for `connector`, reading the state from
     /// `state_path` before each ping. Fails only when the HTTP client
     /// cannot be built (TLS files).
-    pub fn start(
+    pub(crate) fn start(
         opencti: &OpenCti,
         connector: &ConnectorSettings,
         state_path: &Path,
@@ -116,7 +116,7 @@ impl Pinger {
 
     /// Wakes the thread and lets it send a last ping; waits for it at most
     /// a few seconds.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         match self.done.recv_timeout(STOP_WAIT) {
             Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {

@@ -21,7 +21,7 @@ const BODY_QUOTE: usize = 300;
 
 /// Why a GraphQL call did not give data.
 #[derive(Debug, thiserror::Error)]
-pub enum GraphQlError {
+pub(crate) enum GraphQlError {
     /// The server answered with a status other than 200.
     #[error("`{url}` answered HTTP {status}: {body}")]
     Status {
@@ -61,7 +61,7 @@ pub enum GraphQlError {
 impl GraphQlError {
     /// True when the platform rejected a field or an argument of the
     /// document (an older platform): worth one try with an older document.
-    pub fn is_schema_mismatch(&self) -> bool {
+    pub(crate) fn is_schema_mismatch(&self) -> bool {
         match self {
             GraphQlError::Refused { message, .. } => {
                 message.contains("Unknown argument")
@@ -83,7 +83,7 @@ impl GraphQlError {
 }
 
 /// A GraphQL endpoint: `<opencti.url>/graphql` with the bearer token.
-pub struct GraphQl {
+pub(crate) struct GraphQl {
     agent: ureq::Agent,
     url: String,
     auth: String,
@@ -93,7 +93,7 @@ pub struct GraphQl {
 
 impl GraphQl {
     /// A client for `opencti`; each call gives up after `deadline`.
-    pub fn new(opencti: &OpenCti, deadline: Duration) -> anyhow::Result<Self> {
+    pub(crate) fn new(opencti: &OpenCti, deadline: Duration) -> anyhow::Result<Self> {
         Ok(GraphQl {
             agent: crate::http::agent(opencti, deadline)?,
             url: format!("{}/graphql", opencti.url),
@@ -104,17 +104,12 @@ impl GraphQl {
     }
 
     /// Changes the deadline of the next calls.
-    pub fn set_deadline(&mut self, deadline: Duration) {
+    pub(crate) fn set_deadline(&mut self, deadline: Duration) {
         self.deadline = deadline;
     }
 
-    /// The GraphQL URL (no secret in it).
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// Sends `query` with `variables`; the `data` object of the answer.
-    pub fn call(&self, query: &str, variables: Value) -> Result<Value, GraphQlError> {
+    pub(crate) fn call(&self, query: &str, variables: Value) -> Result<Value, GraphQlError> {
         let body = json!({ "query": query, "variables": variables });
         let answer = self
             .agent
@@ -145,7 +140,7 @@ impl GraphQl {
 }
 
 /// Reads an answer: `data` on success, else a scrubbed error. Pure.
-pub fn parse_answer(
+pub(crate) fn parse_answer(
     url: &str,
     status: u16,
     body: &str,
@@ -200,7 +195,7 @@ pub fn parse_answer(
 }
 
 /// pycti's registration document (the fields this tool reads back).
-pub const REGISTER: &str = "mutation RegisterConnector($input: RegisterConnectorInput) {
+pub(crate) const REGISTER: &str = "mutation RegisterConnector($input: RegisterConnectorInput) {
   registerConnector(input: $input) {
     id
     connector_state
@@ -208,7 +203,7 @@ pub const REGISTER: &str = "mutation RegisterConnector($input: RegisterConnector
 }";
 
 /// pycti's ping document, with the connector's details (OpenCTI 6.3 on).
-pub const PING: &str =
+pub(crate) const PING: &str =
     "mutation PingConnector($id: ID!, $state: String, $connectorInfo: ConnectorInfoInput) {
   pingConnector(id: $id, state: $state, connectorInfo: $connectorInfo) {
     id
@@ -217,7 +212,7 @@ pub const PING: &str =
 }";
 
 /// The ping document of older platforms, without `connectorInfo`.
-pub const PING_WITHOUT_INFO: &str = "mutation PingConnector($id: ID!, $state: String) {
+pub(crate) const PING_WITHOUT_INFO: &str = "mutation PingConnector($id: ID!, $state: String) {
   pingConnector(id: $id, state: $state) {
     id
     connector_state
@@ -225,7 +220,7 @@ pub const PING_WITHOUT_INFO: &str = "mutation PingConnector($id: ID!, $state: St
 }";
 
 /// Reads one connector and its state (`connector(id)`).
-pub const CONNECTOR: &str = "query GetConnector($id: String!) {
+pub(crate) const CONNECTOR: &str = "query GetConnector($id: String!) {
   connector(id: $id) {
     id
     name
@@ -238,7 +233,7 @@ pub const CONNECTOR: &str = "query GetConnector($id: String!) {
 /// sends them for a stream connector; `minimal` leaves out the fields that
 /// older platforms do not know (`auto_update`, `enrichment_resolution`,
 /// `playbook_compatible`, `listen_callback_uri`).
-pub fn register_variables(c: &ConnectorSettings, minimal: bool) -> Value {
+pub(crate) fn register_variables(c: &ConnectorSettings, minimal: bool) -> Value {
     let mut input = json!({
         "id": c.id,
         "name": c.name,
@@ -259,17 +254,17 @@ pub fn register_variables(c: &ConnectorSettings, minimal: bool) -> Value {
 
 /// What `connectorInfo` says about this run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PingInfo {
+pub(crate) struct PingInfo {
     /// The run ends by itself (`--once`, `--until`), as pycti's
     /// `CONNECTOR_RUN_AND_TERMINATE`.
-    pub run_and_terminate: bool,
+    pub(crate) run_and_terminate: bool,
 }
 
 /// The variables of [`PING`]: the state as a JSON string (pycti sends
 /// `json.dumps(state)`) and, when `info` is given, the connector details
 /// pycti sends (`run_and_terminate`: a run that ends by itself, `--once`
 /// or `--until`).
-pub fn ping_variables(id: &str, state: &Value, info: Option<PingInfo>) -> Value {
+pub(crate) fn ping_variables(id: &str, state: &Value, info: Option<PingInfo>) -> Value {
     let mut v = json!({
         "id": id,
         "state": state.to_string(),
@@ -289,7 +284,7 @@ pub fn ping_variables(id: &str, state: &Value, info: Option<PingInfo>) -> Value 
 
 /// The `connector_state` of an answer (`registerConnector`, `pingConnector`
 /// or `connector`), parsed: `None` when absent, null or empty.
-pub fn connector_state(node: &Value) -> Result<Option<Value>, String> {
+pub(crate) fn connector_state(node: &Value) -> Result<Option<Value>, String> {
     match node.get("connector_state") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),

@@ -14,7 +14,7 @@ use crate::id::EventId;
 use crate::state::State;
 
 /// The reference's state turned into ours, or why it cannot be.
-pub fn state_from_reference(
+pub(crate) fn state_from_reference(
     remote: &Value,
     connector_id: &str,
     stream_id: Option<&str>,

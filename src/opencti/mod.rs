@@ -2,6 +2,6 @@
 //! ([`graphql`]), the registration on the connectors page ([`connector`]),
 //! and reading a connector's state (`state import`).
 
-pub mod connector;
-pub mod graphql;
-pub mod migrate;
+pub(crate) mod connector;
+pub(crate) mod graphql;
+pub(crate) mod migrate;

@@ -21,7 +21,7 @@ use crate::stream::sse::{SseMessage, SseParser};
 
 /// Why reading the stream stopped for good.
 #[derive(Debug, thiserror::Error)]
-pub enum StreamError {
+pub(crate) enum StreamError {
     /// 401: bad token, unknown stream or no access.
     #[error("OpenCTI refused the token for `{url}` (HTTP 401): check `opencti.token` and that `connector.live_stream_id` names a stream this user can read")]
     Unauthorized {
@@ -75,7 +75,7 @@ pub enum StreamError {
 
 /// What the handler wants after a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
+pub(crate) enum Flow {
     /// Keep reading.
     Continue,
     /// Stop reading; the run is over.
@@ -83,7 +83,7 @@ pub enum Flow {
 }
 
 /// Receives what the stream sends, in order.
-pub trait Handler {
+pub(crate) trait Handler {
     /// One complete SSE message.
     fn on_message(&mut self, msg: SseMessage) -> Flow;
     /// Where to resume after a dropped connection: the last complete id.
@@ -101,15 +101,15 @@ pub trait Handler {
 
 /// Where the first connection starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Start {
+pub(crate) struct Start {
     /// Resume strictly after this id; `None` means live from now.
-    pub after: Option<EventId>,
+    pub(crate) after: Option<EventId>,
     /// Snapshot up to this date (epoch ms) while the cursor is before it.
-    pub recover_until_ms: Option<u64>,
+    pub(crate) recover_until_ms: Option<u64>,
 }
 
 /// A blocking live-stream reader.
-pub struct StreamClient {
+pub(crate) struct StreamClient {
     agent: ureq::Agent,
     /// The URL requests go to.
     request_url: String,
@@ -122,7 +122,7 @@ pub struct StreamClient {
 
 impl StreamClient {
     /// A client for the configured stream; `shutdown` ends reconnect waits.
-    pub fn new(
+    pub(crate) fn new(
         opencti: &OpenCti,
         settings: &StreamSettings,
         shutdown: Arc<AtomicBool>,
@@ -141,12 +141,12 @@ impl StreamClient {
     }
 
     /// The stream URL as printed (a password in it masked).
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
     /// Opens one connection; the response when the server accepted it.
-    pub fn connect(
+    pub(crate) fn connect(
         &self,
         after: Option<EventId>,
         recover_until_ms: Option<u64>,
@@ -232,7 +232,7 @@ impl StreamClient {
 
     /// Reads until the handler says stop, shutdown is requested, or a fatal
     /// error. Reconnects on everything else.
-    pub fn run(&self, start: Start, handler: &mut dyn Handler) -> Result<(), StreamError> {
+    pub(crate) fn run(&self, start: Start, handler: &mut dyn Handler) -> Result<(), StreamError> {
         let mut backoff = Backoff::new(Duration::from_millis(500), self.settings.reconnect_max);
         let mut wrong_type = 0u32;
         let mut parser = SseParser::new(self.settings.max_event_bytes);
@@ -326,7 +326,7 @@ impl StreamClient {
 
 /// Why one connection attempt failed.
 #[derive(Debug)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// Stop for good.
     Fatal(StreamError),
     /// 200 but not `text/event-stream`.
@@ -336,7 +336,7 @@ pub enum ConnectError {
 }
 
 /// A transport error as one line, with its cause chain.
-pub fn transport_message(t: &ureq::Transport) -> String {
+pub(crate) fn transport_message(t: &ureq::Transport) -> String {
     let mut msg = format!("{}", t.kind());
     if let Some(m) = t.message() {
         msg.push_str(": ");

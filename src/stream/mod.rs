@@ -1,4 +1,4 @@
 //! The OpenCTI live stream: the pure SSE parser and the blocking client.
 
-pub mod client;
-pub mod sse;
+pub(crate) mod client;
+pub(crate) mod sse;

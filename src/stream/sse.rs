@@ -18,21 +18,21 @@ use memchr::memchr2;
 
 /// One dispatched SSE message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SseMessage {
+pub(crate) struct SseMessage {
     /// The `id` field of this block, when it had one (a NUL makes it ignored).
-    pub id: Option<String>,
+    pub(crate) id: Option<String>,
     /// The `event` field; `message` when absent (the SSE default).
-    pub event: String,
+    pub(crate) event: String,
     /// The `data` lines joined with `\n`, raw bytes, without the final `\n`.
-    pub data: Vec<u8>,
+    pub(crate) data: Vec<u8>,
     /// Total size of the message's data in bytes when it exceeded the cap
     /// (then `data` holds only the first `max_message_bytes` bytes).
-    pub oversized: Option<usize>,
+    pub(crate) oversized: Option<usize>,
 }
 
 /// Incremental parser; feed it chunks of any size.
 #[derive(Debug)]
-pub struct SseParser {
+pub(crate) struct SseParser {
     max_message_bytes: usize,
     /// Bytes of the current, unfinished line.
     line: Vec<u8>,
@@ -45,8 +45,6 @@ pub struct SseParser {
     data: Vec<u8>,
     has_data: bool,
     data_len: usize,
-    /// The last `retry` value, in milliseconds.
-    retry_ms: Option<u64>,
     /// Bytes of a byte-order mark matched at the start of the stream so far;
     /// `None` once the start is past.
     bom: Option<usize>,
@@ -57,7 +55,7 @@ const BOM: &[u8] = b"\xef\xbb\xbf";
 
 impl SseParser {
     /// A parser that keeps at most `max_message_bytes` of one message's data.
-    pub fn new(max_message_bytes: usize) -> Self {
+    pub(crate) fn new(max_message_bytes: usize) -> Self {
         SseParser {
             max_message_bytes: max_message_bytes.max(1),
             line: Vec::with_capacity(8 * 1024),
@@ -68,18 +66,12 @@ impl SseParser {
             data: Vec::new(),
             has_data: false,
             data_len: 0,
-            retry_ms: None,
             bom: Some(0),
         }
     }
 
-    /// The reconnection delay the server asked for with `retry:`, if any.
-    pub fn retry_ms(&self) -> Option<u64> {
-        self.retry_ms
-    }
-
     /// Feeds a chunk; calls `out` for every message it completes.
-    pub fn feed(&mut self, mut chunk: &[u8], out: &mut impl FnMut(SseMessage)) {
+    pub(crate) fn feed(&mut self, mut chunk: &[u8], out: &mut impl FnMut(SseMessage)) {
         // A mark may arrive split across chunks: hold its bytes until it is
         // whole (dropped) or proven not to be one (parsed as they came).
         if let Some(matched) = self.bom {
@@ -146,7 +138,7 @@ impl SseParser {
 
     /// Ends the stream: a message not followed by a blank line is dropped,
     /// as the SSE rules say (the connection closed before it was complete).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.bom = Some(0);
         self.line.clear();
         self.line_len = 0;
@@ -155,7 +147,8 @@ impl SseParser {
     }
 
     /// True when a message is partly received (bytes since the last blank line).
-    pub fn in_message(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn in_message(&self) -> bool {
         self.bom.is_some_and(|m| m > 0)
             || self.line_len > 0
             || self.has_data
@@ -206,9 +199,8 @@ impl SseParser {
             b"id" if !value.contains(&0) => {
                 self.id = Some(String::from_utf8_lossy(value).into_owned());
             }
-            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
-                self.retry_ms = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-            }
+            // `retry` is read and ignored: reconnection delays are ours
+            // (`stream.reconnect_*`), and OpenCTI sends none.
             _ => {}
         }
     }
@@ -396,7 +388,6 @@ field-without-meaning: 1\n\
             b"retry: 2500\nid: a\0b\ndata: x\n\nretry: x1\n\n",
             &mut |m| out.push(m),
         );
-        assert_eq!(p.retry_ms(), Some(2500));
         assert_eq!(out[0].id, None);
     }
 
