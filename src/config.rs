@@ -173,6 +173,7 @@ pub const KEYS: &[Key] = &[
     key("connector.metrics_port", "CONNECTOR_METRICS_PORT"),
     key("metrics.textfile", "METRICS_TEXTFILE"),
     key("metrics.log_every_sec", "METRICS_LOG_EVERY_SEC"),
+    key("run.once_max_outage_sec", "RUN_ONCE_MAX_OUTAGE_SEC"),
     list_key("policy.allow_types", "POLICY_ALLOW_TYPES"),
     list_key("policy.deny_types", "POLICY_DENY_TYPES"),
     list_key("policy.require_labels", "POLICY_REQUIRE_LABELS"),
@@ -331,6 +332,9 @@ pub struct Config {
     pub metrics_textfile: Option<PathBuf>,
     /// How often a progress line is logged when not on a terminal.
     pub log_every: Duration,
+    /// Under `run --once`, how long OpenCTI or the storage may fail with
+    /// nothing getting through before the run gives up.
+    pub once_max_outage: Duration,
 }
 
 impl Config {
@@ -581,7 +585,7 @@ impl Sources<'_> {
                 let shown = if k.secret {
                     "***".to_string()
                 } else {
-                    r.value.clone()
+                    crate::secret::redact_url(&r.value)
                 };
                 ConfigError {
                     key: path.into(),
@@ -868,6 +872,8 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
         .or_else(|| src.string("metrics.textfile").map(PathBuf::from));
     let log_every =
         Duration::from_secs(src.number("metrics.log_every_sec", 60, 1, 86_400, "seconds")?);
+    let once_max_outage =
+        Duration::from_secs(src.number("run.once_max_outage_sec", 300, 1, 86_400, "seconds")?);
 
     // Values checked even when the destination does not use them (or the
     // reference read them but they have no effect here), so that a typo
@@ -911,6 +917,7 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
         metrics_port,
         metrics_textfile,
         log_every,
+        once_max_outage,
     })
 }
 

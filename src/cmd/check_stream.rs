@@ -125,7 +125,9 @@ pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"ok": all_ok, "checks": r.0}))?
+            crate::secret::scrub_all(&serde_json::to_string_pretty(
+                &serde_json::json!({"ok": all_ok, "checks": r.0})
+            )?)
         );
     } else {
         for c in &r.0 {
@@ -133,7 +135,7 @@ pub fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
                 "{} {}: {}",
                 if c.ok { "ok  " } else { "FAIL" },
                 c.item,
-                c.detail
+                crate::secret::scrub_all(&c.detail)
             );
         }
         println!(
@@ -183,12 +185,24 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
     let resp = match client.connect(Some(EventId::default()), None) {
         Ok(resp) => resp,
         Err(ConnectError::Fatal(e @ StreamError::Unauthorized { .. })) => {
-            r.add("OpenCTI", Ok(format!("`{}` answers", opencti.url)));
+            r.add(
+                "OpenCTI",
+                Ok(format!(
+                    "`{}` answers",
+                    crate::secret::redact_url(&opencti.url)
+                )),
+            );
             r.add("token and stream access", Err(e.to_string()));
             return;
         }
         Err(ConnectError::Fatal(e @ StreamError::Gone { .. })) => {
-            r.add("OpenCTI", Ok(format!("`{}` answers", opencti.url)));
+            r.add(
+                "OpenCTI",
+                Ok(format!(
+                    "`{}` answers",
+                    crate::secret::redact_url(&opencti.url)
+                )),
+            );
             r.add("token and stream access", Ok("accepted".into()));
             r.add("stream running", Err(e.to_string()));
             return;
@@ -212,13 +226,19 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
                 "OpenCTI",
                 Err(format!(
                     "cannot reach `{}`: {why}; check `opencti.url`, the network and the proxy",
-                    opencti.url
+                    crate::secret::redact_url(&opencti.url)
                 )),
             );
             return;
         }
     };
-    r.add("OpenCTI", Ok(format!("`{}` answers", opencti.url)));
+    r.add(
+        "OpenCTI",
+        Ok(format!(
+            "`{}` answers",
+            crate::secret::redact_url(&opencti.url)
+        )),
+    );
     r.add("token and stream access", Ok("accepted".into()));
     r.add("stream running", Ok(format!("`{}`", client.url())));
 
@@ -245,7 +265,7 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
                 ))
             } else {
                 Err(format!(
-                    "cursor `{cur}` ({}) is older than the first event the server retains, `{first}` ({}): events between them were LOST on the server side and cannot be exported; raise the stream's retention, or start over with a snapshot (`state reset`)",
+                    "cursor `{cur}` ({}) is older than the first event the server retains, `{first}` ({}): events between them were LOST on the server side and cannot be exported; raise the stream's retention, or start over with a snapshot (`state reset`, which keeps the file numbering)",
                     cur.date(),
                     first.date()
                 ))
@@ -295,7 +315,7 @@ fn check_storage(cfg: &Config, r: &mut Report) {
     // The importer reads every key that sorts after the folder name, so the
     // probe uses a key that sorts before it.
     let key = probe_key(&cfg.folder);
-    let body = format!("opencti-stream-exporter probe {}\n", crate::id::now_ms()).into_bytes();
+    let body = format!("opencti-stream-exporter probe {}\n", crate::clock::now_ms()).into_bytes();
     let meta = meta_of(&body);
     let result = files
         .put(&key, &body, &meta)
@@ -315,6 +335,27 @@ fn check_storage(cfg: &Config, r: &mut Report) {
         result
             .map(|_| format!("probe `{key}` written, read back and deleted"))
             .map_err(|e| format!("{what}: {e}")),
+    );
+    // Another export folder whose name starts with this one's (or the
+    // other way round) is read by the wrong importer.
+    let own = format!("{}/", crate::marker::OWN_PREFIX);
+    let clashes = files
+        .list(&cfg.folder)
+        .and_then(|prefixed| Ok((prefixed, files.list(&own)?)))
+        .map(|(prefixed, markers)| crate::marker::folder_clashes(&cfg.folder, &prefixed, &markers));
+    r.add(
+        "folder read alone by its importer",
+        match clashes {
+            Ok(c) if c.is_empty() => Ok(format!(
+                "no other key or export folder starts with `{}`",
+                cfg.folder
+            )),
+            Ok(c) => Err(format!(
+                "{}; give each export a folder whose name is not the start of another's",
+                c.join("; ")
+            )),
+            Err(e) => Err(format!("{what}: {e}")),
+        },
     );
     let mut dead = dests.dead;
     let dwhat = dead.describe();
@@ -387,7 +428,7 @@ fn verify_files(cfg: &Config, r: &mut Report, file_count: Option<u64>) {
         lines_total += recomputed.events;
         match dest.meta(key) {
             Ok(Some(m)) => {
-                let sha = crate::dest::dir::hex(&sha2::Sha256::digest(&body));
+                let sha = crate::text::hex(&sha2::Sha256::digest(&body));
                 if m.sha256_hex != sha {
                     problems.push(format!(
                         "`{key}`: SHA-256 `{sha}` differs from its metadata `{}`",

@@ -1,7 +1,8 @@
 //! `run`: export the stream until stopped, caught up (`--once`) or past `--until`.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
@@ -10,11 +11,88 @@ use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Recover};
 use crate::fetch::Fetcher;
 use crate::id::{self, EventId};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, RetryCause};
+use crate::opencti::connector::{Pinger, PING_PERIOD};
+use crate::opencti::graphql::PingInfo;
 use crate::pipeline::{self, PipelineSettings, StopRule};
+use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
 use crate::stream::client::{Start, StreamClient};
 use crate::{exit, http};
+
+/// `run --once` ended because OpenCTI or the storage kept failing.
+#[derive(Debug, thiserror::Error)]
+#[error("gave up after {} of failures with nothing getting through ({what}): `run --once` ends after `run.once_max_outage_sec`; nothing was lost, the cursor and the files are as the last commit left them, and the next run resumes there", crate::text::secs(*.limit_secs))]
+pub struct GaveUp {
+    /// How long it failed.
+    pub limit_secs: u64,
+    /// What failed: `OpenCTI`, `the storage` or both.
+    pub what: String,
+}
+
+/// Under `--once`, watches the figures of the run: once OpenCTI or the
+/// storage has been failing (retries counted) for `limit` with nothing
+/// getting through (no event received, no file or dead letter stored), it
+/// stops the reader and the committer's retries and says why. Watching the
+/// figures keeps the retry loops unaware of `--once`.
+fn watch_outage(
+    limit: Duration,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    abort: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+) -> Arc<Mutex<Option<GaveUp>>> {
+    let verdict = Arc::new(Mutex::new(None));
+    let out = verdict.clone();
+    let progress = move |m: &Metrics| {
+        let s = m.snapshot();
+        (s.received, s.files_written, s.dead_letters)
+    };
+    let failures = |m: &Metrics| {
+        (
+            m.retries(RetryCause::Stream),
+            m.retries(RetryCause::Storage),
+        )
+    };
+    let _ = std::thread::Builder::new()
+        .name("outage-watch".into())
+        .spawn(move || {
+            let (mut last_progress, mut last_failures) = (progress(&metrics), failures(&metrics));
+            let mut since: Option<(Instant, (u64, u64))> = None;
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                let (p, f) = (progress(&metrics), failures(&metrics));
+                if p != last_progress {
+                    since = None;
+                } else if f != last_failures && since.is_none() {
+                    since = Some((Instant::now(), last_failures));
+                }
+                (last_progress, last_failures) = (p, f);
+                let Some((t, before)) = since else { continue };
+                if t.elapsed() < limit {
+                    continue;
+                }
+                let what = match (f.0 > before.0, f.1 > before.1) {
+                    (true, true) => "OpenCTI and the storage",
+                    (true, false) => "OpenCTI",
+                    _ => "the storage",
+                };
+                let gave_up = GaveUp {
+                    limit_secs: limit.as_secs().max(1),
+                    what: what.to_string(),
+                };
+                log::warn!(
+                    "{what} failing for {} under `--once`: stopping",
+                    crate::text::secs(gave_up.limit_secs)
+                );
+                *out.lock().expect("not poisoned") = Some(gave_up);
+                stop.store(true, Ordering::Relaxed);
+                abort.store(true, Ordering::Relaxed);
+                return;
+            }
+        });
+    verdict
+}
 
 fn flag_error(flag: &str, message: String) -> ConfigError {
     ConfigError {
@@ -36,7 +114,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         .transpose()?;
     let until = match args.until.as_deref() {
         None => None,
-        Some("now") => Some(EventId::at_ms(id::now_ms())),
+        Some("now") => Some(EventId::at_ms(crate::clock::now_ms())),
         Some(s) => Some(id::parse_position(s).map_err(|e| flag_error("--until", e))?),
     };
     if let (Some(f), Some(u)) = (from, until) {
@@ -51,48 +129,66 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
 
     let _lock = state::lock(&cfg.state_path)?;
     let saved = state::load(&cfg.state_path)?;
-    let state = match saved {
-        Some(s) => {
-            if from.is_some() {
+    if let Some(s) = &saved {
+        if from.is_some() {
+            return Err(from_with_state(cfg).into());
+        }
+        if let Some(sid) = &s.stream_id {
+            if sid != &stream.live_stream_id {
                 return Err(flag_error(
-                    "--from",
+                    "connector.live_stream_id",
                     format!(
-                        "a saved state exists at `{}`: `--from` only applies to a first run; run `opencti-stream-exporter state reset --start-from ...`, or give a separate `--state` for a backfill",
-                        cfg.state_path.display()
+                        "the state at `{}` belongs to stream `{sid}`, not `{}`: use another `--state`, or `state reset` to start over (it keeps the file numbering)",
+                        cfg.state_path.display(),
+                        stream.live_stream_id
                     ),
                 )
                 .into());
             }
-            if let Some(sid) = &s.stream_id {
-                if sid != &stream.live_stream_id {
-                    return Err(flag_error(
-                        "connector.live_stream_id",
-                        format!(
-                            "the state at `{}` belongs to stream `{sid}`, not `{}`: use another `--state`, or `state reset` to start over",
-                            cfg.state_path.display(),
-                            stream.live_stream_id
-                        ),
-                    )
-                    .into());
-                }
-            }
-            s
         }
-        None => first_state(cfg, from)?,
-    };
+    }
     let dests = super::destinations(cfg)?;
     let abort = Arc::new(AtomicBool::new(false));
     let mut committer = Committer::new(
-        cfg.state_path.clone(),
-        state,
+        Box::new(state::StateFile(cfg.state_path.clone())),
+        saved,
+        first_state(cfg, from)?,
         cfg.folder.clone(),
         dests,
-        abort,
+        abort.clone(),
     );
     let metrics = Arc::new(Metrics::default());
     committer.set_metrics(metrics.clone());
-    let started_at = id::ms_to_iso(id::now_ms());
-    let first_cut_after = committer.start()?;
+    let started_at = id::ms_to_iso(crate::clock::now_ms());
+    committer.set_explicit_start(from.is_some());
+    let stop = Arc::new(AtomicBool::new(false));
+    let watch_done = WatchDone(Arc::new(AtomicBool::new(false)));
+    let gave_up = args.once.then(|| {
+        watch_outage(
+            cfg.once_max_outage,
+            metrics.clone(),
+            stop.clone(),
+            abort.clone(),
+            watch_done.0.clone(),
+        )
+    });
+    let gave_up_error = || {
+        gave_up
+            .as_ref()
+            .and_then(|g| g.lock().expect("not poisoned").take())
+    };
+    // One folder, one writer: the lease is held before anything is read
+    // or written, and renewed by its own thread (with its own destination).
+    let run_id = crate::clock::run_id().to_string();
+    let lease_lost = Arc::new(AtomicBool::new(false));
+    let mut lease_dest = super::destinations(cfg)?.files;
+    let lease = take_lease(cfg, lease_dest.as_mut(), &run_id, &stop)?;
+    let _lease = crate::lease::keep(lease_dest, lease, run_id, stop.clone(), lease_lost.clone());
+    committer.set_lease_lost(lease_lost);
+    let first_cut_after = match committer.start() {
+        Ok(cut) => cut,
+        Err(e) => return Err(gave_up_error().map(Into::into).unwrap_or(e)),
+    };
     if let Some(c) = committer.state().cursor().ok().flatten() {
         metrics.set_cursor_ms(c.ms);
     }
@@ -134,13 +230,27 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         });
     })?;
 
-    let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(sig, exit::INTERRUPTED, stop.clone())
             .context("installing signal handlers")?;
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
 
+    let pinger = match &cfg.connector {
+        Some(c) => {
+            let info = PingInfo {
+                run_and_terminate: args.once || args.until.is_some(),
+            };
+            Some(Pinger::start(
+                opencti,
+                c,
+                &cfg.state_path,
+                PING_PERIOD,
+                info,
+            )?)
+        }
+        None => None,
+    };
     let client = StreamClient::new(opencti, stream, stop.clone())?;
     let files = if cfg.fetch_files {
         Some(Fetcher::start(
@@ -182,14 +292,15 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         policy: cfg.policy.clone(),
         max_line_bytes: cfg.max_line_bytes,
     };
-    let progress_done = Arc::new(AtomicBool::new(false));
-    if !quiet {
-        pipeline::spawn_progress(metrics.clone(), progress_done.clone(), cfg.log_every);
-    }
+    let progress = (!quiet).then(|| Progress::start(metrics.clone(), stop.clone(), cfg.log_every));
     let (mut committer, result) =
         pipeline::run(client, settings, committer, files, stop, metrics.clone());
-    progress_done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let ended_at = id::ms_to_iso(id::now_ms());
+    if let Some(p) = progress {
+        p.finish();
+    }
+    drop(watch_done);
+    let gave_up = gave_up_error();
+    let ended_at = id::ms_to_iso(crate::clock::now_ms());
     let totals = metrics.snapshot();
     let (outcome_text, result) = match result {
         Ok(o) => {
@@ -202,6 +313,11 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         }
         Err(e) => (format!("failed: {e:#}"), Err(e)),
     };
+    let outcome_text = match &gave_up {
+        Some(g) => format!("failed: {g}"),
+        None => outcome_text,
+    };
+    let outcome_text = crate::secret::scrub_all(&outcome_text);
     let _ = committer.update_state(|s| {
         s.last_run = Some(RunSummary {
             started_at,
@@ -213,6 +329,9 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             dead_letters: totals.dead_letters,
         });
     });
+    if let Some(p) = pinger {
+        p.stop();
+    }
     if let Some(path) = &cfg.metrics_textfile {
         match metrics::write_textfile(path, &metrics, &cfg.connector_name) {
             Ok(()) => log::info!("metrics written to `{}`", path.display()),
@@ -222,9 +341,13 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             ),
         }
     }
+    if let Some(g) = gave_up {
+        return Err(g.into());
+    }
     let outcome = result?;
+    let cursor = committer.state().start_from.clone();
     let summary = format!(
-        "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects; cursor `{}`, next file {}",
+        "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects\n{}; next file {}",
         totals.events_written,
         totals.files_written,
         totals.bytes_written,
@@ -234,7 +357,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         totals.dead_letters,
         totals.file_fetch_failures,
         totals.reconnects,
-        committer.state().start_from.as_deref().unwrap_or("-"),
+        explain_cursor(cursor.as_deref(), outcome.last_id),
         committer.state().file_count + 1,
     );
     if !quiet {
@@ -244,6 +367,31 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         return Err(e.into());
     }
     Ok(exit::OK)
+}
+
+/// Ends the outage watch when dropped, whichever way `run` returns.
+struct WatchDone(Arc<AtomicBool>);
+
+impl Drop for WatchDone {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The saved cursor, and why it can stand before the last id exported: an
+/// event's id is only known complete once a later id arrives (OpenCTI sends
+/// an object's dependencies under the same id), so the last group of a run
+/// stays open and the next run starts after the cursor, sending it again.
+pub fn explain_cursor(cursor: Option<&str>, last: Option<EventId>) -> String {
+    let Some(cursor) = cursor else {
+        return "cursor: none saved yet (the next run starts from the beginning)".into();
+    };
+    match last {
+        Some(l) if cursor.parse::<EventId>().is_ok_and(|c| c < l) => format!(
+            "cursor `{cursor}`: the last id known complete; `{l}` is not, as more events may share its id, so the next run starts after `{cursor}` and sends `{l}` again"
+        ),
+        _ => format!("cursor `{cursor}`: the next run starts after it"),
+    }
 }
 
 fn committer_describe(cfg: &Config) -> String {
@@ -256,12 +404,64 @@ fn committer_describe(cfg: &Config) -> String {
     }
 }
 
+/// Takes the folder's lease, waiting out storage trouble as a commit does.
+fn take_lease(
+    cfg: &Config,
+    d: &mut dyn crate::dest::Destination,
+    run_id: &str,
+    stop: &AtomicBool,
+) -> Result<crate::lease::Lease> {
+    use crate::lease::{Lease, LeaseError};
+    let what = d.describe();
+    let me = crate::lease::state_identity(&cfg.state_path);
+    let mut backoff = crate::retry::Backoff::new(
+        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(30),
+    );
+    loop {
+        let result = d
+            .prepare()
+            .map_err(LeaseError::from)
+            .and_then(|_| Lease::acquire(d, &cfg.folder, run_id, &me));
+        match result {
+            Ok(l) => return Ok(l),
+            Err(LeaseError::Dest(e)) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                log::warn!(
+                    "cannot take the lease of folder `{}` in {what}: {e}; retrying in {:.1} s",
+                    cfg.folder,
+                    delay.as_secs_f64()
+                );
+                if !crate::retry::sleep_unless(delay, stop) {
+                    return Err(anyhow::anyhow!(
+                        "stopped while taking the lease of folder `{}` in {what}: {e}",
+                        cfg.folder
+                    ));
+                }
+            }
+            Err(e) => return Err(anyhow::anyhow!("folder `{}` in {what}: {e}", cfg.folder)),
+        }
+    }
+}
+
 /// Where a first run starts: `--from`, else `live_stream_start_timestamp`, else `0-0`.
 fn first_start(cfg: &Config, from: Option<EventId>) -> Option<EventId> {
     let stream = cfg.stream().ok()?;
     Some(from.or(stream.start).unwrap_or_default())
 }
 
+fn from_with_state(cfg: &Config) -> ConfigError {
+    flag_error(
+        "--from",
+        format!(
+            "a saved state exists at `{}`: `--from` only applies to a first run; run `opencti-stream-exporter state reset --start-from ...` (it keeps the file numbering), or give a backfill its own `--state` and folder",
+            cfg.state_path.display()
+        ),
+    )
+}
+
+/// The state of a first run; the committer saves it once the destination
+/// shows no trace of this export.
 fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
     let stream = cfg.stream()?;
     let recover_until = if from.is_some() {
@@ -269,15 +469,32 @@ fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
     } else {
         match stream.recover {
             Recover::Off => None,
-            Recover::UntilNow => Some(id::ms_to_iso(id::now_ms())),
+            Recover::UntilNow => Some(id::ms_to_iso(crate::clock::now_ms())),
             Recover::Until(ms) => Some(id::ms_to_iso(ms)),
         }
     };
-    let state = State {
+    Ok(State {
         recover_until,
         stream_id: Some(stream.live_stream_id.clone()),
+        export_id: Some(crate::clock::unique_name("export")),
         ..State::default()
-    };
-    state::save(&cfg.state_path, &state)?;
-    Ok(state)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_says_why_the_cursor_stands_before_the_last_id() {
+        let last = "1700000012742-0".parse().ok();
+        let text = explain_cursor(Some("1700000012738-1"), last);
+        assert!(text.contains("the last id known complete"), "{text}");
+        assert!(text.contains("sends `1700000012742-0` again"), "{text}");
+        assert_eq!(
+            explain_cursor(Some("1700000012742-0"), last),
+            "cursor `1700000012742-0`: the next run starts after it"
+        );
+        assert!(explain_cursor(None, None).contains("none saved yet"));
+    }
 }

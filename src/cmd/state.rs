@@ -1,14 +1,25 @@
-//! `state show` and `state reset`.
+//! `state show`, `state reset` and `state import`.
+//!
+//! A reset changes the stream position, never the numbering: the count,
+//! the key stamp and the export's identity are kept (from the old state or,
+//! when it is lost, from the destination). Going back in numbers needs
+//! `--importer-was-reset`, and is refused while the destination holds
+//! higher numbers.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Result};
 
-use crate::cli::{ResetArgs, ShowArgs};
+use crate::cli::{ImportArgs, ResetArgs, ShowArgs};
+use crate::commit::core::{self, ResetRequest};
+use crate::commit::Committer;
 use crate::config::{Config, ConfigError};
+use crate::dest::naming;
 use crate::exit;
 use crate::id::{self, EventId};
 use crate::state::{self, State};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// Prints the saved state.
 pub fn show(cfg: &Config, args: &ShowArgs) -> Result<i32> {
@@ -52,11 +63,11 @@ fn describe(out: &mut String, s: &State) {
     let cursor = s.cursor().ok().flatten();
     match cursor {
         Some(c) => {
-            let lag = id::now_ms().saturating_sub(c.ms) / 1000;
+            let lag = crate::clock::now_ms().saturating_sub(c.ms) / 1000;
             out.push_str(&format!(
                 "cursor:         {c} ({}, {} behind now)\n",
                 c.date(),
-                crate::id::human_secs(lag)
+                crate::text::secs(lag)
             ));
         }
         None => out.push_str("cursor:         none yet (nothing committed)\n"),
@@ -140,37 +151,159 @@ pub fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
             return Ok(exit::FAILURE);
         }
     }
-    let mut new = State {
-        stream_id: cfg.stream().ok().map(|s| s.live_stream_id.clone()),
-        ..State::default()
-    };
-    if let Some(s) = start {
-        new.start_from = Some(s.to_string());
-        new.last_written_msg_id = Some(s.to_string());
-    } else if let Ok(stream) = cfg.stream() {
-        new.recover_until = match stream.recover {
+    let stream = cfg.stream().ok();
+    let recover_until = match (start, stream) {
+        (None, Some(stream)) => match stream.recover {
             crate::config::Recover::Off => None,
-            crate::config::Recover::UntilNow => Some(id::ms_to_iso(id::now_ms())),
+            crate::config::Recover::UntilNow => Some(id::ms_to_iso(crate::clock::now_ms())),
             crate::config::Recover::Until(ms) => Some(id::ms_to_iso(ms)),
-        };
-        if let Some(st) = stream.start {
-            new.start_from = Some(st.to_string());
-            new.last_written_msg_id = Some(st.to_string());
-        }
+        },
+        _ => None,
+    };
+    let req = ResetRequest {
+        start_from: start.or(stream.and_then(|s| s.start)),
+        recover_until,
+        file_count: args.file_count,
+        importer_was_reset: args.importer_was_reset,
+        stream_id: stream.map(|s| s.live_stream_id.clone()),
+        new_export_id: crate::clock::unique_name("export"),
+    };
+    // The numbering is the export's: read what the destination records.
+    let mut committer = Committer::new(
+        Box::new(state::StateFile(cfg.state_path.clone())),
+        old.clone(),
+        State::default(),
+        cfg.folder.clone(),
+        super::destinations(cfg)?,
+        Arc::new(AtomicBool::new(false)),
+    );
+    let src = committer.survey()?;
+    let stamp = [&src.folder, &src.done]
+        .iter()
+        .filter_map(|t| t.as_ref().and_then(|t| naming::key_ms(&t.key)))
+        .max()
+        .unwrap_or(0);
+    let new = core::reset(
+        old.as_ref(),
+        src.marker.as_ref(),
+        src.stored_high(),
+        stamp,
+        &req,
+    )
+    .map_err(|message| ConfigError {
+        key: "--file-count".into(),
+        origin: "command line".into(),
+        message,
+    })?;
+    if args.importer_was_reset {
+        // A new export: the old one's record would contradict it.
+        committer.forget_marker()?;
     }
-    new.file_count = args.file_count.unwrap_or(0);
-    // Keys never go back, even across a reset: the importer lists by key.
-    new.last_key_ms = old.as_ref().map(|o| o.last_key_ms).unwrap_or(0);
     state::save(&cfg.state_path, &new)?;
     println!(
-        "state reset at `{}`: the next run starts after `{}`{}, and its first file is number {}",
+        "state reset at `{}`: the next run starts after `{}`{}; its first file is number {}{}",
         cfg.state_path.display(),
         new.start_from.as_deref().unwrap_or("0-0"),
         new.recover_until
             .as_deref()
             .map(|d| format!(" with a snapshot up to {d}"))
             .unwrap_or_default(),
-        new.file_count + 1
+        new.file_count + 1,
+        if args.importer_was_reset {
+            " (the numbering starts anew, as the importer's did)"
+        } else {
+            " (kept: the file numbering, the key stamps and the export's identity)"
+        }
+    );
+    Ok(exit::OK)
+}
+
+/// Imports the reference connector's state from OpenCTI.
+pub fn import(cfg: &Config, args: &ImportArgs) -> Result<i32> {
+    use crate::opencti::graphql::{self, GraphQl};
+    let opencti = cfg.opencti()?;
+    let connector_id = args
+        .connector_id
+        .clone()
+        .or_else(|| cfg.connector.as_ref().map(|c| c.id.clone()))
+        .ok_or_else(|| ConfigError {
+            key: "--connector-id".into(),
+            origin: "command line".into(),
+            message: "the reference connector's id is needed: give `--connector-id` or set `connector.id` (CONNECTOR_ID) to the reference's".into(),
+        })?;
+    let _lock = state::lock(&cfg.state_path)?;
+    let old = state::load(&cfg.state_path)?;
+    if old.is_some() && !args.replace {
+        bail!(ConfigError {
+            key: "--replace".into(),
+            origin: "command line".into(),
+            message: format!(
+                "a state already exists at `{}`: importing would replace it; give `--replace` to do so, or another `--state`",
+                cfg.state_path.display()
+            ),
+        });
+    }
+    let client = GraphQl::new(opencti, std::time::Duration::from_secs(30))?;
+    let data = client.call(
+        graphql::CONNECTOR,
+        serde_json::json!({ "id": connector_id }),
+    )?;
+    let node = data
+        .get("connector")
+        .filter(|n| !n.is_null())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "OpenCTI at `{}` knows no connector `{connector_id}`: give the reference's `CONNECTOR_ID` with `--connector-id`",
+                opencti.url
+            )
+        })?;
+    let remote = graphql::connector_state(node)
+        .map_err(|e| anyhow::anyhow!("connector `{connector_id}`: {e}"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "connector `{connector_id}` has no state on OpenCTI (it never ran, or its state was reset): there is nothing to import"
+            )
+        })?;
+    let stream_id = cfg.stream().ok().map(|s| s.live_stream_id.as_str());
+    let mut new = crate::opencti::migrate::state_from_reference(
+        &remote,
+        &connector_id,
+        stream_id,
+        &id::ms_to_iso(crate::clock::now_ms()),
+    )
+    .map_err(|e| anyhow::anyhow!("connector `{connector_id}`: {e}"))?;
+    if let Some(old) = &old {
+        if new.file_count < old.file_count {
+            bail!(
+                "connector `{connector_id}` stored {} files, fewer than the {} of the state at `{}`: numbers never go back (the importer would refuse file {}); nothing was changed",
+                new.file_count,
+                old.file_count,
+                cfg.state_path.display(),
+                new.file_count + 1
+            );
+        }
+        // Keys never go back, even across an import.
+        new.last_key_ms = old.last_key_ms;
+    }
+    state::save(&cfg.state_path, &new)?;
+    let cursor = new.start_from.clone().unwrap_or_default();
+    let date = cursor
+        .parse::<EventId>()
+        .map(|c| c.date())
+        .unwrap_or_default();
+    println!(
+        "imported the state of connector `{connector_id}` ({}) from OpenCTI into `{}`:\n  file_count:          {} (the next file is number {})\n  last_written_msg_id: {cursor} ({date})\n  recover_until:       {}\nthe next run resumes after `{cursor}`, the last id the reference stored{}",
+        node.get("name").and_then(|n| n.as_str()).unwrap_or("?"),
+        cfg.state_path.display(),
+        new.file_count,
+        new.file_count + 1,
+        new.recover_until.as_deref().unwrap_or("false"),
+        match remote.get("start_from").and_then(|s| s.as_str()) {
+            Some(sf) if sf != cursor => format!(
+                " (its `start_from` `{sf}` is the last id it received, ahead of what it stored, and is not used)"
+            ),
+            _ => String::new(),
+        }
     );
     Ok(exit::OK)
 }

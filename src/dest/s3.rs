@@ -35,7 +35,7 @@ use minio::s3::types::{BucketName, Region, S3Api, ToStream};
 #[cfg(test)]
 use sha2::{Digest, Sha256};
 
-use super::{DestError, Destination, ObjectMeta};
+use super::{CondPut, DestError, Destination, ObjectMeta, Precondition};
 use crate::secret::Secret;
 
 /// Region used to sign requests when none is configured (MinIO and SeaweedFS
@@ -62,7 +62,7 @@ const HINT_PLAIN_HTTP: &str =
 const HINT_BAD_REQUEST: &str = "check `minio.endpoint`, `minio.secure` and `minio.region`";
 const HINT_BUCKET: &str = "check `minio.bucket`";
 const HINT_BUCKET_GONE: &str =
-    "check `minio.bucket`: the bucket is created only when the exporter starts";
+    "the bucket was removed after the exporter found or created it: check `minio.bucket` / `dead_letter.bucket`, then run again (a missing bucket is created before its first upload)";
 const HINT_BUCKET_TAKEN: &str =
     "the name belongs to another account: choose another `minio.bucket`";
 const HINT_REGION: &str = "check `minio.region`";
@@ -117,6 +117,9 @@ pub struct S3Destination {
     timeout: Duration,
     /// Kept only to mask it in messages that come from libraries.
     secret_key: Secret,
+    /// `prepare` succeeded: the bucket exists. A destination nobody prepared
+    /// (the dead letters) prepares itself before its first upload.
+    prepared: bool,
 }
 
 impl fmt::Debug for S3Destination {
@@ -208,6 +211,7 @@ impl S3Destination {
             region,
             timeout: settings.timeout,
             secret_key: settings.secret_key,
+            prepared: false,
         })
     }
 
@@ -323,6 +327,7 @@ impl Destination for S3Destination {
                 self.error("cannot check bucket", &target, f)
             })?;
         if exists {
+            self.prepared = true;
             return Ok(());
         }
         let created = self.run(async {
@@ -335,17 +340,21 @@ impl Destination for S3Destination {
         match created {
             Ok(_) => {
                 log::info!("created bucket {target} at {}", self.endpoint);
-                Ok(())
             }
             // Another exporter (or a person) created it between the two calls.
-            Err(f) if f.code == "BucketAlreadyOwnedByYou" => Ok(()),
+            Err(f) if f.code == "BucketAlreadyOwnedByYou" => {}
             // Some servers say this for a bucket of ours too: ours if we can see it.
-            Err(f) if f.code == "BucketAlreadyExists" && self.bucket_visible() => Ok(()),
-            Err(f) => Err(self.error("cannot create bucket", &target, f)),
+            Err(f) if f.code == "BucketAlreadyExists" && self.bucket_visible() => {}
+            Err(f) => return Err(self.error("cannot create bucket", &target, f)),
         }
+        self.prepared = true;
+        Ok(())
     }
 
     fn put(&mut self, key: &str, body: &[u8], meta: &ObjectMeta) -> Result<(), DestError> {
+        if !self.prepared {
+            self.prepare()?;
+        }
         let target = self.target(key);
         let refuse = |why: String| {
             DestError::Permanent(
@@ -371,17 +380,6 @@ impl Destination for S3Destination {
                 )))
             }
         };
-        for (name, value) in [
-            (META_FIRST_ID, &meta.first_id),
-            (META_LAST_ID, &meta.last_id),
-        ] {
-            if !is_header_safe(value) {
-                return Err(refuse(format!(
-                    "{name} `{}` has characters an S3 metadata header cannot carry",
-                    value.escape_debug()
-                )));
-            }
-        }
         let len = body.len() as u64;
         if len > MAX_PART_SIZE {
             return Err(refuse(format!(
@@ -391,8 +389,14 @@ impl Destination for S3Destination {
 
         let mut user_metadata = Multimap::new();
         user_metadata.add(format!("x-amz-meta-{META_EVENTS}"), meta.events.to_string());
-        user_metadata.add(format!("x-amz-meta-{META_FIRST_ID}"), meta.first_id.clone());
-        user_metadata.add(format!("x-amz-meta-{META_LAST_ID}"), meta.last_id.clone());
+        user_metadata.add(
+            format!("x-amz-meta-{META_FIRST_ID}"),
+            encode_meta(&meta.first_id),
+        );
+        user_metadata.add(
+            format!("x-amz-meta-{META_LAST_ID}"),
+            encode_meta(&meta.last_id),
+        );
         user_metadata.add(format!("x-amz-meta-{META_SHA256}"), sha256_hex);
 
         // The server checks the body it received against both digests and
@@ -435,6 +439,61 @@ impl Destination for S3Destination {
 
     fn exists(&mut self, key: &str) -> Result<bool, DestError> {
         Ok(self.stat("cannot look up", key)?.is_some())
+    }
+
+    /// `If-None-Match: *` / `If-Match: "<etag>"`; a 412 is
+    /// `PreconditionFailed`. A store that ignores the headers answers as
+    /// for a plain PUT: the lease detects that once, with a probe.
+    fn put_if(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        cond: &Precondition,
+    ) -> Result<CondPut, DestError> {
+        use minio::s3::response_traits::HasEtagFromHeaders;
+        let mut headers = Multimap::new();
+        match cond {
+            Precondition::Absent => headers.add("If-None-Match", "*"),
+            Precondition::Matches(tag) => headers.add("If-Match", format!("\"{tag}\"")),
+        }
+        let result = self.run(async {
+            self.client
+                .put_object_content(self.bucket.clone(), key, ObjectContent::from(body.to_vec()))?
+                .extra_headers(headers)
+                .content_type(CONTENT_TYPE.to_string())
+                .build()
+                .send()
+                .await
+        });
+        match result {
+            Ok(resp) => Ok(CondPut::Stored(
+                resp.etag().map(|t| t.to_string()).unwrap_or_default(),
+            )),
+            Err(f) if f.code == "PreconditionFailed" || f.code == "HTTP 412" => {
+                Ok(CondPut::PreconditionFailed)
+            }
+            Err(f) => Err(self.error("cannot upload", &self.target(key), f)),
+        }
+    }
+
+    fn get_tagged(&mut self, key: &str) -> Result<Option<(Vec<u8>, String)>, DestError> {
+        use minio::s3::response_traits::HasEtagFromHeaders;
+        let result = self.run(async {
+            let resp = self
+                .client
+                .get_object(self.bucket.clone(), key)?
+                .build()
+                .send()
+                .await?;
+            let tag = resp.etag().map(|t| t.to_string()).unwrap_or_default();
+            let body = resp.content_verified().await?;
+            Ok((body.to_vec(), tag))
+        });
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(f) if f.code == "NoSuchKey" => Ok(None),
+            Err(f) => Err(self.error("cannot download", &self.target(key), f)),
+        }
     }
 
     fn list(&mut self, prefix: &str) -> Result<Vec<String>, DestError> {
@@ -651,16 +710,38 @@ fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> 
         .then(|| &text[prefix.len()..])
 }
 
-/// Lower-case hex of `bytes`.
-#[cfg(test)]
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// `value` as an S3 metadata value: every byte outside printable ASCII
+/// without blanks (servers refuse non-ASCII and trim blanks) and every `%`
+/// becomes `%XX`. Stream ids (`<ms>-<seq>`) pass unchanged; a dead letter's
+/// id may be anything the server sent.
+fn encode_meta(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (0x21..0x7f).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
-/// Whether `value` can travel unchanged as an HTTP header value: printable
-/// ASCII, no leading or trailing blank (servers trim those).
-fn is_header_safe(value: &str) -> bool {
-    value.bytes().all(|b| (0x20..0x7f).contains(&b)) && value.trim() == value
+/// The value [`encode_meta`] encoded; `None` when it is not such an encoding.
+fn decode_meta(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = value.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Our metadata from the user metadata of an object (names without
@@ -694,10 +775,14 @@ fn meta_from_user_metadata(fields: &HashMap<String, String>) -> Result<Option<Ob
             "`{META_SHA256}` is `{sha256_hex}`, not a SHA-256 in hex"
         ));
     }
+    let id = |name: &str| {
+        let raw = field(name)?;
+        decode_meta(raw).ok_or_else(|| format!("`{name}` is `{raw}`, not a percent-encoded id"))
+    };
     Ok(Some(ObjectMeta {
         events,
-        first_id: field(META_FIRST_ID)?.to_string(),
-        last_id: field(META_LAST_ID)?.to_string(),
+        first_id: id(META_FIRST_ID)?,
+        last_id: id(META_LAST_ID)?,
         sha256_hex,
     }))
 }
@@ -735,7 +820,7 @@ impl Failure {
         Failure {
             class: Class::Transient,
             code: "timeout".to_string(),
-            detail: format!("no answer within {}", human_duration(limit)),
+            detail: format!("no answer within {}", crate::text::duration(limit)),
             hint: None,
         }
     }
@@ -1105,14 +1190,6 @@ fn first_line(text: &str) -> String {
     line.chars().take(200).collect()
 }
 
-fn human_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{} s", d.as_secs())
-    } else {
-        format!("{} ms", d.as_millis())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1410,7 +1487,7 @@ mod tests {
             events: 42,
             first_id: "1700000000000-0".to_string(),
             last_id: "1700000000999-3".to_string(),
-            sha256_hex: hex(&Sha256::digest(b"x")),
+            sha256_hex: crate::text::hex(&Sha256::digest(b"x")),
         };
         let fields: HashMap<String, String> = [
             ("events", "42"),
@@ -1457,12 +1534,39 @@ mod tests {
     }
 
     #[test]
-    fn header_safe_values() {
-        assert!(is_header_safe("1700000000000-0"));
-        assert!(is_header_safe(""));
-        assert!(!is_header_safe("a\nb"));
-        assert!(!is_header_safe(" a"));
-        assert!(!is_header_safe("é"));
+    fn metadata_values_are_encoded_to_printable_ascii_and_decoded_back() {
+        for id in [
+            "1700000000000-0",
+            "",
+            "5-0 ",
+            " 5-0",
+            "a\nb\r\tc",
+            "été-✓",
+            "100%",
+            "%41",
+        ] {
+            let enc = encode_meta(id);
+            assert!(
+                enc.bytes().all(|b| (0x21..0x7f).contains(&b)),
+                "{id:?} -> {enc:?}"
+            );
+            assert_eq!(decode_meta(&enc).as_deref(), Some(id), "{enc}");
+        }
+        assert_eq!(encode_meta("1700000000000-0"), "1700000000000-0");
+        assert_eq!(encode_meta("5-0 "), "5-0%20");
+        assert_eq!(decode_meta("%zz"), None);
+        assert_eq!(decode_meta("%4"), None);
+        let fields: HashMap<String, String> = [
+            ("events", "1"),
+            ("first-id", "%C3%A9t%C3%A9%20"),
+            ("last-id", "%C3%A9t%C3%A9%20"),
+            ("sha256", &"ab".repeat(32)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let meta = meta_from_user_metadata(&fields).unwrap().unwrap();
+        assert_eq!(meta.first_id, "été ");
     }
 
     #[test]

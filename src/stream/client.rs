@@ -5,8 +5,9 @@
 //! a snapshot is in progress), feeds the body to the SSE parser and hands
 //! every message to a [`Handler`]. A dropped connection, a server error or
 //! `idle_timeout` without a byte leads to a reconnect after a capped,
-//! jittered backoff, resuming after the handler's last complete id. 401 and
-//! 410 stop with a [`StreamError`]. Knows nothing of batches or storage.
+//! jittered backoff, resuming after the handler's last complete id. 401,
+//! 410 and other 4xx answers (but 408 and 429) stop with a [`StreamError`].
+//! Knows nothing of batches or storage.
 
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,7 +45,7 @@ pub enum StreamError {
         attempts: u32,
     },
     /// The saved cursor is older than what the server retains.
-    #[error("the cursor `{cursor}` ({cursor_date}) is older than the first event the server still retains, `{first}` ({first_date}): events in between may have been removed by the server and cannot be exported. Choose one: run again with `--accept-gap` to continue from `{first}` and record the gap in the state; or `opencti-stream-exporter state reset` to start over with a full snapshot; and raise the stream's retention")]
+    #[error("the cursor `{cursor}` ({cursor_date}) is older than the first event the server still retains, `{first}` ({first_date}): events in between may have been removed by the server and cannot be exported. Choose one: run again with `--accept-gap` to continue from `{first}` and record the gap in the state; or `opencti-stream-exporter state reset` to start over with a full snapshot (it keeps the file numbering, so the importer goes on); and raise the stream's retention")]
     Gap {
         /// The resume position.
         cursor: String,
@@ -54,6 +55,18 @@ pub enum StreamError {
         first: String,
         /// Its date.
         first_date: String,
+    },
+    /// A 4xx other than 401, 408, 410 and 429: the request is wrong, not
+    /// the server down (a path after the host in `opencti.url`, a proxy
+    /// rule, a stream id the server does not know).
+    #[error("`{url}` answered HTTP {code} {body}: a refusal, not an outage; check `opencti.url` (the base URL of OpenCTI, nothing after it), `connector.live_stream_id`, and that the token's user may read this stream")]
+    Refused {
+        /// The stream URL.
+        url: String,
+        /// The status.
+        code: u16,
+        /// The start of the body, cleaned.
+        body: String,
     },
     /// The HTTP client could not be set up (TLS files).
     #[error("{0}")]
@@ -75,6 +88,8 @@ pub trait Handler {
     fn on_message(&mut self, msg: SseMessage) -> Flow;
     /// Where to resume after a dropped connection: the last complete id.
     fn resume_after(&self) -> Option<EventId>;
+    /// A connection was opened (the server answered with an event stream).
+    fn on_connect(&mut self) {}
     /// A connection was lost (for counting); `why` is for the log.
     fn on_disconnect(&mut self, _why: &str) {}
     /// Everything one read returned has been handed over: a moment to pass
@@ -96,6 +111,9 @@ pub struct Start {
 /// A blocking live-stream reader.
 pub struct StreamClient {
     agent: ureq::Agent,
+    /// The URL requests go to.
+    request_url: String,
+    /// `request_url` as printed: a password in `opencti.url` masked.
     url: String,
     auth: String,
     settings: StreamSettings,
@@ -111,16 +129,18 @@ impl StreamClient {
     ) -> Result<Self, StreamError> {
         let agent = crate::http::agent(opencti, settings.idle_timeout)
             .map_err(|e| StreamError::Setup(format!("{e:#}")))?;
+        let url = format!("{}/stream/{}", opencti.url, settings.live_stream_id);
         Ok(StreamClient {
             agent,
-            url: format!("{}/stream/{}", opencti.url, settings.live_stream_id),
+            url: crate::secret::redact_url(&url),
+            request_url: url,
             auth: format!("Bearer {}", opencti.token.expose()),
             settings: settings.clone(),
             shutdown,
         })
     }
 
-    /// The stream URL (no secret in it).
+    /// The stream URL as printed (a password in it masked).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -131,7 +151,7 @@ impl StreamClient {
         after: Option<EventId>,
         recover_until_ms: Option<u64>,
     ) -> Result<ureq::Response, ConnectError> {
-        let mut url = self.url.clone();
+        let mut url = self.request_url.clone();
         if let (Some(ms), Some(after)) = (recover_until_ms, after) {
             if after.ms <= ms {
                 url.push_str("?recover=");
@@ -189,11 +209,24 @@ impl StreamClient {
                 url: self.url.clone(),
             })),
             Err(ureq::Error::Status(code, resp)) => {
-                let text = resp.into_string().unwrap_or_default();
-                let text: String = text.chars().take(200).collect();
-                Err(ConnectError::Retry(format!("HTTP {code} {}", text.trim())))
+                // Some proxies echo the request, token included, and a
+                // server may put anything in its body: read a little, and
+                // clean it before it reaches any output.
+                let mut body = Vec::new();
+                let _ = resp.into_reader().take(4096).read_to_end(&mut body);
+                let text = crate::secret::clean_external(&String::from_utf8_lossy(&body), 200);
+                if (400..500).contains(&code) && code != 408 && code != 429 {
+                    return Err(ConnectError::Fatal(StreamError::Refused {
+                        url: self.url.clone(),
+                        code,
+                        body: text,
+                    }));
+                }
+                Err(ConnectError::Retry(format!("HTTP {code} {text}")))
             }
-            Err(ureq::Error::Transport(t)) => Err(ConnectError::Retry(transport_message(&t))),
+            Err(ureq::Error::Transport(t)) => Err(ConnectError::Retry(
+                crate::secret::clean_external(&transport_message(&t), 500),
+            )),
         }
     }
 
@@ -212,6 +245,7 @@ impl StreamClient {
             let why = match self.connect(after, start.recover_until_ms) {
                 Ok(resp) => {
                     wrong_type = 0;
+                    handler.on_connect();
                     log::info!(
                         "connected to `{}`{}",
                         self.url,

@@ -1,6 +1,7 @@
 //! Incremental Server-Sent Events parser (bytes in, messages out).
 //!
-//! Follows the WHATWG event-stream rules: lines end with `\r\n`, `\n` or `\r`
+//! Follows the WHATWG event-stream rules: one UTF-8 byte-order mark at the
+//! very start of a stream is dropped, lines end with `\r\n`, `\n` or `\r`
 //! (a `\r\n` split across two reads counts once), `:` starts a comment, a
 //! field without a colon has an empty value, one space after the colon is
 //! dropped, `data` lines are joined with `\n`, a blank line dispatches, and a
@@ -46,7 +47,13 @@ pub struct SseParser {
     data_len: usize,
     /// The last `retry` value, in milliseconds.
     retry_ms: Option<u64>,
+    /// Bytes of a byte-order mark matched at the start of the stream so far;
+    /// `None` once the start is past.
+    bom: Option<usize>,
 }
+
+/// The UTF-8 byte-order mark, dropped at the start of a stream.
+const BOM: &[u8] = b"\xef\xbb\xbf";
 
 impl SseParser {
     /// A parser that keeps at most `max_message_bytes` of one message's data.
@@ -62,6 +69,7 @@ impl SseParser {
             has_data: false,
             data_len: 0,
             retry_ms: None,
+            bom: Some(0),
         }
     }
 
@@ -72,6 +80,31 @@ impl SseParser {
 
     /// Feeds a chunk; calls `out` for every message it completes.
     pub fn feed(&mut self, mut chunk: &[u8], out: &mut impl FnMut(SseMessage)) {
+        // A mark may arrive split across chunks: hold its bytes until it is
+        // whole (dropped) or proven not to be one (parsed as they came).
+        if let Some(matched) = self.bom {
+            let mut taken = 0;
+            let mut seen = matched;
+            while seen < BOM.len() && taken < chunk.len() && chunk[taken] == BOM[seen] {
+                seen += 1;
+                taken += 1;
+            }
+            if seen == BOM.len() {
+                self.bom = None;
+                chunk = &chunk[taken..];
+            } else if taken == chunk.len() {
+                self.bom = Some(seen);
+                return;
+            } else {
+                self.bom = None;
+                chunk = &chunk[taken..];
+                self.feed_bytes(&BOM[..seen], out);
+            }
+        }
+        self.feed_bytes(chunk, out);
+    }
+
+    fn feed_bytes(&mut self, mut chunk: &[u8], out: &mut impl FnMut(SseMessage)) {
         if self.after_cr {
             self.after_cr = false;
             if let Some(rest) = chunk.strip_prefix(b"\n") {
@@ -114,6 +147,7 @@ impl SseParser {
     /// Ends the stream: a message not followed by a blank line is dropped,
     /// as the SSE rules say (the connection closed before it was complete).
     pub fn reset(&mut self) {
+        self.bom = Some(0);
         self.line.clear();
         self.line_len = 0;
         self.after_cr = false;
@@ -122,7 +156,11 @@ impl SseParser {
 
     /// True when a message is partly received (bytes since the last blank line).
     pub fn in_message(&self) -> bool {
-        self.line_len > 0 || self.has_data || self.id.is_some() || self.event.is_some()
+        self.bom.is_some_and(|m| m > 0)
+            || self.line_len > 0
+            || self.has_data
+            || self.id.is_some()
+            || self.event.is_some()
     }
 
     fn push_line_bytes(&mut self, bytes: &[u8]) {
@@ -360,5 +398,35 @@ field-without-meaning: 1\n\
         );
         assert_eq!(p.retry_ms(), Some(2500));
         assert_eq!(out[0].id, None);
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_dropped_wherever_the_chunks_split() {
+        let mut input = BOM.to_vec();
+        input.extend_from_slice(TRANSCRIPT);
+        for cut in 0..=8 {
+            let (a, b) = input.split_at(cut);
+            assert_eq!(parse_all(&[a, b], 1 << 20), expected(), "split at {cut}");
+        }
+        let chunks: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(parse_all(&chunks, 1 << 20), expected());
+        // Only at the start of a stream: later it is part of a field name.
+        let mut p = SseParser::new(1024);
+        let mut out = Vec::new();
+        p.feed(b"data: a\n\n\xef\xbb\xbfevent: x\ndata: b\n\n", &mut |m| {
+            out.push(m)
+        });
+        assert_eq!(
+            out,
+            vec![msg(None, "message", "a"), msg(None, "message", "b")]
+        );
+        // Each connection (after `reset`) may start with one.
+        p.reset();
+        p.feed(b"\xef\xbb", &mut |m| out.push(m));
+        p.feed(b"\xbfevent: y\ndata: c\n\n", &mut |m| out.push(m));
+        assert_eq!(out[2], msg(None, "y", "c"));
+        // A partial mark is kept as bytes of the line.
+        let got = parse_all(&[b"\xef\xbb", b"data: d\n\n"], 1024);
+        assert_eq!(got, vec![]);
     }
 }
