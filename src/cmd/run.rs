@@ -182,7 +182,10 @@ pub(crate) fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     let run_id = crate::clock::run_id().to_string();
     let lease_lost = Arc::new(AtomicBool::new(false));
     let mut lease_dest = super::destinations(cfg)?.files;
-    let lease = take_lease(cfg, lease_dest.as_mut(), &run_id, &stop)?;
+    let lease = match take_lease(cfg, lease_dest.as_mut(), &run_id, &stop, &metrics) {
+        Ok(l) => l,
+        Err(e) => return Err(gave_up_error().map(Into::into).unwrap_or(e)),
+    };
     let _lease = crate::lease::keep(lease_dest, lease, run_id, stop.clone(), lease_lost.clone());
     committer.set_lease_lost(lease_lost);
     let first_cut_after = match committer.start() {
@@ -409,6 +412,7 @@ fn take_lease(
     d: &mut dyn crate::dest::Destination,
     run_id: &str,
     stop: &AtomicBool,
+    metrics: &Metrics,
 ) -> Result<crate::lease::Lease> {
     use crate::lease::{Lease, LeaseError};
     let what = d.describe();
@@ -425,6 +429,8 @@ fn take_lease(
         match result {
             Ok(l) => return Ok(l),
             Err(LeaseError::Dest(e)) if e.is_transient() => {
+                // Counted, so that `--once` gives up on a long outage here too.
+                metrics.inc_retry(RetryCause::Storage);
                 let delay = backoff.next_delay();
                 log::warn!(
                     "cannot take the lease of folder `{}` in {what}: {e}; retrying in {:.1} s",
