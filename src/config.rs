@@ -14,7 +14,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::dest::s3::S3Settings;
 use crate::id::{self, EventId};
 use crate::policy::{Policy, PolicySettings, UnknownMarking};
 use crate::secret::Secret;
@@ -264,6 +263,32 @@ pub struct BatchLimits {
     /// Cut before the body would exceed this many bytes (a single larger
     /// event still gets a file of its own).
     pub max_bytes: usize,
+}
+
+/// How to reach one bucket of an S3 server (given to `dest::s3`). `Debug` shows `***` for the secret key.
+#[derive(Clone, Debug)]
+pub struct S3Settings {
+    /// Host name or IP, optionally with a scheme (`http://` / `https://`),
+    /// which then overrides `secure`, and optionally with `:port`.
+    pub endpoint: String,
+    /// TCP port; `None` = the port in `endpoint`, else 443 (https) or 80 (http).
+    pub port: Option<u16>,
+    /// Use https when `endpoint` has no scheme.
+    pub secure: bool,
+    /// `false` accepts any server certificate (an explicit, insecure opt-out).
+    pub cert_check: bool,
+    /// Extra trusted CA certificates (PEM), beside the bundled Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+    /// Signing region; `None` = `us-east-1`.
+    pub region: Option<String>,
+    /// Bucket that receives the objects; created by `prepare` when missing.
+    pub bucket: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret key; never printed.
+    pub secret_key: Secret,
+    /// Limit on each S3 call (each page of a listing is one call).
+    pub timeout: Duration,
 }
 
 /// Where files go.

@@ -11,7 +11,6 @@ use anyhow::Result;
 
 use crate::cli::CheckArgs;
 use crate::config::{Config, Output};
-use crate::dest::dir::meta_of;
 use crate::exit;
 use crate::id::EventId;
 use crate::pipeline::Connected;
@@ -296,7 +295,7 @@ fn check_storage(cfg: &Config, r: &mut Report) {
     // probe uses a key that sorts before it.
     let key = probe_key(&cfg.folder);
     let body = format!("opencti-stream-exporter probe {}\n", crate::clock::now_ms()).into_bytes();
-    let meta = meta_of(&body);
+    let meta = crate::dest::ObjectMeta::of_body(&body);
     let result = files
         .put(&key, &body, &meta)
         .and_then(|_| files.get(&key))
@@ -377,7 +376,7 @@ fn verify_files(cfg: &Config, r: &mut Report, file_count: Option<u64>) {
             }
         };
         bytes_total += body.len() as u64;
-        let recomputed = meta_of(&body);
+        let recomputed = crate::dest::ObjectMeta::of_body(&body);
         let lines = body.split(|b| *b == b'\n').filter(|l| !l.is_empty());
         for (i, line) in lines.enumerate() {
             if serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err() {

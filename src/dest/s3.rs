@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::Ipv6Addr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -36,6 +35,7 @@ use minio::s3::types::{BucketName, Region, S3Api, ToStream};
 use sha2::{Digest, Sha256};
 
 use super::{DestError, Destination, ObjectMeta};
+use crate::config::S3Settings;
 use crate::secret::Secret;
 
 /// Region used to sign requests when none is configured (MinIO and SeaweedFS
@@ -78,32 +78,6 @@ macro_rules! next_page {
     ($pages:expr) => {
         std::future::poll_fn(|cx| Pin::new(&mut *$pages).poll_next(cx))
     };
-}
-
-/// How to reach one bucket of an S3 server. `Debug` shows `***` for the secret key.
-#[derive(Clone, Debug)]
-pub struct S3Settings {
-    /// Host name or IP, optionally with a scheme (`http://` / `https://`),
-    /// which then overrides `secure`, and optionally with `:port`.
-    pub endpoint: String,
-    /// TCP port; `None` = the port in `endpoint`, else 443 (https) or 80 (http).
-    pub port: Option<u16>,
-    /// Use https when `endpoint` has no scheme.
-    pub secure: bool,
-    /// `false` accepts any server certificate (an explicit, insecure opt-out).
-    pub cert_check: bool,
-    /// Extra trusted CA certificates (PEM), beside the bundled Mozilla roots.
-    pub ca_file: Option<PathBuf>,
-    /// Signing region; `None` = `us-east-1`.
-    pub region: Option<String>,
-    /// Bucket that receives the objects; created by `prepare` when missing.
-    pub bucket: String,
-    /// Access key id.
-    pub access_key: String,
-    /// Secret key; never printed.
-    pub secret_key: Secret,
-    /// Limit on each S3 call (each page of a listing is one call).
-    pub timeout: Duration,
 }
 
 /// Objects in one S3 bucket. Each call blocks on a private current-thread
@@ -1419,7 +1393,7 @@ mod tests {
         let err = S3Destination::new(s).unwrap_err();
         assert!(err.to_string().contains("`minio.bucket`"), "{err}");
         let mut s = settings();
-        s.ca_file = Some(PathBuf::from("/nonexistent/ca.pem"));
+        s.ca_file = Some(std::path::PathBuf::from("/nonexistent/ca.pem"));
         let err = S3Destination::new(s).unwrap_err();
         assert!(!err.is_transient());
         assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
