@@ -73,6 +73,7 @@ Register-ArgumentCompleter -Native -CommandName 'opencti-stream-exporter' -Scrip
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'Print the saved state: cursor, next file number, pending upload, last run')
             [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Go back to a first run, optionally with a given cursor and file number')
+            [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Take over from the reference Python connector: read its state from OpenCTI and save it as this tool''s state')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -109,9 +110,27 @@ Register-ArgumentCompleter -Native -CommandName 'opencti-stream-exporter' -Scrip
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'opencti-stream-exporter;state;import' {
+            [CompletionResult]::new('--connector-id', '--connector-id', [CompletionResultType]::ParameterName, 'Id of the reference connector on OpenCTI [default: `connector.id`]')
+            [CompletionResult]::new('-c', '-c', [CompletionResultType]::ParameterName, 'YAML configuration file [default: ./config.yml when present]')
+            [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'YAML configuration file [default: ./config.yml when present]')
+            [CompletionResult]::new('--state', '--state', [CompletionResultType]::ParameterName, 'State file [default: `state.path`, else next to the config file]')
+            [CompletionResult]::new('--from-opencti', '--from-opencti', [CompletionResultType]::ParameterName, 'Read the state from OpenCTI, where the reference connector kept it')
+            [CompletionResult]::new('--replace', '--replace', [CompletionResultType]::ParameterName, 'Replace an existing state file (never with a lower file count)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only warnings and errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only warnings and errors')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Print more (-v: debug, -vv: trace)')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Print more (-v: debug, -vv: trace)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'opencti-stream-exporter;state;help' {
             [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'Print the saved state: cursor, next file number, pending upload, last run')
             [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Go back to a first run, optionally with a given cursor and file number')
+            [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Take over from the reference Python connector: read its state from OpenCTI and save it as this tool''s state')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -119,6 +138,9 @@ Register-ArgumentCompleter -Native -CommandName 'opencti-stream-exporter' -Scrip
             break
         }
         'opencti-stream-exporter;state;help;reset' {
+            break
+        }
+        'opencti-stream-exporter;state;help;import' {
             break
         }
         'opencti-stream-exporter;state;help;help' {
@@ -153,12 +175,16 @@ Register-ArgumentCompleter -Native -CommandName 'opencti-stream-exporter' -Scrip
         'opencti-stream-exporter;help;state' {
             [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'Print the saved state: cursor, next file number, pending upload, last run')
             [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Go back to a first run, optionally with a given cursor and file number')
+            [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Take over from the reference Python connector: read its state from OpenCTI and save it as this tool''s state')
             break
         }
         'opencti-stream-exporter;help;state;show' {
             break
         }
         'opencti-stream-exporter;help;state;reset' {
+            break
+        }
+        'opencti-stream-exporter;help;state;import' {
             break
         }
         'opencti-stream-exporter;help;check-stream' {

@@ -40,6 +40,9 @@ _opencti__stream__exporter() {
             opencti__stream__exporter__subcmd__help,state)
                 cmd="opencti__stream__exporter__subcmd__help__subcmd__state"
                 ;;
+            opencti__stream__exporter__subcmd__help__subcmd__state,import)
+                cmd="opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__import"
+                ;;
             opencti__stream__exporter__subcmd__help__subcmd__state,reset)
                 cmd="opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__reset"
                 ;;
@@ -49,6 +52,9 @@ _opencti__stream__exporter() {
             opencti__stream__exporter__subcmd__state,help)
                 cmd="opencti__stream__exporter__subcmd__state__subcmd__help"
                 ;;
+            opencti__stream__exporter__subcmd__state,import)
+                cmd="opencti__stream__exporter__subcmd__state__subcmd__import"
+                ;;
             opencti__stream__exporter__subcmd__state,reset)
                 cmd="opencti__stream__exporter__subcmd__state__subcmd__reset"
                 ;;
@@ -57,6 +63,9 @@ _opencti__stream__exporter() {
                 ;;
             opencti__stream__exporter__subcmd__state__subcmd__help,help)
                 cmd="opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__help"
+                ;;
+            opencti__stream__exporter__subcmd__state__subcmd__help,import)
+                cmd="opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__import"
                 ;;
             opencti__stream__exporter__subcmd__state__subcmd__help,reset)
                 cmd="opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__reset"
@@ -96,7 +105,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__check__subcmd__stream)
+        opencti__stream__exporter__subcmd__check__subcmd__stream)
             opts="-c -q -v -h -V --json --verify --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -122,7 +131,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help)
+        opencti__stream__exporter__subcmd__help)
             opts="run state check-stream help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -136,7 +145,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__check__subcmd__stream)
+        opencti__stream__exporter__subcmd__help__subcmd__check__subcmd__stream)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -150,7 +159,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__help)
+        opencti__stream__exporter__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -164,7 +173,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__run)
+        opencti__stream__exporter__subcmd__help__subcmd__run)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -178,8 +187,8 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__state)
-            opts="show reset"
+        opencti__stream__exporter__subcmd__help__subcmd__state)
+            opts="show reset import"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -192,7 +201,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__state__subcmd__reset)
+        opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__import)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -206,7 +215,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__help__subcmd__state__subcmd__show)
+        opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__reset)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -220,7 +229,21 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__run)
+        opencti__stream__exporter__subcmd__help__subcmd__state__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opencti__stream__exporter__subcmd__run)
             opts="-c -q -v -h -V --from --until --once --accept-gap --metrics-textfile --output-dir --consumer-count --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -266,8 +289,8 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state)
-            opts="-c -q -v -h -V --config --state --quiet --verbose --help --version show reset help"
+        opencti__stream__exporter__subcmd__state)
+            opts="-c -q -v -h -V --config --state --quiet --verbose --help --version show reset import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -292,8 +315,8 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help)
-            opts="show reset help"
+        opencti__stream__exporter__subcmd__state__subcmd__help)
+            opts="show reset import help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -306,7 +329,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help__subcmd__help)
+        opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -320,7 +343,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help__subcmd__reset)
+        opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__import)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -334,7 +357,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__help__subcmd__show)
+        opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__reset)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -348,7 +371,51 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__reset)
+        opencti__stream__exporter__subcmd__state__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opencti__stream__exporter__subcmd__state__subcmd__import)
+            opts="-c -q -v -h -V --from-opencti --connector-id --replace --config --state --quiet --verbose --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --connector-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        opencti__stream__exporter__subcmd__state__subcmd__reset)
             opts="-y -c -q -v -h -V --yes --start-from --file-count --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -382,7 +449,7 @@ _opencti__stream__exporter() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        opencti__subcmd__stream__subcmd__exporter__subcmd__state__subcmd__show)
+        opencti__stream__exporter__subcmd__state__subcmd__show)
             opts="-c -q -v -h -V --json --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -68,6 +68,7 @@ set edit:completion:arg-completer[opencti-stream-exporter] = {|@words|
             cand --version 'Print version'
             cand show 'Print the saved state: cursor, next file number, pending upload, last run'
             cand reset 'Go back to a first run, optionally with a given cursor and file number'
+            cand import 'Take over from the reference Python connector: read its state from OpenCTI and save it as this tool''s state'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'opencti-stream-exporter;state;show'= {
@@ -101,14 +102,33 @@ set edit:completion:arg-completer[opencti-stream-exporter] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'opencti-stream-exporter;state;import'= {
+            cand --connector-id 'Id of the reference connector on OpenCTI [default: `connector.id`]'
+            cand -c 'YAML configuration file [default: ./config.yml when present]'
+            cand --config 'YAML configuration file [default: ./config.yml when present]'
+            cand --state 'State file [default: `state.path`, else next to the config file]'
+            cand --from-opencti 'Read the state from OpenCTI, where the reference connector kept it'
+            cand --replace 'Replace an existing state file (never with a lower file count)'
+            cand -q 'Print only warnings and errors'
+            cand --quiet 'Print only warnings and errors'
+            cand -v 'Print more (-v: debug, -vv: trace)'
+            cand --verbose 'Print more (-v: debug, -vv: trace)'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'opencti-stream-exporter;state;help'= {
             cand show 'Print the saved state: cursor, next file number, pending upload, last run'
             cand reset 'Go back to a first run, optionally with a given cursor and file number'
+            cand import 'Take over from the reference Python connector: read its state from OpenCTI and save it as this tool''s state'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'opencti-stream-exporter;state;help;show'= {
         }
         &'opencti-stream-exporter;state;help;reset'= {
+        }
+        &'opencti-stream-exporter;state;help;import'= {
         }
         &'opencti-stream-exporter;state;help;help'= {
         }
@@ -138,10 +158,13 @@ set edit:completion:arg-completer[opencti-stream-exporter] = {|@words|
         &'opencti-stream-exporter;help;state'= {
             cand show 'Print the saved state: cursor, next file number, pending upload, last run'
             cand reset 'Go back to a first run, optionally with a given cursor and file number'
+            cand import 'Take over from the reference Python connector: read its state from OpenCTI and save it as this tool''s state'
         }
         &'opencti-stream-exporter;help;state;show'= {
         }
         &'opencti-stream-exporter;help;state;reset'= {
+        }
+        &'opencti-stream-exporter;help;state;import'= {
         }
         &'opencti-stream-exporter;help;check-stream'= {
         }

@@ -130,6 +130,15 @@ pub enum StateCommand {
     Show(ShowArgs),
     /// Go back to a first run, optionally with a given cursor and file number
     Reset(ResetArgs),
+    /// Take over from the reference Python connector: read its state from OpenCTI and save it as this tool's state
+    ///
+    /// Reads the reference connector's `connector_state` through OpenCTI's
+    /// GraphQL API (`connector(id)`), checks it has the reference's keys,
+    /// and writes the state file: the next run resumes after the reference's
+    /// `last_written_msg_id` (the last id it stored, not `start_from`, the
+    /// last it received) and numbers files from its `file_count` + 1. Stop
+    /// the reference first.
+    Import(ImportArgs),
 }
 
 /// Options of `state show`.
@@ -156,6 +165,22 @@ pub struct ResetArgs {
     pub file_count: Option<u64>,
 }
 
+/// Options of `state import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Read the state from OpenCTI, where the reference connector kept it
+    #[arg(long, required = true)]
+    pub from_opencti: bool,
+
+    /// Id of the reference connector on OpenCTI [default: `connector.id`]
+    #[arg(long, value_name = "ID")]
+    pub connector_id: Option<String>,
+
+    /// Replace an existing state file (never with a lower file count)
+    #[arg(long)]
+    pub replace: bool,
+}
+
 /// Options of `check-stream`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
@@ -166,4 +191,152 @@ pub struct CheckArgs {
     /// Also read back every exported file: metadata, SHA-256, lines, and the number sequence
     #[arg(long)]
     pub verify: bool,
+}
+
+/// A section the man pages add after the options: a title and its entries
+/// (`term`, `text`); an empty term is a plain paragraph.
+#[derive(Debug, Clone)]
+pub struct ManSection {
+    /// `ENVIRONMENT`, `FILES`, `EXIT STATUS`, `EXAMPLES`.
+    pub title: &'static str,
+    /// Its entries, in order.
+    pub entries: Vec<(String, String)>,
+}
+
+fn entries(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(t, x)| (t.to_string(), x.to_string()))
+        .collect()
+}
+
+/// The extra sections of the man page of `page`: `""` for the main page,
+/// else the subcommand path (`run`, `state show`, ...).
+pub fn man_sections(page: &str) -> Vec<ManSection> {
+    let mut env = vec![
+        (
+            String::new(),
+            "Every configuration key can be set by an environment variable, the one the \
+             reference Python stream-exporter reads where it has one; the environment wins \
+             over the file and flags win over both. See config.example.yml for defaults."
+                .to_string(),
+        ),
+        (
+            "OPENCTI_STREAM_EXPORTER_CONFIG".to_string(),
+            "The configuration file, like --config.".to_string(),
+        ),
+        (
+            "OPENCTI_JSON_LOGGING".to_string(),
+            "true: log JSON lines with pycti's fields (timestamp, level, name, message, \
+             attributes); false: log text. Unset: text on a terminal, JSON otherwise."
+                .to_string(),
+        ),
+        (
+            "HTTPS_PROXY, HTTP_PROXY, NO_PROXY".to_string(),
+            "Proxies for outgoing requests (see the README for which side honours them)."
+                .to_string(),
+        ),
+        (
+            "NO_COLOR".to_string(),
+            "Set: no colour in text logs.".to_string(),
+        ),
+    ];
+    for k in crate::config::KEYS {
+        env.push((
+            k.env.to_string(),
+            format!(
+                "Sets `{}`{}.",
+                k.path,
+                if k.secret {
+                    " (a secret: never printed)"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    let files = entries(&[
+        (
+            "./config.yml",
+            "The configuration file read when --config is not given and the file exists.",
+        ),
+        (
+            "<config dir>/opencti-stream-exporter.state.json",
+            "The state file (state.path, --state): cursor, file count, pending upload, last \
+             run. Written atomically, mode 0600. Keep it on persistent storage: losing it means \
+             starting over.",
+        ),
+        (
+            "<state file>.lock",
+            "The lock a run holds; it holds the pid of that run. Created by run and state \
+             reset only, never by read-only commands.",
+        ),
+        (
+            "metrics.textfile, --metrics-textfile",
+            "The metrics written at the end of a run, for node-exporter's textfile collector.",
+        ),
+    ]);
+    let exit = entries(&[
+        (
+            "0",
+            "Success (a run stopped by one SIGINT/SIGTERM after committing is a success).",
+        ),
+        (
+            "1",
+            "Runtime failure: storage refused, state unusable, a check failed.",
+        ),
+        ("2", "Usage or configuration error."),
+        (
+            "3",
+            "OpenCTI refused the token or the stream (HTTP 401 or 410).",
+        ),
+        ("4", "Another run holds the state lock (already running)."),
+        ("130", "Interrupted by a second signal."),
+    ]);
+    let examples: &[(&str, &str)] = match page {
+        "" => &[
+            ("opencti-stream-exporter check-stream", "Check the configuration, OpenCTI, the stream and the storage."),
+            ("opencti-stream-exporter run", "Export until stopped (under systemd or in a container)."),
+            ("opencti-stream-exporter run --once --metrics-textfile /var/lib/node_exporter/textfile/opencti-stream-exporter.prom", "Export until caught up, then exit (cron)."),
+            ("opencti-stream-exporter state show", "Where the export stands."),
+        ],
+        "run" => &[
+            ("opencti-stream-exporter run", "Follow the stream until SIGINT/SIGTERM."),
+            ("opencti-stream-exporter run --once", "Export until caught up with the stream head announced at connection, then exit."),
+            ("opencti-stream-exporter --state backfill.json run --from 2024-06-01T00:00:00Z --until 2024-06-02T00:00:00Z", "A one-day backfill with a state of its own."),
+            ("OPENCTI_JSON_LOGGING=true opencti-stream-exporter run", "JSON logs on a terminal too."),
+        ],
+        "state" | "state show" => &[
+            ("opencti-stream-exporter state show", "Cursor, next file number, pending upload, last run."),
+            ("opencti-stream-exporter state show --json | jq .next_file", "The same for scripts."),
+        ],
+        "state reset" => &[
+            ("opencti-stream-exporter state reset --yes", "Back to a first run (a snapshot, unless recovery is off)."),
+            ("opencti-stream-exporter state reset --yes --start-from 1718445600000-0 --file-count 41", "Resume after a given id; the next file is number 42."),
+        ],
+        "check-stream" => &[
+            ("opencti-stream-exporter check-stream", "Every check, one line each."),
+            ("opencti-stream-exporter check-stream --verify", "Also read back every exported file as the importer will."),
+            ("opencti-stream-exporter check-stream --json", "The same as JSON."),
+        ],
+        _ => &[],
+    };
+    vec![
+        ManSection {
+            title: "ENVIRONMENT",
+            entries: env,
+        },
+        ManSection {
+            title: "FILES",
+            entries: files,
+        },
+        ManSection {
+            title: "EXIT STATUS",
+            entries: exit,
+        },
+        ManSection {
+            title: "EXAMPLES",
+            entries: entries(examples),
+        },
+    ]
 }

@@ -260,4 +260,248 @@ mod tests {
         );
         assert_eq!(encode_path("a%b?c#d"), "a%25b%3Fc%23d");
     }
+
+    /// A CA and a certificate for 127.0.0.1 signed by it (the `openssl`
+    /// command, as the integration harness uses): `(ca.pem, leaf.pem, leaf.key)`.
+    fn private_ca(dir: &std::path::Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("the `openssl` command");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        run(&[
+            &["req", "-x509"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=unit-ca",
+            ][..],
+        ]
+        .concat());
+        run(&[
+            &["req"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                "leaf.key",
+                "-out",
+                "leaf.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ][..],
+        ]
+        .concat());
+        std::fs::write(
+            dir.join("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "leaf.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+        ]);
+        (
+            std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
+            dir.join("leaf.pem"),
+            dir.join("leaf.key"),
+        )
+    }
+
+    /// A TLS server on 127.0.0.1 answering every connection with 200 `ok`;
+    /// returns its port.
+    fn tls_server(cert: &std::path::Path, key: &std::path::Path) -> u16 {
+        use rustls::pki_types::pem::PemObject;
+        use std::io::{Read, Write};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let config = Arc::new(config);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for sock in listener.incoming().flatten() {
+                let config = config.clone();
+                std::thread::spawn(move || {
+                    let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+                    let conn = rustls::ServerConnection::new(config).unwrap();
+                    let mut tls = rustls::StreamOwned::new(conn, sock);
+                    let mut buf = [0u8; 4096];
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = tls.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    );
+                    let _ = tls.flush();
+                    tls.conn.send_close_notify();
+                    let _ = tls.flush();
+                });
+            }
+        });
+        port
+    }
+
+    fn opencti_at(port: u16) -> OpenCti {
+        OpenCti {
+            url: format!("https://127.0.0.1:{port}"),
+            token: crate::secret::Secret::new("t"),
+            ssl_verify: true,
+            ca_file: None,
+            extra_ca_pem: None,
+            custom_headers: Vec::new(),
+            proxy: None,
+        }
+    }
+
+    #[test]
+    fn https_ca_certificates_inline_or_as_a_file_are_trusted_for_opencti() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, leaf, key) = private_ca(dir.path());
+        let port = tls_server(&leaf, &key);
+        let get = |o: &OpenCti| -> Result<String, String> {
+            agent(o, Duration::from_secs(5))
+                .unwrap()
+                .get(&format!("{}/x", o.url))
+                .call()
+                .map(|r| r.into_string().unwrap())
+                .map_err(|e| e.to_string())
+        };
+        let mut o = opencti_at(port);
+        let refused = get(&o).unwrap_err();
+        assert!(
+            refused.to_ascii_lowercase().contains("certificate"),
+            "{refused}"
+        );
+        o.extra_ca_pem = Some(ExtraCa::Inline(ca_pem.clone()));
+        assert_eq!(get(&o).unwrap(), "ok");
+        o.extra_ca_pem = Some(ExtraCa::File(dir.path().join("ca.pem")));
+        assert_eq!(get(&o).unwrap(), "ok");
+        // Text that is not PEM certificates is an error, not an empty trust store.
+        o.extra_ca_pem = Some(ExtraCa::Inline(
+            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n".into(),
+        ));
+        let e = match agent(&o, Duration::from_secs(5)) {
+            Ok(_) => panic!("bad PEM accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains("HTTPS_CA_CERTIFICATES"), "{e}");
+    }
+
+    /// A proxy that only tunnels (`CONNECT`), counting the tunnels it opened.
+    fn connect_proxy() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tunnels = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = tunnels.clone();
+        std::thread::spawn(move || {
+            for mut client in listener.incoming().flatten() {
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if client.read(&mut byte).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let Some(target) = head
+                        .strip_prefix("CONNECT ")
+                        .and_then(|r| r.split(' ').next())
+                    else {
+                        let _ = client.write_all(
+                            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n",
+                        );
+                        return;
+                    };
+                    let upstream = std::net::TcpStream::connect(target).unwrap();
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .unwrap();
+                    let (mut cr, mut uw) =
+                        (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut cr, &mut uw);
+                    });
+                    let (mut ur, mut cw) = (upstream, client);
+                    let _ = std::io::copy(&mut ur, &mut cw);
+                    let _ = cw.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        (port, tunnels)
+    }
+
+    #[test]
+    fn https_to_opencti_goes_through_a_connect_proxy_with_the_extra_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca_pem, leaf, key) = private_ca(dir.path());
+        let port = tls_server(&leaf, &key);
+        let (proxy_port, tunnels) = connect_proxy();
+        let mut o = opencti_at(port);
+        o.extra_ca_pem = Some(ExtraCa::Inline(ca_pem));
+        o.proxy = Some(crate::secret::Secret::new(format!(
+            "http://127.0.0.1:{proxy_port}"
+        )));
+        let body = agent(&o, Duration::from_secs(5))
+            .unwrap()
+            .get(&format!("{}/x", o.url))
+            .call()
+            .map_err(|e| e.to_string())
+            .unwrap()
+            .into_string()
+            .unwrap();
+        assert_eq!(body, "ok");
+        assert_eq!(tunnels.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }

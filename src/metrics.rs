@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 use crate::policy::Reason;
 
+pub mod process;
+
 /// Actions of `processed_messages_total`, the SSE names of data events.
 pub const ACTIONS: [&str; 4] = crate::transform::DATA_EVENTS;
 
@@ -126,6 +128,8 @@ pub struct Snapshot {
     pub received_ms: u64,
     /// Millisecond part of the stream head announced at connection.
     pub head_ms: u64,
+    /// Millisecond part of the committed cursor (0: none yet).
+    pub cursor_ms: u64,
     /// Lines in the files written and committed.
     pub events_written: u64,
     /// Files written and committed.
@@ -164,6 +168,8 @@ pub struct Metrics {
     /// Millisecond part of the stream head announced at connection
     /// (progress line only, not exported).
     head_ms: AtomicU64,
+    /// 1 while the stream is connected, else 0.
+    stream_connected: AtomicU64,
 }
 
 impl Metrics {
@@ -268,6 +274,11 @@ impl Metrics {
         self.received.fetch_add(1, Relaxed);
     }
 
+    /// Records that the stream connection is up (`true`) or lost.
+    pub fn set_stream_connected(&self, up: bool) {
+        self.stream_connected.store(u64::from(up), Relaxed);
+    }
+
     /// Sets the millisecond part of the stream head the server announced.
     pub fn set_head_ms(&self, ms: u64) {
         self.head_ms.store(ms, Relaxed);
@@ -279,6 +290,7 @@ impl Metrics {
             received: self.received.load(Relaxed),
             received_ms: self.received_ms.load(Relaxed),
             head_ms: self.head_ms.load(Relaxed),
+            cursor_ms: self.cursor_ms.load(Relaxed),
             events_written: self.events_per_file.read().1,
             files_written: self.written_files.load(Relaxed),
             bytes_written: self.bytes_written.load(Relaxed),
@@ -288,12 +300,27 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format 0.0.4, for connector `name`.
+    /// The text exposition format 0.0.4, for connector `name`, with the
+    /// `process_*` series of this process (for a scrape).
     pub fn render(&self, name: &str) -> String {
+        let mut out = self.exposition_at(name, crate::clock::now_ms());
+        if let Some(p) = process::read() {
+            process::render(&mut out, &p);
+        }
+        out.text
+    }
+
+    /// The run's figures without the `process_*` series: for the textfile,
+    /// read after the process is gone, by a node-exporter that has its own.
+    pub fn render_run(&self, name: &str) -> String {
         self.render_at(name, crate::clock::now_ms())
     }
 
     fn render_at(&self, name: &str, now_ms: u64) -> String {
+        self.exposition_at(name, now_ms).text
+    }
+
+    fn exposition_at(&self, name: &str, now_ms: u64) -> Exposition {
         let mut out = Exposition::new(name);
 
         out.family(
@@ -420,7 +447,12 @@ impl Metrics {
                 self.held[reason.index()].load(Relaxed),
             );
         }
-        out.text
+        out.gauge(
+            &m("stream_connected"),
+            "1 while connected to the live stream, 0 while connecting or reconnecting",
+            self.stream_connected.load(Relaxed),
+        );
+        out
     }
 
     /// The main figures on one line, for a periodic info log.
@@ -434,14 +466,17 @@ impl Metrics {
         let held: u64 = self.held.iter().map(|a| a.load(Relaxed)).sum();
         let cursor = self.cursor_ms.load(Relaxed);
         let lag = if cursor == 0 {
-            "-".to_string()
+            "not yet saved".to_string()
         } else {
-            crate::text::secs(now_ms.saturating_sub(cursor) / 1000)
+            format!(
+                "{} behind now",
+                crate::text::secs(now_ms.saturating_sub(cursor) / 1000)
+            )
         };
         format!(
             "{total} events ({} create, {} update, {} delete, {} merge), {} held by policy; \
              {} files, {:.1} MB written; {} write errors, {} dead letters, {} files not fetched, \
-             {} reconnects; cursor lag {lag}",
+             {} reconnects; cursor {lag}",
             by_action[0],
             by_action[1],
             by_action[2],
@@ -689,7 +724,7 @@ fn route(head: &[u8], metrics: &Metrics, name: &str) -> (&'static str, &'static 
 /// file beside `path` (not ending in `.prom`, so never collected half
 /// written), flushed to disk, then renamed over `path`.
 pub fn write_textfile(path: &Path, metrics: &Metrics, name: &str) -> io::Result<()> {
-    crate::fsutil::replace(path, metrics.render(name).as_bytes(), false).map_err(|e| {
+    crate::fsutil::replace(path, metrics.render_run(name).as_bytes(), false).map_err(|e| {
         io::Error::new(
             e.kind(),
             format!("cannot write the metrics file `{}`: {e}", path.display()),
@@ -980,7 +1015,7 @@ mod tests {
         ] {
             assert!(kinds.contains(&want), "{want:?} missing");
         }
-        assert_eq!(kinds.len(), 17);
+        assert_eq!(kinds.len(), 18);
         let n = r#"name="StreamExporter""#;
         let expect = [
             (
@@ -1185,11 +1220,11 @@ mod tests {
             line,
             "5 events (2 create, 1 update, 1 delete, 1 merge), 3 held by policy; \
              4 files, 0.0 MB written; 1 write errors, 1 dead letters, 3 files not fetched, \
-             1 reconnects; cursor lag 12 s"
+             1 reconnects; cursor 12 s behind now"
         );
         assert!(Metrics::new()
             .summary_line_at(NOW)
-            .ends_with("cursor lag -"));
+            .ends_with("cursor not yet saved"));
     }
 
     #[test]

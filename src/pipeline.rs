@@ -34,72 +34,6 @@ use crate::stream::client::{Flow, Handler, Start, StreamClient, StreamError};
 use crate::stream::sse::SseMessage;
 use crate::transform::{self, FileFetcher, Transformed, DATA_EVENTS};
 
-/// Reports progress until `done`: a status line redrawn every second on a
-/// terminal, else an info log line every `interval`.
-pub fn spawn_progress(metrics: Arc<Metrics>, done: Arc<AtomicBool>, interval: Duration) {
-    use std::io::{IsTerminal, Write};
-    let tty = std::io::stderr().is_terminal();
-    let started = Instant::now();
-    let _ = std::thread::Builder::new().name("progress".into()).spawn(move || {
-        let mut last_print = Instant::now();
-        let mut last_events = 0u64;
-        let mut last_t = Instant::now();
-        while !done.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(250));
-            let every = if tty { Duration::from_secs(1) } else { interval };
-            if last_print.elapsed() < every {
-                continue;
-            }
-            last_print = Instant::now();
-            let now = metrics.snapshot();
-            let events = now.received;
-            let rate = (events - last_events) as f64 / last_t.elapsed().as_secs_f64().max(0.001);
-            last_events = events;
-            last_t = Instant::now();
-            let (cursor_ms, head_ms) = (now.received_ms, now.head_ms);
-            let lag = if cursor_ms == 0 {
-                "-".to_string()
-            } else {
-                crate::text::secs(crate::clock::now_ms().saturating_sub(cursor_ms) / 1000)
-            };
-            let line = format!(
-                "{} events received ({:.0}/s), {} stored in {} files ({:.1} MB); at {}{}, {} behind now; {:.0} s",
-                events,
-                rate,
-                now.events_written,
-                now.files_written,
-                now.bytes_written as f64 / 1e6,
-                if cursor_ms == 0 { "-".to_string() } else { crate::id::ms_to_iso(cursor_ms) },
-                if head_ms > cursor_ms && cursor_ms > 0 {
-                    format!(" ({} before the head)", crate::text::secs((head_ms - cursor_ms) / 1000))
-                } else {
-                    String::new()
-                },
-                lag,
-                started.elapsed().as_secs_f64(),
-            );
-            if tty {
-                let mut err = std::io::stderr().lock();
-                let _ = write!(err, "\r\x1b[2K{line}");
-                let _ = err.flush();
-            } else {
-                // The log line carries the full figures once (by action,
-                // held, errors), with the rate and the position.
-                log::info!(
-                    "progress: {:.0} events/s, at {}, {} behind now; {}",
-                    rate,
-                    if cursor_ms == 0 { "-".to_string() } else { crate::id::ms_to_iso(cursor_ms) },
-                    lag,
-                    metrics.summary_line()
-                );
-            }
-        }
-        if tty {
-            let _ = write!(std::io::stderr(), "\r\x1b[2K");
-        }
-    });
-}
-
 /// What the stream's `connected` event said.
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -451,7 +385,12 @@ impl Handler for Reader {
         self.complete
     }
 
+    fn on_connect(&mut self) {
+        self.metrics.set_stream_connected(true);
+    }
+
     fn on_disconnect(&mut self, _why: &str) {
+        self.metrics.set_stream_connected(false);
         self.metrics.inc_reconnect();
         self.metrics.inc_retry(RetryCause::Stream);
     }
@@ -575,6 +514,7 @@ pub fn run(
             .name("reader".into())
             .spawn(move || {
                 let result = client.run(start, &mut reader);
+                reader.metrics.set_stream_connected(false);
                 reader.flush();
                 if let Some(e) = reader.gap.take().map(Err).unwrap_or(result).err() {
                     *stream_error.lock().expect("not poisoned") = Some(e);

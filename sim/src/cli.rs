@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::graphql;
 use crate::id;
 use crate::model::{Model, Params};
 use crate::plan::{self, Shape};
@@ -109,6 +110,24 @@ pub struct ServeArgs {
     /// Log requests to stderr.
     #[arg(short, long)]
     pub verbose: bool,
+    /// A connector the platform already knows (as the reference exporter
+    /// left it), for `connector(id)` and `state import`.
+    #[arg(long, value_name = "ID")]
+    pub connector_id: Option<String>,
+    /// The platform's state of `--connector-id`, JSON text.
+    #[arg(long, value_name = "JSON", requires = "connector_id")]
+    pub connector_state: Option<String>,
+    /// The state of `--connector-id` was reset from the UI: the next ping
+    /// answers with it instead of storing the state sent.
+    #[arg(long, requires = "connector_state")]
+    pub connector_state_reset: bool,
+    /// Every GraphQL request answers this HTTP status (a platform that refuses).
+    #[arg(long, value_name = "CODE")]
+    pub graphql_status: Option<u16>,
+    /// Every GraphQL request waits this many milliseconds before its answer
+    /// (a platform that does not answer).
+    #[arg(long, value_name = "MS")]
+    pub graphql_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +220,20 @@ impl ServeArgs {
             live_after: self.live_after_ms.map(Duration::from_millis),
             file_fail_every: nonzero("file-fail-every", self.file_fail_every)?,
             verbose: self.verbose,
+            connector: self.connector_id.clone().map(|id| graphql::Existing {
+                id,
+                state: self.connector_state.clone(),
+                reset: self.connector_state_reset,
+            }),
+            graphql_delay: self.graphql_delay_ms.map(Duration::from_millis),
+            graphql_status: match self.graphql_status {
+                Some(s) if !(100..=599).contains(&s) || s == 200 => {
+                    return Err(format!(
+                        "`--graphql-status` must be an HTTP status other than 200, got `{s}`"
+                    ))
+                }
+                s => s,
+            },
         })
     }
 }

@@ -116,6 +116,12 @@ pub fn parse_head(head: &[u8]) -> Option<Request> {
 /// Reads one request head from `r`. `Ok(None)`: the peer closed first or sent
 /// something that is not HTTP.
 pub fn read_head(r: &mut impl Read) -> io::Result<Option<Request>> {
+    Ok(read_head_and_rest(r)?.map(|(req, _)| req))
+}
+
+/// As [`read_head`], also returning the bytes read past the head (the
+/// start of a body).
+pub fn read_head_and_rest(r: &mut impl Read) -> io::Result<Option<(Request, Vec<u8>)>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
@@ -129,7 +135,13 @@ pub fn read_head(r: &mut impl Read) -> io::Result<Option<Request>> {
             .position(|w| w == b"\r\n\r\n")
             .or_else(|| buf.windows(2).position(|w| w == b"\n\n"));
         if let Some(end) = end {
-            return Ok(parse_head(&buf[..end]));
+            let sep = if buf[end..].starts_with(b"\r\n\r\n") {
+                4
+            } else {
+                2
+            };
+            let rest = buf[end + sep..].to_vec();
+            return Ok(parse_head(&buf[..end]).map(|req| (req, rest)));
         }
         if buf.len() > MAX_HEAD {
             return Ok(None);
@@ -152,6 +164,32 @@ pub fn respond(
     )?;
     w.write_all(body)?;
     w.flush()
+}
+
+/// Largest request body accepted, bytes.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Reads the body announced by `Content-Length`, after the `rest` already
+/// read with the head. `Ok(None)`: no or a bad length, or too large.
+pub fn read_body(req: &Request, rest: Vec<u8>, r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let Some(len) = req
+        .header("content-length")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n <= MAX_BODY)
+    else {
+        return Ok(None);
+    };
+    let mut body = rest;
+    body.truncate(len);
+    let mut chunk = [0u8; 4096];
+    while body.len() < len {
+        let n = r.read(&mut chunk[..(len - body.len()).min(4096)])?;
+        if n == 0 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Some(body))
 }
 
 /// The usual reason phrase of a status code.

@@ -4,6 +4,7 @@
 mod cli;
 mod dump;
 mod files;
+mod graphql;
 mod hash;
 mod http;
 mod id;

@@ -21,6 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::files;
+use crate::graphql;
 use crate::hash::h;
 use crate::http::{self, Request};
 use crate::id::{self, EventId};
@@ -67,6 +68,12 @@ pub struct Config {
     pub file_fail_every: Option<u64>,
     /// Log requests to stderr.
     pub verbose: bool,
+    /// A connector the platform knows before any registration.
+    pub connector: Option<graphql::Existing>,
+    /// Every GraphQL request answers this status.
+    pub graphql_status: Option<u16>,
+    /// Every GraphQL request waits this long before its answer.
+    pub graphql_delay: Option<Duration>,
 }
 
 impl Config {
@@ -89,6 +96,9 @@ impl Config {
             live_after: None,
             file_fail_every: None,
             verbose: false,
+            connector: None,
+            graphql_status: None,
+            graphql_delay: None,
         }
     }
 }
@@ -148,6 +158,8 @@ struct Shared {
     streams: AtomicU64,
     /// Authorized file requests so far (for `--file-fail-every`).
     file_requests: AtomicU64,
+    /// The GraphQL side: connectors, and the headers seen.
+    platform: graphql::Platform,
 }
 
 fn wall_ms() -> u64 {
@@ -174,7 +186,9 @@ impl Shared {
                 },
             }
         });
+        let platform = graphql::Platform::new(cfg.connector.clone(), cfg.graphql_status);
         Shared {
+            platform,
             cfg,
             live,
             stream_requests: AtomicU64::new(0),
@@ -233,10 +247,29 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 fn handle(sh: &Shared, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(HEAD_TIMEOUT));
-    let mut req = match http::read_head(&mut stream) {
+    let (mut req, rest) = match http::read_head_and_rest(&mut stream) {
         Ok(Some(r)) => r,
         _ => return,
     };
+    if req.method == "POST" && req.path == "/graphql" {
+        let body = http::read_body(&req, rest, &mut stream).ok().flatten();
+        if let Some(delay) = sh.cfg.graphql_delay {
+            thread::sleep(delay);
+        }
+        let (status, answer) = match body {
+            Some(b) => sh.platform.answer(&req, &b, &sh.cfg.token),
+            None => (400, "{\"errors\":[{\"message\":\"no body\"}]}".to_string()),
+        };
+        sh.log(|| format!("POST /graphql -> {status}"));
+        let _ = http::respond(
+            &mut stream,
+            status,
+            http::reason(status),
+            "application/json; charset=utf-8",
+            answer.as_bytes(),
+        );
+        return;
+    }
     // Attached files are served on a kept-alive connection, as OpenCTI
     // does: a client fetching many files reuses one connection.
     while req.method == "GET"
@@ -246,6 +279,7 @@ fn handle(sh: &Shared, mut stream: TcpStream) {
             .header("connection")
             .is_some_and(|c| c.eq_ignore_ascii_case("close"))
     {
+        sh.platform.saw("file", &req);
         if file_keep_alive(sh, &req, &mut stream).is_err() {
             return;
         }
@@ -286,10 +320,17 @@ fn route(sh: &Shared, req: &Request, stream: TcpStream) -> io::Result<()> {
     if req.path == "/_sim/health" {
         return answer(sh, req, stream, 200, "OK", "ok");
     }
+    if req.path == "/_sim/connectors" {
+        let mut stream = stream;
+        let body = sh.platform.record();
+        return http::respond(&mut stream, 200, "OK", "application/json", body.as_bytes());
+    }
     if let Some(id) = req.path.strip_prefix("/stream/") {
+        sh.platform.saw("stream", req);
         return stream_endpoint(sh, req, id, stream);
     }
     if let Some(key) = req.path.strip_prefix("/storage/get/") {
+        sh.platform.saw("file", req);
         return file_endpoint(sh, req, key, stream);
     }
     answer(sh, req, stream, 404, "Not Found", "not found\n")

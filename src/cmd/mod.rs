@@ -29,10 +29,12 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     let cfg = config::load(file.as_deref(), &overrides)?;
     register_secrets(&cfg);
     crate::logging::apply_config_level(cfg.log_level);
+    crate::logging::set_name(&cfg.connector_name);
     match cli.command {
         Command::Run(args) => run::run(&cfg, &args, cli.quiet),
         Command::State(StateCommand::Show(args)) => state::show(&cfg, &args),
         Command::State(StateCommand::Reset(args)) => state::reset(&cfg, &args),
+        Command::State(StateCommand::Import(args)) => state::import(&cfg, &args),
         Command::CheckStream(args) => check_stream::check(&cfg, &args),
     }
 }
@@ -47,6 +49,22 @@ fn register_secrets(cfg: &Config) {
     }
     if let Ok(config::Output::S3 { settings, .. }) = cfg.output() {
         crate::secret::register(settings.secret_key.expose());
+    }
+    // A proxy's password is a secret too.
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+    ] {
+        if let Some(p) = std::env::var(var)
+            .ok()
+            .as_deref()
+            .and_then(crate::secret::url_password)
+        {
+            crate::secret::register(p);
+        }
     }
 }
 

@@ -11,7 +11,9 @@ use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Recover};
 use crate::id::{self, EventId};
 use crate::metrics::{self, Metrics, RetryCause};
+use crate::opencti::connector::{Pinger, PING_PERIOD};
 use crate::pipeline::{self, PipelineSettings, StopRule};
+use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
 use crate::stream::client::{Start, StreamClient};
 use crate::transform::{FileFetcher, NoFiles};
@@ -234,6 +236,10 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
 
+    let pinger = match &cfg.connector {
+        Some(c) => Some(Pinger::start(opencti, c, &cfg.state_path, PING_PERIOD)?),
+        None => None,
+    };
     let client = StreamClient::new(opencti, stream, stop.clone())?;
     let files: Arc<dyn FileFetcher + Send> = if cfg.fetch_files {
         Arc::new(http::OpenCtiFiles::new(opencti, cfg.file_retries)?)
@@ -268,13 +274,12 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         first_cut_after,
         policy: cfg.policy.clone(),
     };
-    let progress_done = Arc::new(AtomicBool::new(false));
-    if !quiet {
-        pipeline::spawn_progress(metrics.clone(), progress_done.clone(), cfg.log_every);
-    }
+    let progress = (!quiet).then(|| Progress::start(metrics.clone(), stop.clone(), cfg.log_every));
     let (mut committer, result) =
         pipeline::run(client, settings, committer, files, stop, metrics.clone());
-    progress_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(p) = progress {
+        p.finish();
+    }
     drop(watch_done);
     let gave_up = gave_up_error();
     let ended_at = id::ms_to_iso(crate::clock::now_ms());
@@ -306,6 +311,9 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             dead_letters: totals.dead_letters,
         });
     });
+    if let Some(p) = pinger {
+        p.stop();
+    }
     if let Some(path) = &cfg.metrics_textfile {
         match metrics::write_textfile(path, &metrics, &cfg.connector_name) {
             Ok(()) => log::info!("metrics written to `{}`", path.display()),
@@ -319,8 +327,9 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         return Err(g.into());
     }
     let outcome = result?;
+    let cursor = committer.state().start_from.clone();
     let summary = format!(
-        "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects; cursor `{}`, next file {}",
+        "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects\n{}; next file {}",
         totals.events_written,
         totals.files_written,
         totals.bytes_written,
@@ -330,7 +339,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         totals.dead_letters,
         totals.file_fetch_failures,
         totals.reconnects,
-        committer.state().start_from.as_deref().unwrap_or("-"),
+        explain_cursor(cursor.as_deref(), outcome.last_id),
         committer.state().file_count + 1,
     );
     if !quiet {
@@ -348,6 +357,22 @@ struct WatchDone(Arc<AtomicBool>);
 impl Drop for WatchDone {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The saved cursor, and why it can stand before the last id exported: an
+/// event's id is only known complete once a later id arrives (OpenCTI sends
+/// an object's dependencies under the same id), so the last group of a run
+/// stays open and the next run starts after the cursor, sending it again.
+pub fn explain_cursor(cursor: Option<&str>, last: Option<EventId>) -> String {
+    let Some(cursor) = cursor else {
+        return "cursor: none saved yet (the next run starts from the beginning)".into();
+    };
+    match last {
+        Some(l) if cursor.parse::<EventId>().is_ok_and(|c| c < l) => format!(
+            "cursor `{cursor}`: the last id known complete; `{l}` is not, as more events may share its id, so the next run starts after `{cursor}` and sends `{l}` again"
+        ),
+        _ => format!("cursor `{cursor}`: the next run starts after it"),
     }
 }
 
@@ -385,4 +410,22 @@ fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
     };
     state::save(&cfg.state_path, &state)?;
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_says_why_the_cursor_stands_before_the_last_id() {
+        let last = "1700000012742-0".parse().ok();
+        let text = explain_cursor(Some("1700000012738-1"), last);
+        assert!(text.contains("the last id known complete"), "{text}");
+        assert!(text.contains("sends `1700000012742-0` again"), "{text}");
+        assert_eq!(
+            explain_cursor(Some("1700000012742-0"), last),
+            "cursor `1700000012742-0`: the next run starts after it"
+        );
+        assert!(explain_cursor(None, None).contains("none saved yet"));
+    }
 }

@@ -1,10 +1,10 @@
-//! `state show` and `state reset`.
+//! `state show`, `state reset` and `state import`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Result};
 
-use crate::cli::{ResetArgs, ShowArgs};
+use crate::cli::{ImportArgs, ResetArgs, ShowArgs};
 use crate::config::{Config, ConfigError};
 use crate::exit;
 use crate::id::{self, EventId};
@@ -171,6 +171,96 @@ pub fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
             .map(|d| format!(" with a snapshot up to {d}"))
             .unwrap_or_default(),
         new.file_count + 1
+    );
+    Ok(exit::OK)
+}
+
+/// Imports the reference connector's state from OpenCTI.
+pub fn import(cfg: &Config, args: &ImportArgs) -> Result<i32> {
+    use crate::opencti::graphql::{self, GraphQl};
+    let opencti = cfg.opencti()?;
+    let connector_id = args
+        .connector_id
+        .clone()
+        .or_else(|| cfg.connector.as_ref().map(|c| c.id.clone()))
+        .ok_or_else(|| ConfigError {
+            key: "--connector-id".into(),
+            origin: "command line".into(),
+            message: "the reference connector's id is needed: give `--connector-id` or set `connector.id` (CONNECTOR_ID) to the reference's".into(),
+        })?;
+    let _lock = state::lock(&cfg.state_path)?;
+    let old = state::load(&cfg.state_path)?;
+    if old.is_some() && !args.replace {
+        bail!(ConfigError {
+            key: "--replace".into(),
+            origin: "command line".into(),
+            message: format!(
+                "a state already exists at `{}`: importing would replace it; give `--replace` to do so, or another `--state`",
+                cfg.state_path.display()
+            ),
+        });
+    }
+    let client = GraphQl::new(opencti, std::time::Duration::from_secs(30))?;
+    let data = client.call(
+        graphql::CONNECTOR,
+        serde_json::json!({ "id": connector_id }),
+    )?;
+    let node = data
+        .get("connector")
+        .filter(|n| !n.is_null())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "OpenCTI at `{}` knows no connector `{connector_id}`: give the reference's `CONNECTOR_ID` with `--connector-id`",
+                opencti.url
+            )
+        })?;
+    let remote = graphql::connector_state(node)
+        .map_err(|e| anyhow::anyhow!("connector `{connector_id}`: {e}"))?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "connector `{connector_id}` has no state on OpenCTI (it never ran, or its state was reset): there is nothing to import"
+            )
+        })?;
+    let stream_id = cfg.stream().ok().map(|s| s.live_stream_id.as_str());
+    let mut new = crate::opencti::migrate::state_from_reference(
+        &remote,
+        &connector_id,
+        stream_id,
+        &id::ms_to_iso(crate::clock::now_ms()),
+    )
+    .map_err(|e| anyhow::anyhow!("connector `{connector_id}`: {e}"))?;
+    if let Some(old) = &old {
+        if new.file_count < old.file_count {
+            bail!(
+                "connector `{connector_id}` stored {} files, fewer than the {} of the state at `{}`: numbers never go back (the importer would refuse file {}); nothing was changed",
+                new.file_count,
+                old.file_count,
+                cfg.state_path.display(),
+                new.file_count + 1
+            );
+        }
+        // Keys never go back, even across an import.
+        new.last_key_ms = old.last_key_ms;
+    }
+    state::save(&cfg.state_path, &new)?;
+    let cursor = new.start_from.clone().unwrap_or_default();
+    let date = cursor
+        .parse::<EventId>()
+        .map(|c| c.date())
+        .unwrap_or_default();
+    println!(
+        "imported the state of connector `{connector_id}` ({}) from OpenCTI into `{}`:\n  file_count:          {} (the next file is number {})\n  last_written_msg_id: {cursor} ({date})\n  recover_until:       {}\nthe next run resumes after `{cursor}`, the last id the reference stored{}",
+        node.get("name").and_then(|n| n.as_str()).unwrap_or("?"),
+        cfg.state_path.display(),
+        new.file_count,
+        new.file_count + 1,
+        new.recover_until.as_deref().unwrap_or("false"),
+        match remote.get("start_from").and_then(|s| s.as_str()) {
+            Some(sf) if sf != cursor => format!(
+                " (its `start_from` `{sf}` is the last id it received, ahead of what it stored, and is not used)"
+            ),
+            _ => String::new(),
+        }
     );
     Ok(exit::OK)
 }

@@ -88,6 +88,8 @@ pub trait Handler {
     fn on_message(&mut self, msg: SseMessage) -> Flow;
     /// Where to resume after a dropped connection: the last complete id.
     fn resume_after(&self) -> Option<EventId>;
+    /// A connection was opened (the server answered with an event stream).
+    fn on_connect(&mut self) {}
     /// A connection was lost (for counting); `why` is for the log.
     fn on_disconnect(&mut self, _why: &str) {}
     /// Everything one read returned has been handed over: a moment to pass
@@ -243,6 +245,7 @@ impl StreamClient {
             let why = match self.connect(after, start.recover_until_ms) {
                 Ok(resp) => {
                     wrong_type = 0;
+                    handler.on_connect();
                     log::info!(
                         "connected to `{}`{}",
                         self.url,

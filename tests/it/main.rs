@@ -11,6 +11,8 @@ mod support;
 mod commands;
 mod export;
 mod faults;
+mod opencti;
+mod operate;
 mod policy_metrics;
 mod review;
 mod smoke;

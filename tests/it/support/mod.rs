@@ -19,6 +19,7 @@ mod hostile;
 mod oracle;
 mod ports;
 mod process;
+mod proxy;
 mod s3;
 mod seaweed;
 mod sim;
@@ -36,6 +37,7 @@ pub use self::{
     hostile::{connected, create, hostile_config, sse, Answer, Hostile},
     oracle::{all_lines, assert_no_loss, expected_line, normalise},
     ports::{free_port, free_ports_with_grpc},
+    proxy::Proxy,
     s3::S3,
     seaweed::{weed_bin, Seaweed},
     sim::{sim_bin, sim_dump, sim_dump_files, Sim},
