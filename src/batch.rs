@@ -34,6 +34,9 @@ pub struct DeadLetter {
     pub raw: Vec<u8>,
     /// Size of the data as received, in bytes.
     pub size: usize,
+    /// `raw` is already base64 text (the received bytes of an attached
+    /// file, encoded as they arrived).
+    pub base64: bool,
 }
 
 /// What the batcher receives, in stream order.
@@ -487,6 +490,7 @@ mod tests {
             reason: "bad".into(),
             raw: vec![1],
             size: 1,
+            base64: false,
         };
         b.push(line(1, 0), t);
         b.push(

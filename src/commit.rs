@@ -419,23 +419,50 @@ fn retry_loop<T>(
 /// are UTF-8, else base64, with the reason.
 pub fn dead_letter_record(letter: &DeadLetter) -> Vec<u8> {
     use base64::Engine as _;
-    let mut doc = serde_json::json!({
-        "id": letter.id,
-        "event": letter.event,
-        "reason": letter.reason,
-        "size": letter.size,
-        "truncated": letter.raw.len() < letter.size,
-        "received_at": crate::id::ms_to_iso(now_ms()),
-    });
-    match std::str::from_utf8(&letter.raw) {
-        Ok(text) => doc["data"] = serde_json::Value::String(text.to_string()),
-        Err(_) => {
-            doc["data_base64"] = serde_json::Value::String(
-                base64::engine::general_purpose::STANDARD.encode(&letter.raw),
-            )
-        }
+    #[derive(serde::Serialize)]
+    struct Record<'a> {
+        id: &'a Option<String>,
+        event: &'a str,
+        reason: &'a str,
+        size: usize,
+        truncated: bool,
+        received_at: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data_base64: Option<std::borrow::Cow<'a, str>>,
     }
-    let mut out = serde_json::to_vec(&doc).expect("serialises");
+    let text = if letter.base64 {
+        None
+    } else {
+        std::str::from_utf8(&letter.raw).ok()
+    };
+    let data_base64 = match (text, letter.base64) {
+        (Some(_), _) => None,
+        // Already base64 (an attached file's bytes): written as is.
+        (None, true) => Some(String::from_utf8_lossy(&letter.raw)),
+        (None, false) => Some(std::borrow::Cow::Owned(
+            base64::engine::general_purpose::STANDARD.encode(&letter.raw),
+        )),
+    };
+    let received = if letter.base64 {
+        // base64 of n bytes is 4 * ceil(n / 3) long.
+        letter.raw.len() / 4 * 3
+    } else {
+        letter.raw.len()
+    };
+    let record = Record {
+        id: &letter.id,
+        event: &letter.event,
+        reason: &letter.reason,
+        size: letter.size,
+        truncated: received < letter.size,
+        received_at: crate::id::ms_to_iso(now_ms()),
+        data: text,
+        data_base64,
+    };
+    let mut out = Vec::with_capacity(letter.raw.len() * 11 / 10 + 256);
+    serde_json::to_writer(&mut out, &record).expect("serialises");
     out.push(b'\n');
     out
 }

@@ -155,12 +155,17 @@ pub const KEYS: &[Key] = &[
     key("queue.size", "QUEUE_SIZE"),
     key("output.kind", "OUTPUT_KIND"),
     key("output.directory", "OUTPUT_DIRECTORY"),
+    key("output.max_line_bytes", "OUTPUT_MAX_LINE_BYTES"),
     key("state.path", "STATE_PATH"),
     key("stream.idle_timeout_sec", "STREAM_IDLE_TIMEOUT_SEC"),
     key("stream.max_event_bytes", "STREAM_MAX_EVENT_BYTES"),
     key("stream.reconnect_max_sec", "STREAM_RECONNECT_MAX_SEC"),
     key("files.fetch", "FILES_FETCH"),
     key("files.retries", "FILES_RETRIES"),
+    key("files.concurrency", "FILES_CONCURRENCY"),
+    key("files.max_bytes", "FILES_MAX_BYTES"),
+    key("files.deadline_sec", "FILES_DEADLINE_SEC"),
+    key("files.buffer_bytes", "FILES_BUFFER_BYTES"),
     key("dead_letter.bucket", "DEAD_LETTER_BUCKET"),
     key("dead_letter.directory", "DEAD_LETTER_DIRECTORY"),
     key("connector.expose_metrics", "CONNECTOR_EXPOSE_METRICS"),
@@ -338,8 +343,12 @@ pub struct Config {
     pub state_path: PathBuf,
     /// Fetch attached files from OpenCTI.
     pub fetch_files: bool,
-    /// Attempts per attached file before it is exported without content.
-    pub file_retries: u32,
+    /// How attached files are fetched: concurrency, size cap, deadline,
+    /// attempts, memory for files fetched ahead.
+    pub files: crate::fetch::FileSettings,
+    /// Longest output line, in bytes (`output.max_line_bytes`): what the
+    /// importer can publish to its broker.
+    pub max_line_bytes: usize,
     /// What may leave: types, labels, TLP ceiling.
     pub policy: std::sync::Arc<Policy>,
     /// Serve Prometheus metrics on this port (`connector.expose_metrics`).
@@ -853,7 +862,25 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
 
     let output = output(src, ov);
     let fetch_files = src.boolean("files.fetch", true)?;
-    let file_retries = src.number("files.retries", 3, 1, 100, "attempts")? as u32;
+    let files = crate::fetch::FileSettings {
+        retries: src.number("files.retries", 3, 1, 100, "attempts")? as u32,
+        concurrency: src.number("files.concurrency", 32, 1, 256, "requests")? as usize,
+        max_bytes: src.number("files.max_bytes", 4 << 20, 1, 4 << 30, "bytes")?,
+        deadline: Duration::from_secs(src.number(
+            "files.deadline_sec",
+            120,
+            1,
+            86_400,
+            "seconds",
+        )?),
+        buffer_bytes: src.number("files.buffer_bytes", 8 << 20, 1 << 20, 1 << 32, "bytes")?
+            as usize,
+    };
+    // The importer publishes each line to RabbitMQ base64-encoded (4/3 of
+    // the line plus about 150 bytes); RabbitMQ 4 refuses messages over
+    // 16 MiB by default: 12 MiB lines fit.
+    let max_line_bytes =
+        src.number("output.max_line_bytes", 12 << 20, 4096, 4 << 30, "bytes")? as usize;
     let connector_name = src
         .string("connector.name")
         .unwrap_or_else(|| "StreamExporter".to_string());
@@ -909,7 +936,8 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
         output,
         state_path,
         fetch_files,
-        file_retries,
+        files,
+        max_line_bytes,
         policy,
         metrics_port,
         metrics_textfile,

@@ -18,6 +18,23 @@ use crate::config::{ExtraCa, OpenCti};
 
 /// An agent whose reads fail after `read_timeout` without a byte.
 pub fn agent(opencti: &OpenCti, read_timeout: Duration) -> Result<ureq::Agent> {
+    Ok(agent_builder(opencti, read_timeout)?.build())
+}
+
+/// The agent for attached files: keeps up to `connections` connections to
+/// OpenCTI alive, one per request in flight, so that a file costs one round
+/// trip rather than a TCP (and TLS) handshake too.
+pub fn files_agent(opencti: &OpenCti, connections: usize) -> Result<ureq::Agent> {
+    Ok(agent_builder(opencti, Duration::from_secs(30))?
+        .max_idle_connections(connections)
+        .max_idle_connections_per_host(connections)
+        .build())
+}
+
+/// The settings every OpenCTI agent shares. Redirects are never followed:
+/// the token goes to the configured OpenCTI's `/stream/` and
+/// `/storage/get/` and nowhere else.
+fn agent_builder(opencti: &OpenCti, read_timeout: Duration) -> Result<ureq::AgentBuilder> {
     let tls = tls_config(opencti)?;
     let mut builder = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(15))
@@ -49,7 +66,7 @@ pub fn agent(opencti: &OpenCti, read_timeout: Duration) -> Result<ureq::Agent> {
                 .collect(),
         ));
     }
-    Ok(builder.build())
+    Ok(builder)
 }
 
 /// Adds `OPENCTI_CUSTOM_HEADERS` to every request of an agent.
@@ -190,62 +207,6 @@ pub fn encode_path(path: &str) -> String {
         }
     }
     out
-}
-
-/// Fetches attached files from the configured OpenCTI only.
-pub struct OpenCtiFiles {
-    agent: ureq::Agent,
-    base: String,
-    auth: String,
-    retries: u32,
-}
-
-impl OpenCtiFiles {
-    /// A fetcher for `opencti`, trying each file `retries` times.
-    pub fn new(opencti: &OpenCti, retries: u32) -> Result<Self> {
-        Ok(OpenCtiFiles {
-            agent: agent(opencti, Duration::from_secs(60))?,
-            base: opencti.url.clone(),
-            auth: format!("Bearer {}", opencti.token.expose()),
-            retries: retries.max(1),
-        })
-    }
-}
-
-impl crate::transform::FileFetcher for OpenCtiFiles {
-    fn fetch(&self, storage_path: &str) -> Result<Vec<u8>, String> {
-        // Whatever host the uri named, only the configured base URL is used.
-        let url = format!(
-            "{}/{}",
-            self.base,
-            encode_path(storage_path.trim_start_matches('/'))
-        );
-        let mut backoff =
-            crate::retry::Backoff::new(Duration::from_millis(300), Duration::from_secs(5));
-        let mut last = String::new();
-        for attempt in 1..=self.retries {
-            match self.agent.get(&url).set("Authorization", &self.auth).call() {
-                Ok(resp) => {
-                    let mut body = Vec::new();
-                    match std::io::Read::read_to_end(&mut resp.into_reader(), &mut body) {
-                        Ok(_) => return Ok(body),
-                        Err(e) => last = format!("reading `{url}`: {e}"),
-                    }
-                }
-                Err(ureq::Error::Status(code, _)) => {
-                    last = format!("`{url}` answered HTTP {code}");
-                    if code == 404 || code == 401 || code == 403 {
-                        break;
-                    }
-                }
-                Err(e) => last = format!("`{url}`: {}", e.kind()),
-            }
-            if attempt < self.retries {
-                std::thread::sleep(backoff.next_delay());
-            }
-        }
-        Err(last)
-    }
 }
 
 #[cfg(test)]

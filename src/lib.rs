@@ -13,6 +13,7 @@ pub mod commit;
 pub mod config;
 pub mod dest;
 pub mod exit;
+pub mod fetch;
 pub mod fsutil;
 pub mod http;
 pub mod id;

@@ -11,16 +11,22 @@
 //! Anything that cannot become a line (not UTF-8, not JSON, no `data`
 //! object, no usable id, oversized) is a [`Reject`] with a reason: the
 //! pipeline keeps it aside as a dead letter. Fetching files goes through the
-//! [`FileFetcher`] trait so this module does no I/O of its own.
+//! [`FileFetcher`] trait so this module does no I/O of its own; contents
+//! arrive already base64-encoded and are copied once, into the line.
+//!
+//! No line exceeds `output.max_line_bytes`: a file whose content would take
+//! it past the limit is exported without `data` and handed back in
+//! [`Line::kept`], for the pipeline to keep aside; an event too long by
+//! itself is a [`Reject`].
 
 use std::borrow::Cow;
 use std::fmt;
 
-use base64::Engine as _;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::fetch::{FileContent, FileOutcome};
 use crate::id::EventId;
 use crate::policy::{Policy, Reason, Verdict};
 
@@ -32,24 +38,39 @@ pub const EXT_OPENCTI_SDO: &str = "extension-definition--f93e2c80-4231-4f9a-af8b
 /// SSE event names that carry data and become lines.
 pub const DATA_EVENTS: [&str; 4] = ["create", "update", "delete", "merge"];
 
-/// Fetches an attached file's bytes from the configured OpenCTI.
-pub trait FileFetcher: Sync {
-    /// `storage_path` is `storage/get/<key>` (not yet percent-encoded).
-    /// Retries are the fetcher's business; an error means "gave up".
-    fn fetch(&self, storage_path: &str) -> Result<Vec<u8>, String>;
+/// Gives the attached files of an event, in the order they are listed.
+pub trait FileFetcher {
+    /// The file at `uri`, exactly as the event writes it (the fetcher only
+    /// ever asks the configured OpenCTI, see [`crate::fetch::storage_path`]).
+    fn fetch(&self, uri: &str) -> FileOutcome;
 }
 
 /// A fetcher for deployments and tests without files: always fails.
 pub struct NoFiles;
 
 impl FileFetcher for NoFiles {
-    fn fetch(&self, storage_path: &str) -> Result<Vec<u8>, String> {
-        Err(format!("file fetching is disabled (`{storage_path}`)"))
+    fn fetch(&self, uri: &str) -> FileOutcome {
+        FileOutcome::Failed {
+            reason: format!("file fetching is disabled (`{uri}`)"),
+            kept: None,
+        }
     }
 }
 
+/// An attached file exported without its content, whose received bytes are
+/// kept aside (beside the dead letters) so that nothing is lost.
+#[derive(Debug)]
+pub struct KeptFile {
+    /// The uri as the event writes it.
+    pub uri: String,
+    /// Why the content is not in the line.
+    pub reason: String,
+    /// What was received.
+    pub content: FileContent,
+}
+
 /// A line ready for a batch, with what the transform noticed on the way.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Line {
     /// The JSON line, ending with `\n`.
     pub bytes: Vec<u8>,
@@ -57,6 +78,8 @@ pub struct Line {
     pub files_failed: u32,
     /// Attached files fetched and filled in.
     pub files_fetched: u32,
+    /// Files left out of the line whose bytes must be kept aside.
+    pub kept: Vec<KeptFile>,
 }
 
 /// Why an event could not become a line.
@@ -79,7 +102,7 @@ fn reject(reason: impl Into<String>) -> Reject {
 }
 
 /// What became of a data event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Transformed {
     /// A line for the file.
     Line(Line),
@@ -87,44 +110,104 @@ pub enum Transformed {
     Held(Reason),
 }
 
+/// The export policy's verdict on an event's fields.
+fn judge(event: &str, fields: &[(Cow<'_, str>, &RawValue)], policy: &Policy) -> Option<Reason> {
+    if !policy.is_active() {
+        return None;
+    }
+    let data_raw = fields
+        .iter()
+        .find(|(k, _)| k == "data")
+        .map(|(_, v)| v.get())
+        .unwrap_or("null");
+    let sources: Vec<&RawValue> = if event == "merge" {
+        fields
+            .iter()
+            .find(|(k, _)| k == "context")
+            .and_then(|(_, v)| serde_json::from_str::<MergeContext>(v.get()).ok())
+            .map(|c| c.sources)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    match policy.judge_all(std::iter::once(data_raw).chain(sources.iter().map(|s| s.get()))) {
+        Verdict::Hold(reason) => Some(reason),
+        _ => None,
+    }
+}
+
+/// The uris of the attached files [`transform_with_policy`] will ask
+/// `files` for, in the same order: what the fetch stage fetches ahead.
+/// Empty for an event the policy holds back or that cannot become a line.
+pub fn files_to_fetch(event: &str, data: &[u8], policy: &Policy) -> Vec<String> {
+    if memchr::memmem::find(data, b"\"files\"").is_none() {
+        return Vec::new();
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return Vec::new();
+    };
+    let Ok(fields) = parse_top_level(text) else {
+        return Vec::new();
+    };
+    if judge(event, &fields, policy).is_some() {
+        return Vec::new();
+    }
+    let Some((_, data_raw)) = fields.iter().find(|(k, _)| k == "data") else {
+        return Vec::new();
+    };
+    if memchr::memmem::find(data_raw.get().as_bytes(), b"\"files\"").is_none() {
+        return Vec::new();
+    }
+    let Ok(mut value) = serde_json::from_str::<Value>(data_raw.get()) else {
+        return Vec::new();
+    };
+    let Some(entries) = files_list_mut(&mut value).and_then(Value::as_array_mut) else {
+        return Vec::new();
+    };
+    entries
+        .iter_mut()
+        .filter_map(fetchable)
+        .map(|obj| {
+            obj.get("uri")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect()
+}
+
+/// The entry as an object whose content is to be fetched: not inline.
+fn fetchable(entry: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
+    let obj = entry.as_object_mut()?;
+    if obj.get("data").is_some_and(|d| !d.is_null()) {
+        return None; // newer servers send the content inline
+    }
+    Some(obj)
+}
+
 /// Turns one data event into its output line, unless `policy` holds it back
 /// (judged before any attached file is fetched).
 ///
 /// `id` is the SSE id (already checked by the caller to be `<ms>-<seq>`),
 /// `event` the SSE event name (one of [`DATA_EVENTS`]), `data` the raw bytes.
+/// No line is longer than `max_line` bytes (`output.max_line_bytes`, the
+/// newline included): a file that would take it past that is left out (and
+/// kept aside); an event over it by itself is a [`Reject`].
 pub fn transform_with_policy(
     id: &EventId,
     event: &str,
     data: &[u8],
     files: &dyn FileFetcher,
     policy: &Policy,
+    max_line: usize,
 ) -> Result<Transformed, Reject> {
     let text = std::str::from_utf8(data)
         .map_err(|e| reject(format!("event data is not valid UTF-8 ({e})")))?;
     let fields = parse_top_level(text)?;
-    if policy.is_active() {
-        let data_raw = fields
-            .iter()
-            .find(|(k, _)| k == "data")
-            .map(|(_, v)| v.get())
-            .unwrap_or("null");
-        let sources: Vec<&RawValue> = if event == "merge" {
-            fields
-                .iter()
-                .find(|(k, _)| k == "context")
-                .and_then(|(_, v)| serde_json::from_str::<MergeContext>(v.get()).ok())
-                .map(|c| c.sources)
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let verdict =
-            policy.judge_all(std::iter::once(data_raw).chain(sources.iter().map(|s| s.get())));
-        if let Verdict::Hold(reason) = verdict {
-            return Ok(Transformed::Held(reason));
-        }
+    if let Some(reason) = judge(event, &fields, policy) {
+        return Ok(Transformed::Held(reason));
     }
-    build_line(id, event, data.len(), fields, files).map(Transformed::Line)
+    build_line(id, event, data.len(), fields, files, max_line).map(Transformed::Line)
 }
 
 #[derive(serde::Deserialize)]
@@ -133,18 +216,22 @@ struct MergeContext<'a> {
     sources: Vec<&'a RawValue>,
 }
 
-/// Turns one data event into its output line (no export policy).
+/// Turns one data event into its output line (no export policy, no line limit).
 pub fn transform(
     id: &EventId,
     event: &str,
     data: &[u8],
     files: &dyn FileFetcher,
 ) -> Result<Line, Reject> {
-    match transform_with_policy(id, event, data, files, &Policy::export_all())? {
+    match transform_with_policy(id, event, data, files, &Policy::export_all(), usize::MAX)? {
         Transformed::Line(line) => Ok(line),
         Transformed::Held(_) => unreachable!("an inactive policy holds nothing back"),
     }
 }
+
+/// Bytes a line may need beyond its payload and file contents: the `id`,
+/// `type` and `previous_standard` members and the newline, with room to spare.
+const LINE_SLACK: usize = 1024;
 
 fn build_line(
     id: &EventId,
@@ -152,6 +239,7 @@ fn build_line(
     data_len: usize,
     fields: Vec<(Cow<'_, str>, &RawValue)>,
     files: &dyn FileFetcher,
+    max_line: usize,
 ) -> Result<Line, Reject> {
     let mut data_raw: Option<&RawValue> = None;
     let mut context_raw: Option<&RawValue> = None;
@@ -174,31 +262,33 @@ fn build_line(
     };
 
     // Files are rare: look for the word before parsing the STIX object.
+    let mut filled = None;
     let mut files_fetched = 0;
     let mut files_failed = 0;
-    let new_data: Option<String> =
-        if memchr::memmem::find(data_raw.get().as_bytes(), b"\"files\"").is_some() {
-            let mut value: Value = serde_json::from_str(data_raw.get())
-                .map_err(|e| reject(format!("event `data` is not valid JSON ({e})")))?;
-            let mut contents = Vec::new();
-            let (ok, failed) = fill_files(id, &mut value, files, &mut contents);
-            files_fetched = ok;
-            files_failed = failed;
-            if ok + failed > 0 || value.get("files").is_some() {
-                Some(serialise_with_contents(&mut value, contents))
-            } else {
-                None
-            }
-        } else {
-            None
-        };
+    let mut kept = Vec::new();
+    if memchr::memmem::find(data_raw.get().as_bytes(), b"\"files\"").is_some() {
+        let mut value: Value = serde_json::from_str(data_raw.get())
+            .map_err(|e| reject(format!("event `data` is not valid JSON ({e})")))?;
+        let f = fill_files(id, &mut value, files, data_len, max_line);
+        files_fetched = f.fetched;
+        files_failed = f.failed;
+        kept = f.kept;
+        if f.listed {
+            filled = Some((value, f.contents));
+        }
+    }
+    let contents_len: usize = filled
+        .as_ref()
+        .map(|(_, c)| c.iter().map(|c| 2 * (c.base64().len() + 2)).sum())
+        .unwrap_or(0);
 
-    let mut out = Vec::with_capacity(data_len + 64);
+    // One buffer, sized once: the contents are copied into it and nowhere else.
+    let mut out = Vec::with_capacity(data_len + contents_len + LINE_SLACK);
     out.push(b'{');
     let mut first = true;
     let mut wrote_type = false;
     for (key, value) in &fields {
-        let raw: &str = match key.as_ref() {
+        match key.as_ref() {
             "id" => continue,
             "previous_standard" if previous_standard.is_some() => continue,
             "type" => {
@@ -208,13 +298,21 @@ fn build_line(
                 wrote_type = true;
                 push_key(&mut out, &mut first, "type");
                 push_json_str(&mut out, event);
-                continue;
             }
-            "data" => new_data.as_deref().unwrap_or(value.get()),
-            _ => value.get(),
-        };
-        push_key(&mut out, &mut first, key);
-        out.extend_from_slice(raw.as_bytes());
+            "data" => {
+                push_key(&mut out, &mut first, key);
+                match &mut filled {
+                    Some((value, contents)) => {
+                        write_with_contents(&mut out, value, std::mem::take(contents))
+                    }
+                    None => out.extend_from_slice(value.get().as_bytes()),
+                }
+            }
+            _ => {
+                push_key(&mut out, &mut first, key);
+                out.extend_from_slice(value.get().as_bytes());
+            }
+        }
     }
     push_key(&mut out, &mut first, "id");
     push_json_str(&mut out, &id.to_string());
@@ -234,10 +332,17 @@ fn build_line(
         out = serde_json::to_vec(&value).expect("a JSON value serialises");
     }
     out.push(b'\n');
+    if out.len() > max_line {
+        return Err(reject(format!(
+            "its line of {} bytes exceeds `output.max_line_bytes` ({max_line})",
+            out.len()
+        )));
+    }
     Ok(Line {
         bytes: out,
         files_failed,
         files_fetched,
+        kept,
     })
 }
 
@@ -303,19 +408,27 @@ fn content_mark(n: usize) -> String {
     format!("\u{1}opencti-stream-exporter-file-{n}")
 }
 
-/// Serialises `data`, then writes each file's base64 content where its mark
-/// stands: base64 needs no escaping, so the contents (the bulk of such an
-/// event) are copied once instead of being scanned by the serialiser.
-fn serialise_with_contents(data: &mut Value, contents: Vec<String>) -> String {
-    let text = serde_json::to_string(&*data).expect("a JSON value serialises");
+/// Serialises `data` into `out`, writing each file's base64 content where
+/// its mark stands: base64 needs no escaping, so the contents (the bulk of
+/// such an event) are copied once, straight into the line, instead of being
+/// scanned by the serialiser. Each content is dropped (and its memory given
+/// back to the fetch budget) as soon as it is written.
+fn write_with_contents(out: &mut Vec<u8>, data: &Value, contents: Vec<FileContent>) {
+    let text = serde_json::to_string(data).expect("a JSON value serialises");
     if contents.is_empty() {
-        return text;
+        out.extend_from_slice(text.as_bytes());
+        return;
     }
     let marks: Vec<String> = (0..contents.len())
         .map(|n| serde_json::to_string(&content_mark(n)).expect("a string serialises"))
         .collect();
-    let total: usize = contents.iter().map(|c| c.len() * 2 + 2).sum();
-    let mut out = String::with_capacity(text.len() + total);
+    // Each mark stands twice (the extension's list and `data.files`): the
+    // content goes out of memory after its last place.
+    let mut left: Vec<usize> = marks
+        .iter()
+        .map(|m| text.matches(m.as_str()).count())
+        .collect();
+    let mut contents: Vec<Option<FileContent>> = contents.into_iter().map(Some).collect();
     let mut rest = text.as_str();
     loop {
         let next = marks
@@ -324,68 +437,135 @@ fn serialise_with_contents(data: &mut Value, contents: Vec<String>) -> String {
             .filter_map(|(n, m)| rest.find(m.as_str()).map(|pos| (pos, n, m.len())))
             .min();
         let Some((pos, n, len)) = next else { break };
-        out.push_str(&rest[..pos]);
-        out.push('"');
-        out.push_str(&contents[n]);
-        out.push('"');
+        out.extend_from_slice(&rest.as_bytes()[..pos]);
+        out.push(b'"');
+        if let Some(c) = &contents[n] {
+            out.extend_from_slice(c.base64().as_bytes());
+        }
+        out.push(b'"');
+        left[n] -= 1;
+        if left[n] == 0 {
+            contents[n] = None;
+        }
         rest = &rest[pos + len..];
     }
-    out.push_str(rest);
-    out
+    out.extend_from_slice(rest.as_bytes());
+}
+
+/// What [`fill_files`] did.
+struct Filled {
+    /// A files list was found (the line carries `data.files`).
+    listed: bool,
+    fetched: u32,
+    failed: u32,
+    /// Contents in mark order.
+    contents: Vec<FileContent>,
+    kept: Vec<KeptFile>,
 }
 
 /// Fills `data` of each attached file with a mark (see [`content_mark`])
-/// and pushes the base64 content to `contents`; returns (fetched, failed).
+/// and collects the contents; a content that would take the line past
+/// `max_line` is left out and kept aside.
 fn fill_files(
     id: &EventId,
     data: &mut Value,
     files: &dyn FileFetcher,
-    contents: &mut Vec<String>,
-) -> (u32, u32) {
-    let (mut fetched, mut failed) = (0, 0);
+    data_len: usize,
+    max_line: usize,
+) -> Filled {
+    let mut out = Filled {
+        listed: false,
+        fetched: 0,
+        failed: 0,
+        contents: Vec::new(),
+        kept: Vec::new(),
+    };
     let Some(list) = files_list_mut(data) else {
-        return (0, 0);
+        return out;
     };
     let Some(entries) = list.as_array_mut() else {
-        return (0, 0);
+        return out;
     };
     if entries.is_empty() {
-        return (0, 0);
+        return out;
     }
+    // The line holds the payload, a second copy of the list (without the
+    // contents), and each content twice.
+    let list_len = serde_json::to_string(&*entries)
+        .map(|s| s.len())
+        .unwrap_or(0);
+    let mut line_len = data_len.saturating_add(list_len).saturating_add(LINE_SLACK);
+    // An event (nearly) over the limit by itself: its files are not waited
+    // for; it most likely becomes a dead letter as a whole.
+    let no_room = line_len > max_line;
     for entry in entries.iter_mut() {
-        let Some(obj) = entry.as_object_mut() else {
+        let Some(obj) = fetchable(entry) else {
             continue;
         };
-        if obj.get("data").is_some_and(|d| !d.is_null()) {
-            continue; // newer servers send the content inline
-        }
-        let uri = obj.get("uri").and_then(Value::as_str).unwrap_or("");
-        let Some(pos) = uri.find("storage/get") else {
-            log::warn!("event `{id}`: attached file uri `{uri}` is not under `storage/get`; exported without content");
-            failed += 1;
-            continue;
+        let uri = obj
+            .get("uri")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let outcome = if no_room {
+            FileOutcome::Failed {
+                reason: format!(
+                    "the event alone is about as long as `output.max_line_bytes` ({max_line})"
+                ),
+                kept: None,
+            }
+        } else {
+            files.fetch(&uri)
         };
-        match files.fetch(&uri[pos..]) {
-            Ok(bytes) => {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        match outcome {
+            FileOutcome::Fetched(content) => {
+                let need = 2 * (content.base64().len() + 2);
+                if line_len.saturating_add(need) > max_line {
+                    let reason = format!(
+                        "its {} bytes would take the line past `output.max_line_bytes` ({max_line})",
+                        content.size()
+                    );
+                    log::warn!("event `{id}`: attached file `{uri}` exported without content: {reason}; its bytes are kept aside");
+                    out.failed += 1;
+                    out.kept.push(KeptFile {
+                        uri,
+                        reason,
+                        content,
+                    });
+                    continue;
+                }
+                line_len += need;
                 obj.insert(
                     "data".to_string(),
-                    Value::String(content_mark(contents.len())),
+                    Value::String(content_mark(out.contents.len())),
                 );
-                contents.push(b64);
-                fetched += 1;
+                out.contents.push(content);
+                out.fetched += 1;
             }
-            Err(e) => {
-                log::warn!("event `{id}`: attached file `{uri}` could not be fetched ({e}); exported without content");
-                failed += 1;
+            FileOutcome::Failed { reason, kept } => {
+                out.failed += 1;
+                match kept {
+                    Some(content) => {
+                        log::warn!("event `{id}`: attached file `{uri}` exported without content: {reason}; the {} bytes received are kept aside", content.size());
+                        out.kept.push(KeptFile {
+                            uri,
+                            reason,
+                            content,
+                        });
+                    }
+                    None => log::warn!(
+                        "event `{id}`: attached file `{uri}` could not be fetched ({reason}); exported without content"
+                    ),
+                }
             }
         }
     }
+    out.listed = true;
     let copy = list.clone();
     data.as_object_mut()
         .expect("data is an object")
         .insert("files".to_string(), copy);
-    (fetched, failed)
+    out
 }
 
 /// The files list the way pycti's `get_attribute_in_extension` finds it.
@@ -471,11 +651,17 @@ mod tests {
     struct MapFetcher(HashMap<String, Vec<u8>>);
 
     impl FileFetcher for MapFetcher {
-        fn fetch(&self, storage_path: &str) -> Result<Vec<u8>, String> {
-            self.0
-                .get(storage_path)
-                .cloned()
-                .ok_or_else(|| "404".to_string())
+        fn fetch(&self, uri: &str) -> FileOutcome {
+            let got = crate::fetch::storage_path(uri).and_then(|p| {
+                self.0
+                    .get(&p)
+                    .map(|b| FileContent::from_bytes(b))
+                    .ok_or_else(|| "404".to_string())
+            });
+            match got {
+                Ok(c) => FileOutcome::Fetched(c),
+                Err(reason) => FileOutcome::Failed { reason, kept: None },
+            }
         }
     }
 
@@ -640,11 +826,16 @@ mod tests {
     struct GoldenFiles(std::path::PathBuf);
 
     impl FileFetcher for GoldenFiles {
-        fn fetch(&self, storage_path: &str) -> Result<Vec<u8>, String> {
-            let key = storage_path
-                .strip_prefix("storage/get/")
-                .ok_or("not a storage path")?;
-            std::fs::read(self.0.join(key)).map_err(|e| e.to_string())
+        fn fetch(&self, uri: &str) -> FileOutcome {
+            let path = crate::fetch::storage_path(uri).unwrap();
+            let key = path.strip_prefix("storage/get/").unwrap();
+            match std::fs::read(self.0.join(key)) {
+                Ok(b) => FileOutcome::Fetched(FileContent::from_bytes(&b)),
+                Err(e) => FileOutcome::Failed {
+                    reason: e.to_string(),
+                    kept: None,
+                },
+            }
         }
     }
 

@@ -58,6 +58,17 @@ pub struct GenArgs {
     /// start positions silently start at K.
     #[arg(long, value_name = "K", default_value_t = 0)]
     pub retention_first: u64,
+    /// About one file key in K is served as a large file of `--large-file-bytes`.
+    #[arg(long, value_name = "K")]
+    pub large_file_every: Option<u64>,
+    /// Size of the large files, bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 100 << 20)]
+    pub large_file_bytes: u64,
+    /// Every file list also carries entries a client must not fetch as is:
+    /// uris escaping `/storage/get/` (`..`, `%2e%2e`, `%2f`, backslashes), a
+    /// missing file (404) and a redirect to `/evil/redirected`.
+    #[arg(long)]
+    pub hostile_uris: bool,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +118,18 @@ pub struct ServeArgs {
     /// Every K-th file request answers 500.
     #[arg(long, value_name = "K")]
     pub file_fail_every: Option<u64>,
+    /// Wait this long before answering each file request.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub file_latency_ms: u64,
+    /// Every K-th file request trickles: one byte every `--trickle-ms`.
+    #[arg(long, value_name = "K")]
+    pub trickle_every: Option<u64>,
+    /// Pause between the bytes of a trickled file, milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub trickle_ms: u64,
+    /// Append `<method> <path> <token|-> <status>` for every request to this file.
+    #[arg(long, value_name = "PATH")]
+    pub request_log: Option<std::path::PathBuf>,
     /// Log requests to stderr.
     #[arg(short, long)]
     pub verbose: bool,
@@ -173,6 +196,9 @@ impl GenArgs {
             files_ratio: ratio("files-ratio", self.files_ratio)?,
             avg_size: self.avg_size,
             group_ratio: ratio("group-ratio", self.group_ratio)?,
+            large_file_every: nonzero("large-file-every", self.large_file_every)?,
+            large_file_bytes: self.large_file_bytes,
+            hostile_uris: self.hostile_uris,
         };
         if params.base_ms == 0 {
             return Err("`--base-ms` must be at least 1".to_string());
@@ -219,6 +245,10 @@ impl ServeArgs {
             rate: self.rate,
             live_after: self.live_after_ms.map(Duration::from_millis),
             file_fail_every: nonzero("file-fail-every", self.file_fail_every)?,
+            file_latency: Duration::from_millis(self.file_latency_ms),
+            trickle: nonzero("trickle-every", self.trickle_every)?
+                .map(|k| (k, Duration::from_millis(self.trickle_ms))),
+            request_log: self.request_log.clone(),
             verbose: self.verbose,
             connector: self.connector_id.clone().map(|id| graphql::Existing {
                 id,

@@ -53,7 +53,7 @@ pub fn write_files(m: &Model, plan: &Plan, out: &mut impl Write) -> io::Result<(
             if !seen.insert(key.clone()) {
                 continue;
             }
-            let bytes = files::content(m.params().seed, &key);
+            let bytes = files::served(m, &key);
             let line = serde_json::json!({ "key": key, "base64": files::base64(&bytes) });
             serde_json::to_writer(&mut *out, &line)?;
             out.write_all(b"\n")?;

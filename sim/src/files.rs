@@ -31,6 +31,30 @@ const T_KIND: u64 = 0xf11e_0004;
 const T_INLINE: u64 = 0xf11e_0005;
 const T_BYTES: u64 = 0xf11e_0006;
 
+const T_LARGE: u64 = 0xf11e_0007;
+
+/// Entries `--hostile-uris` adds to every file list: `(name, uri)`. The first
+/// four leave `/storage/get/` once decoded (`..`, `%2e%2e`, `%2f`, `\`) and
+/// must never be requested; the fifth names no file (404); the sixth answers
+/// a redirect to `/evil/redirected`, which must not be followed.
+pub const HOSTILE_URIS: [(&str, &str); 6] = [
+    ("dot-dot.pdf", "/storage/get/../../../evil/collect"),
+    (
+        "encoded-dots.pdf",
+        "/storage/get/import/%2e%2e/%2E%2E/%2e%2e/evil/encoded",
+    ),
+    ("encoded-slash.pdf", "/storage/get/..%2f..%2fevil%2fslash"),
+    (
+        "backslash.pdf",
+        "/storage/get/import\\..\\..\\evil\\backslash",
+    ),
+    ("gone.pdf", "/storage/get/import/Report/missing/gone.pdf"),
+    ("moved.pdf", "/storage/get/redirect/moved.pdf"),
+];
+
+/// Where a file request for a `redirect/` key is sent.
+pub const REDIRECT_TARGET: &str = "/evil/redirected";
+
 /// Smallest and largest file size, bytes.
 pub const MIN_FILE: usize = 1024;
 pub const MAX_FILE: usize = 20 * 1024;
@@ -86,19 +110,81 @@ pub fn key(obj: &Obj, name: &str) -> String {
     )
 }
 
-/// The bytes of the file stored under `key` (1 to 20 KiB).
-pub fn content(seed: u64, key: &str) -> Vec<u8> {
+fn key_hash(seed: u64, key: &str) -> u64 {
     let mut k = mix(seed ^ 0x6669_6c65);
     for &b in key.as_bytes() {
         k = mix(k ^ u64::from(b));
     }
+    k
+}
+
+/// The bytes of the file stored under `key` (1 to 20 KiB).
+pub fn content(seed: u64, key: &str) -> Vec<u8> {
+    let k = key_hash(seed, key);
     let len = MIN_FILE + (h(seed, T_BYTES, k) % (MAX_FILE - MIN_FILE + 1) as u64) as usize;
-    let mut rng = SplitMix::new(k);
     let mut out = Vec::with_capacity(len + 8);
+    let mut rng = SplitMix::new(k);
     while out.len() < len {
         out.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     out.truncate(len);
+    out
+}
+
+/// Whether `key` is served as a large file (`--large-file-every`).
+pub fn is_large(m: &Model, key: &str) -> bool {
+    let p = m.params();
+    p.large_file_every
+        .is_some_and(|every| h(p.seed, T_LARGE, key_hash(p.seed, key)).is_multiple_of(every))
+}
+
+/// The size of the file served for `key`.
+pub fn served_len(m: &Model, key: &str) -> u64 {
+    if is_large(m, key) {
+        m.params().large_file_bytes
+    } else {
+        content(m.params().seed, key).len() as u64
+    }
+}
+
+/// Writes the bytes served for `key` to `w` as they are produced, `chunk`
+/// bytes at a time (a large file is never held in memory); the first bytes
+/// of a large file are those of [`content`].
+pub fn write_served(
+    m: &Model,
+    key: &str,
+    chunk: usize,
+    w: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let len = served_len(m, key);
+    let mut rng = SplitMix::new(key_hash(m.params().seed, key));
+    // Produced 8 bytes at a time as in `content`, handed out `chunk` at a time.
+    let block = (chunk.max(1).div_ceil(8) * 8).max(4096);
+    let mut buf: Vec<u8> = Vec::with_capacity(block);
+    let mut sent = 0u64;
+    while sent < len {
+        buf.clear();
+        let want = (block as u64).min(len - sent) as usize;
+        while buf.len() < want {
+            buf.extend_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        buf.truncate(want);
+        for piece in buf.chunks(chunk.max(1)) {
+            w(piece)?;
+        }
+        sent += want as u64;
+    }
+    Ok(())
+}
+
+/// Every byte served for `key` (for `dump --files` and tests).
+pub fn served(m: &Model, key: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_served(m, key, 1 << 16, &mut |b| {
+        out.extend_from_slice(b);
+        Ok(())
+    })
+    .expect("writing to a Vec cannot fail");
     out
 }
 
@@ -112,7 +198,17 @@ pub fn inline_content(seed: u64, key: &str) -> Vec<u8> {
 
 /// The bytes served for a storage key, or `None` if no object of the model
 /// references that key (inline entries have no key).
+#[cfg(test)]
 pub fn lookup(m: &Model, key: &str) -> Option<Vec<u8>> {
+    exists(m, key).then(|| served(m, key))
+}
+
+/// Whether some object of the model references `key` (not inline).
+pub fn exists(m: &Model, key: &str) -> bool {
+    exists_inner(m, key).is_some()
+}
+
+fn exists_inner(m: &Model, key: &str) -> Option<()> {
     let mut parts = key.splitn(4, '/');
     let (root, entity, id, name) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if root != "import" {
@@ -125,7 +221,7 @@ pub fn lookup(m: &Model, key: &str) -> Option<Vec<u8>> {
     entries(m, &obj)
         .iter()
         .find(|e| e.name == name && !e.inline)
-        .map(|_| content(m.params().seed, key))
+        .map(|_| ())
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -175,6 +271,28 @@ mod tests {
         for (plain, enc) in cases {
             assert_eq!(base64(plain.as_bytes()), enc);
         }
+    }
+
+    #[test]
+    fn served_bytes_do_not_depend_on_the_chunk_size() {
+        let m = Model::new(Params {
+            files_ratio: 1.0,
+            events: 50,
+            large_file_every: Some(1),
+            large_file_bytes: 100_003,
+            ..Params::default()
+        });
+        let key = "import/Report/x/a.pdf";
+        let whole = served(&m, key);
+        assert_eq!(whole.len(), 100_003);
+        assert_eq!(whole[..MIN_FILE], content(1, key)[..MIN_FILE]);
+        let mut trickled = Vec::new();
+        write_served(&m, key, 1, &mut |b| {
+            trickled.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert!(trickled == whole);
     }
 
     #[test]

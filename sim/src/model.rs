@@ -44,6 +44,14 @@ pub struct Params {
     pub avg_size: u64,
     /// Share of events that join the previous event's dependency group, 0..=1.
     pub group_ratio: f64,
+    /// Every K-th object with files (by a hash of its first file's key) has
+    /// that file served with `large_file_bytes` bytes.
+    pub large_file_every: Option<u64>,
+    /// Size of the large files, bytes.
+    pub large_file_bytes: u64,
+    /// Objects with files also list entries whose uri a client must never
+    /// request as such (see [`crate::files::HOSTILE_URIS`]).
+    pub hostile_uris: bool,
 }
 
 impl Default for Params {
@@ -55,6 +63,9 @@ impl Default for Params {
             files_ratio: 0.05,
             avg_size: 1500,
             group_ratio: 0.1,
+            large_file_every: None,
+            large_file_bytes: 100 << 20,
+            hostile_uris: false,
         }
     }
 }
@@ -709,6 +720,20 @@ impl Model {
             raw(out, ",\"mime_type\":");
             jsonw::str(out, e.mime);
             raw(out, ",\"object_marking_refs\":[]}");
+        }
+        if self.p.hostile_uris {
+            for (name, uri) in files::HOSTILE_URIS {
+                raw(out, ",{\"name\":");
+                jsonw::str(out, name);
+                raw(out, ",\"uri\":");
+                jsonw::str(out, uri);
+                raw(out, ",\"version\":");
+                jsonw::iso(out, obj.created_ms);
+                raw(
+                    out,
+                    ",\"mime_type\":\"application/pdf\",\"object_marking_refs\":[]}",
+                );
+            }
         }
         out.push(b']');
     }

@@ -66,6 +66,14 @@ pub struct Config {
     pub live_after: Option<Duration>,
     /// Every K-th file request answers 500.
     pub file_fail_every: Option<u64>,
+    /// Wait this long before answering each file request (an OpenCTI across
+    /// a network).
+    pub file_latency: Duration,
+    /// Every K-th file request trickles: one byte every `trickle_every.1`.
+    pub trickle: Option<(u64, Duration)>,
+    /// Append one line per request (`<method> <path> <token|-> <status>`) to
+    /// this file.
+    pub request_log: Option<std::path::PathBuf>,
     /// Log requests to stderr.
     pub verbose: bool,
     /// A connector the platform knows before any registration.
@@ -95,6 +103,9 @@ impl Config {
             rate: 0,
             live_after: None,
             file_fail_every: None,
+            file_latency: Duration::ZERO,
+            trickle: None,
+            request_log: None,
             verbose: false,
             connector: None,
             graphql_status: None,
@@ -160,6 +171,8 @@ struct Shared {
     file_requests: AtomicU64,
     /// The GraphQL side: connectors, and the headers seen.
     platform: graphql::Platform,
+    /// `--request-log`, opened for appending.
+    request_log: Option<std::sync::Mutex<std::fs::File>>,
 }
 
 fn wall_ms() -> u64 {
@@ -194,6 +207,21 @@ impl Shared {
             stream_requests: AtomicU64::new(0),
             streams: AtomicU64::new(0),
             file_requests: AtomicU64::new(0),
+            request_log: None,
+        }
+    }
+
+    /// Records a request in `--request-log`: method, path as received,
+    /// whether it carried the token, and the status answered.
+    fn record(&self, req: &Request, status: u16) {
+        if let Some(f) = &self.request_log {
+            let token = if req.bearer() == Some(self.cfg.token.as_str()) {
+                "token"
+            } else {
+                "-"
+            };
+            let mut f = f.lock().expect("not poisoned");
+            let _ = writeln!(f, "{} {} {token} {status}", req.method, req.path);
         }
     }
 
@@ -213,7 +241,21 @@ pub fn bind(cfg: &Config) -> io::Result<(TcpListener, SocketAddr)> {
 
 /// Serves `listener` forever on the calling thread.
 pub fn run(listener: TcpListener, cfg: Config) {
-    accept_loop(listener, Arc::new(Shared::new(cfg)));
+    let mut shared = Shared::new(cfg);
+    if let Some(path) = &shared.cfg.request_log {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => shared.request_log = Some(std::sync::Mutex::new(f)),
+            Err(e) => eprintln!(
+                "opencti-stream-sim: cannot open the request log `{}`: {e}",
+                path.display()
+            ),
+        }
+    }
+    accept_loop(listener, Arc::new(shared));
 }
 
 /// Starts a server on a background thread; returns its address.
@@ -304,6 +346,7 @@ fn answer(
     body: &str,
 ) -> io::Result<()> {
     sh.log(|| format!("{} {} -> {status}", req.method, req.path));
+    sh.record(req, status);
     http::respond(
         &mut stream,
         status,
@@ -343,38 +386,7 @@ fn authorized(sh: &Shared, req: &Request) -> bool {
 /// Answers one authorized file request and keeps the connection open.
 fn file_keep_alive(sh: &Shared, req: &Request, stream: &mut TcpStream) -> io::Result<()> {
     let raw_key = req.path.strip_prefix("/storage/get/").unwrap_or("");
-    let n = sh.file_requests.fetch_add(1, Ordering::SeqCst) + 1;
-    let failing = sh
-        .cfg
-        .file_fail_every
-        .is_some_and(|k| k > 0 && n.is_multiple_of(k));
-    let content =
-        http::percent_decode_str(raw_key).and_then(|key| files::lookup(&sh.cfg.model, &key));
-    let (status, body, ctype): (u16, Vec<u8>, &str) = match content {
-        _ if failing => (
-            500,
-            b"injected failure\n".to_vec(),
-            "text/plain; charset=utf-8",
-        ),
-        Some(bytes) => (200, bytes, "application/octet-stream"),
-        None => (404, b"no such file\n".to_vec(), "text/plain; charset=utf-8"),
-    };
-    sh.log(|| {
-        format!(
-            "GET {} -> {status} ({} bytes, kept alive)",
-            req.path,
-            body.len()
-        )
-    });
-    use std::io::Write;
-    write!(
-        stream,
-        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
-        http::reason(status),
-        body.len()
-    )?;
-    stream.write_all(&body)?;
-    stream.flush()
+    serve_file(sh, req, raw_key, stream, false)
 }
 
 fn file_endpoint(
@@ -386,30 +398,86 @@ fn file_endpoint(
     if !authorized(sh, req) {
         return answer(sh, req, stream, 401, "Unauthorized", "unauthorized\n");
     }
+    serve_file(sh, req, raw_key, &mut stream, true)
+}
+
+/// Answers an authorized file request: after `--file-latency-ms`, an
+/// injected 500, a redirect for `redirect/` keys, 404 for unknown keys, else
+/// the file, streamed (trickled for every `--trickle-every`-th request).
+fn serve_file(
+    sh: &Shared,
+    req: &Request,
+    raw_key: &str,
+    stream: &mut TcpStream,
+    close: bool,
+) -> io::Result<()> {
+    use std::io::Write;
     let n = sh.file_requests.fetch_add(1, Ordering::SeqCst) + 1;
-    if sh
+    if !sh.cfg.file_latency.is_zero() {
+        thread::sleep(sh.cfg.file_latency);
+    }
+    let failing = sh
         .cfg
         .file_fail_every
-        .is_some_and(|k| k > 0 && n.is_multiple_of(k))
-    {
-        return answer(
-            sh,
-            req,
+        .is_some_and(|k| k > 0 && n.is_multiple_of(k));
+    let key = http::percent_decode_str(raw_key);
+    let connection = if close { "Connection: close\r\n" } else { "" };
+    let small = |stream: &mut TcpStream, status: u16, extra: &str, body: &[u8]| {
+        sh.log(|| format!("GET {} -> {status}", req.path));
+        sh.record(req, status);
+        write!(
             stream,
-            500,
-            "Internal Server Error",
-            "injected failure\n",
+            "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{extra}{connection}\r\n",
+            http::reason(status),
+            body.len()
+        )?;
+        stream.write_all(body)?;
+        stream.flush()
+    };
+    if failing {
+        return small(stream, 500, "", b"injected failure\n");
+    }
+    let Some(key) = key.filter(|k| k.starts_with("redirect/") || files::exists(&sh.cfg.model, k))
+    else {
+        return small(stream, 404, "", b"no such file\n");
+    };
+    if key.starts_with("redirect/") {
+        let location = format!(
+            "Location: http://127.0.0.1:{}{}\r\n",
+            stream.local_addr().map(|a| a.port()).unwrap_or(0),
+            files::REDIRECT_TARGET
         );
+        return small(stream, 302, &location, b"moved\n");
     }
-    let content =
-        http::percent_decode_str(raw_key).and_then(|key| files::lookup(&sh.cfg.model, &key));
-    match content {
-        Some(bytes) => {
-            sh.log(|| format!("GET {} -> 200 ({} bytes)", req.path, bytes.len()));
-            http::respond(&mut stream, 200, "OK", "application/octet-stream", &bytes)
-        }
-        None => answer(sh, req, stream, 404, "Not Found", "no such file\n"),
+    let len = files::served_len(&sh.cfg.model, &key);
+    let trickle = sh
+        .cfg
+        .trickle
+        .filter(|(every, _)| n.is_multiple_of(*every))
+        .map(|(_, pause)| pause);
+    sh.log(|| {
+        format!(
+            "GET {} -> 200 ({len} bytes{})",
+            req.path,
+            if trickle.is_some() { ", trickled" } else { "" }
+        )
+    });
+    sh.record(req, 200);
+    write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n{connection}\r\n"
+    )?;
+    let mut w = BufWriter::with_capacity(64 << 10, &mut *stream);
+    match trickle {
+        Some(pause) => files::write_served(&sh.cfg.model, &key, 1, &mut |b| {
+            w.write_all(b)?;
+            w.flush()?;
+            thread::sleep(pause);
+            Ok(())
+        })?,
+        None => files::write_served(&sh.cfg.model, &key, 64 << 10, &mut |b| w.write_all(b))?,
     }
+    w.flush()
 }
 
 fn stream_endpoint(
@@ -501,6 +569,7 @@ fn stream_endpoint(
             plan.history.end - plan.history.start,
         )
     });
+    sh.record(req, 200);
     let ordinal = sh.streams.fetch_add(1, Ordering::SeqCst);
     let w = BufWriter::with_capacity(WRITE_BUFFER, stream.try_clone()?);
     let mut conn = Conn {

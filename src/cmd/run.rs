@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use crate::cli::RunArgs;
 use crate::commit::Committer;
 use crate::config::{Config, ConfigError, Recover};
+use crate::fetch::Fetcher;
 use crate::id::{self, EventId};
 use crate::metrics::{self, Metrics, RetryCause};
 use crate::opencti::connector::{Pinger, PING_PERIOD};
@@ -16,7 +17,6 @@ use crate::pipeline::{self, PipelineSettings, StopRule};
 use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
 use crate::stream::client::{Start, StreamClient};
-use crate::transform::{FileFetcher, NoFiles};
 use crate::{exit, http};
 
 /// `run --once` ended because OpenCTI or the storage kept failing.
@@ -241,10 +241,16 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         None => None,
     };
     let client = StreamClient::new(opencti, stream, stop.clone())?;
-    let files: Arc<dyn FileFetcher + Send> = if cfg.fetch_files {
-        Arc::new(http::OpenCtiFiles::new(opencti, cfg.file_retries)?)
+    let files = if cfg.fetch_files {
+        Some(Fetcher::start(
+            http::files_agent(opencti, cfg.files.concurrency)?,
+            &opencti.url,
+            opencti.token.expose(),
+            cfg.files,
+            metrics.clone(),
+        ))
     } else {
-        Arc::new(NoFiles)
+        None
     };
     log::info!(
         "exporting `{}` to {} under `{}/` starting after `{}`{}",
@@ -273,6 +279,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         accept_gap: args.accept_gap,
         first_cut_after,
         policy: cfg.policy.clone(),
+        max_line_bytes: cfg.max_line_bytes,
     };
     let progress = (!quiet).then(|| Progress::start(metrics.clone(), stop.clone(), cfg.log_every));
     let (mut committer, result) =

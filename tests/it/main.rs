@@ -8,6 +8,7 @@
 
 mod support;
 
+mod attachments;
 mod commands;
 mod export;
 mod faults;

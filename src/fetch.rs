@@ -1,0 +1,782 @@
+//! The fetch stage: attached files (PROTOCOL.md §4) fetched ahead of the
+//! workers, many at a time, in bounded memory.
+//!
+//! ```text
+//! [prefetch] --submit(uri)--> [fetch pool: files.concurrency threads] --outcome--> Ticket
+//!  stream order                keep-alive agent, retries with backoff           waited for by
+//!                              content base64-encoded as it arrives             the worker
+//! ```
+//! A [`Fetcher`] owns `files.concurrency` threads sharing one keep-alive
+//! agent. [`Fetcher::submit`] queues a file and returns a [`Ticket`]; the
+//! worker that builds the event's line waits on it. Jobs are started in
+//! submission (stream) order; a job to retry (5xx, timeout, dropped
+//! connection) waits out its backoff in a side list, so it holds neither a
+//! thread nor the files behind it.
+//!
+//! Memory: every byte of content held by a fetch is charged to one global
+//! budget (`files.buffer_bytes`). A fetch that would exceed it waits a little,
+//! then gives its thread back and is tried again later, except the oldest
+//! file not yet taken by a worker, which may always proceed: the worker the
+//! batcher waits for is never starved, and memory stays within the budget
+//! plus that one file.
+//!
+//! Limits: a file larger than `files.max_bytes`, or not received within
+//! `files.deadline_sec` (the whole download, retries included), is given up;
+//! the bytes received so far are handed back with the reason, for the worker
+//! to keep aside. A 4xx answer (404, 403, ...) is final. Redirects are never
+//! followed: the token only goes to the configured OpenCTI's `/storage/get/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::metrics::{Metrics, RetryCause};
+use crate::retry::Backoff;
+
+/// What the fetch stage is allowed to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSettings {
+    /// Requests in flight at most (threads of the pool).
+    pub concurrency: usize,
+    /// Largest file, in bytes as served, that is exported with its content.
+    pub max_bytes: u64,
+    /// Longest time for one file, from the first request to the last byte,
+    /// retries included.
+    pub deadline: Duration,
+    /// Attempts per file for retryable failures.
+    pub retries: u32,
+    /// Content (base64) held by fetches not yet taken by a worker, in bytes.
+    pub buffer_bytes: usize,
+}
+
+impl Default for FileSettings {
+    fn default() -> Self {
+        FileSettings {
+            concurrency: 32,
+            max_bytes: 4 << 20,
+            deadline: Duration::from_secs(120),
+            retries: 3,
+            buffer_bytes: 8 << 20,
+        }
+    }
+}
+
+/// The content of an attached file as standard padded base64.
+pub struct FileContent {
+    base64: String,
+    size: u64,
+    _charge: Charge,
+}
+
+impl FileContent {
+    /// Content encoded from `bytes` at once (fetchers without a budget).
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        FileContent {
+            base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            size: bytes.len() as u64,
+            _charge: Charge::none(),
+        }
+    }
+
+    /// The base64 text.
+    pub fn base64(&self) -> &str {
+        &self.base64
+    }
+
+    /// Bytes received (before encoding).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The base64 text, leaving the budget (the caller now owns the memory).
+    pub fn into_base64(self) -> String {
+        let FileContent { base64, .. } = self;
+        base64
+    }
+}
+
+impl std::fmt::Debug for FileContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileContent({} bytes)", self.size)
+    }
+}
+
+/// What became of an attached file.
+#[derive(Debug)]
+pub enum FileOutcome {
+    /// Its whole content.
+    Fetched(FileContent),
+    /// Given up: why, and what was received when something was.
+    Failed {
+        /// One lowercase sentence.
+        reason: String,
+        /// The bytes received before giving up (over the size cap, past the
+        /// deadline), to be kept aside.
+        kept: Option<FileContent>,
+    },
+}
+
+impl FileOutcome {
+    fn failed(reason: impl Into<String>) -> Self {
+        FileOutcome::Failed {
+            reason: reason.into(),
+            kept: None,
+        }
+    }
+}
+
+/// The request path for an attached file's `uri`: `storage/get/<key>` with
+/// the key normalised (empty and `.` segments dropped), or why it must not
+/// be requested. Whatever host the uri names, only the configured OpenCTI is
+/// asked; a key that could leave `/storage/get/` once decoded by a server or
+/// a proxy (`..`, a backslash, `%2e`, `%2f`, `%5c`, `%25`, a control
+/// character) is refused.
+pub fn storage_path(uri: &str) -> Result<String, String> {
+    const MARK: &str = "storage/get/";
+    let Some(pos) = uri.find(MARK) else {
+        return Err(format!("uri `{uri}` is not under `/storage/get/`"));
+    };
+    let key = &uri[pos + MARK.len()..];
+    if key.chars().any(|c| c == '\\' || c.is_control()) {
+        return Err(format!(
+            "uri `{}` has a backslash or a control character in its storage key",
+            uri.escape_debug()
+        ));
+    }
+    let bytes = key.as_bytes();
+    for (i, _) in key.match_indices('%') {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            if matches!(b, b'.' | b'/' | b'\\' | b'%') || b < 0x20 {
+                return Err(format!(
+                    "uri `{uri}` has an encoded `.`, `/`, `\\` or `%` in its storage key"
+                ));
+            }
+        }
+    }
+    let mut segments = Vec::new();
+    for segment in key.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                return Err(format!(
+                    "uri `{uri}` leaves `/storage/get/` (a `..` segment)"
+                ))
+            }
+            s => segments.push(s),
+        }
+    }
+    if segments.is_empty() {
+        return Err(format!("uri `{uri}` has an empty storage key"));
+    }
+    Ok(format!("{MARK}{}", segments.join("/")))
+}
+
+/// Bytes of base64 for `n` bytes of content.
+fn b64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
+/// The global byte budget of fetched content.
+struct Budget {
+    limit: usize,
+    state: Mutex<BudgetState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct BudgetState {
+    used: usize,
+    /// Files submitted and not yet taken (or dropped) by a worker.
+    outstanding: BTreeSet<u64>,
+}
+
+impl Budget {
+    /// Charges `n` bytes for file `seq`, waiting up to `wait` for room.
+    /// The oldest outstanding file is always granted.
+    fn charge(&self, seq: u64, n: usize, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        let mut st = self.state.lock().expect("not poisoned");
+        loop {
+            let oldest = st.outstanding.first().is_none_or(|&s| s >= seq);
+            if oldest || st.used + n <= self.limit {
+                st.used += n;
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            st = self
+                .cv
+                .wait_timeout(st, until - now)
+                .expect("not poisoned")
+                .0;
+        }
+    }
+
+    fn release(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut st = self.state.lock().expect("not poisoned");
+        st.used = st.used.saturating_sub(n);
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    fn forget(&self, seq: u64) {
+        let mut st = self.state.lock().expect("not poisoned");
+        st.outstanding.remove(&seq);
+        drop(st);
+        self.cv.notify_all();
+    }
+}
+
+/// Bytes charged to the budget, given back on drop.
+struct Charge {
+    budget: Option<Arc<Budget>>,
+    bytes: usize,
+}
+
+impl Charge {
+    fn none() -> Self {
+        Charge {
+            budget: None,
+            bytes: 0,
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.release(self.bytes);
+        }
+    }
+}
+
+struct Job {
+    seq: u64,
+    uri: String,
+    /// `storage/get/<key>`, normalised and percent-encoded.
+    path: String,
+    cancelled: AtomicBool,
+    progress: Mutex<Progress>,
+    result: Mutex<Option<FileOutcome>>,
+    done: Condvar,
+}
+
+struct Progress {
+    attempts: u32,
+    first_start: Option<Instant>,
+    backoff: Backoff,
+}
+
+impl Job {
+    fn finish(&self, outcome: FileOutcome) {
+        *self.result.lock().expect("not poisoned") = Some(outcome);
+        self.done.notify_all();
+    }
+}
+
+/// A file submitted to the fetch stage; [`Ticket::wait`] gives its outcome.
+pub struct Ticket {
+    job: Arc<Job>,
+    budget: Option<Arc<Budget>>,
+}
+
+impl Ticket {
+    /// A ticket already settled (a uri that is never requested).
+    fn settled(uri: &str, outcome: FileOutcome) -> Self {
+        let job = Arc::new(Job {
+            seq: 0,
+            uri: uri.to_string(),
+            path: String::new(),
+            cancelled: AtomicBool::new(false),
+            progress: Mutex::new(Progress {
+                attempts: 0,
+                first_start: None,
+                backoff: Backoff::new(Duration::ZERO, Duration::ZERO),
+            }),
+            result: Mutex::new(Some(outcome)),
+            done: Condvar::new(),
+        });
+        Ticket { job, budget: None }
+    }
+
+    /// The uri as written in the event.
+    pub fn uri(&self) -> &str {
+        &self.job.uri
+    }
+
+    /// Blocks until the file is fetched or given up.
+    pub fn wait(self) -> FileOutcome {
+        let mut slot = self.job.result.lock().expect("not poisoned");
+        loop {
+            if let Some(outcome) = slot.take() {
+                return outcome;
+            }
+            slot = self.job.done.wait(slot).expect("not poisoned");
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.job.cancelled.store(true, Ordering::Relaxed);
+        if let Some(b) = &self.budget {
+            b.forget(self.job.seq);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    ready: BTreeMap<u64, Arc<Job>>,
+    delayed: Vec<(Instant, Arc<Job>)>,
+    closed: bool,
+}
+
+struct Inner {
+    agent: ureq::Agent,
+    base: String,
+    auth: String,
+    settings: FileSettings,
+    queue: Mutex<Queue>,
+    cv: Condvar,
+    budget: Arc<Budget>,
+    next_seq: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// The fetch pool. Dropping it stops its threads once the files already
+/// submitted are done.
+pub struct Fetcher {
+    inner: Arc<Inner>,
+}
+
+/// How long a fetch waits for room in the budget before giving its thread
+/// back (it is tried again after [`BUDGET_RETRY`]).
+const BUDGET_WAIT: Duration = Duration::from_millis(100);
+const BUDGET_RETRY: Duration = Duration::from_millis(50);
+/// Bytes read from the socket at a time (a multiple of 3: no padding inside).
+const READ_CHUNK: usize = 48 * 1024;
+
+impl Fetcher {
+    /// Starts `settings.concurrency` threads fetching from `base_url` (the
+    /// configured `opencti.url`) with `agent`, sending `token`.
+    pub fn start(
+        agent: ureq::Agent,
+        base_url: &str,
+        token: &str,
+        settings: FileSettings,
+        metrics: Arc<Metrics>,
+    ) -> Fetcher {
+        let inner = Arc::new(Inner {
+            agent,
+            base: base_url.trim_end_matches('/').to_string(),
+            auth: format!("Bearer {token}"),
+            settings,
+            queue: Mutex::new(Queue::default()),
+            cv: Condvar::new(),
+            budget: Arc::new(Budget {
+                limit: settings.buffer_bytes,
+                state: Mutex::new(BudgetState::default()),
+                cv: Condvar::new(),
+            }),
+            next_seq: AtomicU64::new(1),
+            metrics,
+        });
+        for _ in 0..settings.concurrency.max(1) {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("fetch".into())
+                .stack_size(512 << 10)
+                .spawn(move || inner.run())
+                .expect("spawn fetch thread");
+        }
+        Fetcher { inner }
+    }
+
+    /// Queues the attached file `uri` (as written in the event); a uri that
+    /// must not be requested gives a ticket already failed.
+    pub fn submit(&self, uri: &str) -> Ticket {
+        let path = match storage_path(uri) {
+            Ok(p) => crate::http::encode_path(&p),
+            Err(reason) => return Ticket::settled(uri, FileOutcome::failed(reason)),
+        };
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let job = Arc::new(Job {
+            seq,
+            uri: uri.to_string(),
+            path,
+            cancelled: AtomicBool::new(false),
+            progress: Mutex::new(Progress {
+                attempts: 0,
+                first_start: None,
+                backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+            }),
+            result: Mutex::new(None),
+            done: Condvar::new(),
+        });
+        self.inner
+            .budget
+            .state
+            .lock()
+            .expect("not poisoned")
+            .outstanding
+            .insert(seq);
+        self.inner
+            .queue
+            .lock()
+            .expect("not poisoned")
+            .ready
+            .insert(seq, job.clone());
+        self.inner.cv.notify_one();
+        Ticket {
+            job,
+            budget: Some(self.inner.budget.clone()),
+        }
+    }
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        self.inner.queue.lock().expect("not poisoned").closed = true;
+        self.inner.cv.notify_all();
+    }
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Done(FileOutcome),
+    /// Worth another attempt after a backoff.
+    Retry(String),
+    /// No room in the budget: try again soon, as if not started.
+    Requeue,
+}
+
+impl Inner {
+    fn run(&self) {
+        while let Some(job) = self.next_job() {
+            if job.cancelled.load(Ordering::Relaxed) {
+                continue;
+            }
+            match self.attempt(&job) {
+                Attempt::Done(outcome) => job.finish(outcome),
+                Attempt::Requeue => {
+                    job.progress.lock().expect("not poisoned").first_start = None;
+                    self.delay(job, BUDGET_RETRY);
+                }
+                Attempt::Retry(reason) => {
+                    let (attempts, left, delay) = {
+                        let mut p = job.progress.lock().expect("not poisoned");
+                        let elapsed = p.first_start.map(|t| t.elapsed()).unwrap_or_default();
+                        let delay = p.backoff.next_delay();
+                        (
+                            p.attempts,
+                            self.settings.deadline.saturating_sub(elapsed),
+                            delay,
+                        )
+                    };
+                    if attempts >= self.settings.retries || left <= delay {
+                        job.finish(FileOutcome::failed(format!(
+                            "{reason} (gave up after {attempts} attempts)"
+                        )));
+                    } else {
+                        self.metrics.inc_retry(RetryCause::FileFetch);
+                        log::debug!(
+                            "attached file `{}`: {reason}; trying again in {:.1} s",
+                            job.uri,
+                            delay.as_secs_f64()
+                        );
+                        self.delay(job, delay);
+                    }
+                }
+            }
+        }
+    }
+
+    fn delay(&self, job: Arc<Job>, d: Duration) {
+        self.queue
+            .lock()
+            .expect("not poisoned")
+            .delayed
+            .push((Instant::now() + d, job));
+        self.cv.notify_one();
+    }
+
+    /// The oldest job ready to start; `None` once the pool is closed.
+    fn next_job(&self) -> Option<Arc<Job>> {
+        let mut q = self.queue.lock().expect("not poisoned");
+        loop {
+            // Once closed, the jobs already submitted are still done: a
+            // worker may be waiting for them.
+            if q.closed && q.ready.is_empty() && q.delayed.is_empty() {
+                return None;
+            }
+            let now = Instant::now();
+            let mut i = 0;
+            while i < q.delayed.len() {
+                if q.delayed[i].0 <= now {
+                    let (_, job) = q.delayed.swap_remove(i);
+                    q.ready.insert(job.seq, job);
+                } else {
+                    i += 1;
+                }
+            }
+            if let Some((_, job)) = q.ready.pop_first() {
+                return Some(job);
+            }
+            let wait = q
+                .delayed
+                .iter()
+                .map(|(t, _)| t.saturating_duration_since(now))
+                .min()
+                .unwrap_or(Duration::from_secs(1));
+            q = self
+                .cv
+                .wait_timeout(q, wait.max(Duration::from_millis(1)))
+                .expect("not poisoned")
+                .0;
+        }
+    }
+
+    fn attempt(&self, job: &Job) -> Attempt {
+        let started = {
+            let mut p = job.progress.lock().expect("not poisoned");
+            p.attempts += 1;
+            *p.first_start.get_or_insert_with(Instant::now)
+        };
+        let deadline = started + self.settings.deadline;
+        let past_deadline = || {
+            format!(
+                "not received within `files.deadline_sec` ({} s)",
+                self.settings.deadline.as_secs()
+            )
+        };
+        let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
+            return Attempt::Done(FileOutcome::failed(past_deadline()));
+        };
+        let url = format!("{}/{}", self.base, job.path);
+        let resp = match self
+            .agent
+            .get(&url)
+            .set("Authorization", &self.auth)
+            .timeout(remaining)
+            .call()
+        {
+            Ok(r) if (200..300).contains(&r.status()) => r,
+            Ok(r) => {
+                return Attempt::Done(FileOutcome::failed(format!(
+                    "`{url}` answered HTTP {} (redirects are not followed)",
+                    r.status()
+                )))
+            }
+            Err(ureq::Error::Status(code, _)) => {
+                let reason = format!("`{url}` answered HTTP {code}");
+                return if code >= 500 || code == 408 || code == 429 {
+                    Attempt::Retry(reason)
+                } else {
+                    Attempt::Done(FileOutcome::failed(reason))
+                };
+            }
+            Err(ureq::Error::Transport(t)) => {
+                if Instant::now() >= deadline {
+                    return Attempt::Done(FileOutcome::failed(past_deadline()));
+                }
+                return Attempt::Retry(format!(
+                    "`{url}`: {}",
+                    crate::stream::client::transport_message(&t)
+                ));
+            }
+        };
+        let announced: Option<u64> = resp
+            .header("Content-Length")
+            .and_then(|v| v.trim().parse().ok());
+        let cap = self.settings.max_bytes;
+        let mut content = FileContent {
+            base64: String::with_capacity(b64_len(
+                announced.unwrap_or(0).min(cap.saturating_add(3)) as usize,
+            )),
+            size: 0,
+            _charge: Charge {
+                budget: Some(self.budget.clone()),
+                bytes: 0,
+            },
+        };
+        let mut reader = resp.into_reader();
+        let mut buf = vec![0u8; READ_CHUNK + 2];
+        let mut carry = 0usize;
+        let engine = &base64::engine::general_purpose::STANDARD;
+        let mut over = false;
+        loop {
+            if job.cancelled.load(Ordering::Relaxed) {
+                return Attempt::Done(FileOutcome::failed("no longer needed"));
+            }
+            // One byte past the cap tells a file over it from one at it.
+            let room = (cap + 1).saturating_sub(content.size + carry as u64);
+            let want = (READ_CHUNK as u64).min(room) as usize;
+            let n = match reader.read(&mut buf[carry..carry + want]) {
+                Ok(0) => break,
+                Ok(n) if content.size + (carry + n) as u64 > cap => {
+                    // Over the cap: keep exactly the cap's worth.
+                    over = true;
+                    (cap - content.size) as usize - carry
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if Instant::now() >= deadline {
+                        let received = self.keep(content, &buf[..carry]);
+                        return Attempt::Done(FileOutcome::Failed {
+                            reason: format!(
+                                "{} ({} bytes received)",
+                                past_deadline(),
+                                received.as_ref().map(|c| c.size).unwrap_or(0)
+                            ),
+                            kept: received,
+                        });
+                    }
+                    return Attempt::Retry(format!("reading `{url}`: {e}"));
+                }
+            };
+            let have = carry + n;
+            let whole = have / 3 * 3;
+            let add = b64_len(whole);
+            if add > 0 {
+                if !self.budget.charge(job.seq, add, BUDGET_WAIT) {
+                    return Attempt::Requeue;
+                }
+                content._charge.bytes += add;
+                engine.encode_string(&buf[..whole], &mut content.base64);
+                content.size += whole as u64;
+            }
+            buf.copy_within(whole..have, 0);
+            carry = have - whole;
+            if over {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let received = self.keep(content, &buf[..carry]);
+                return Attempt::Done(FileOutcome::Failed {
+                    reason: format!(
+                        "{} ({} bytes received)",
+                        past_deadline(),
+                        received.as_ref().map(|c| c.size).unwrap_or(0)
+                    ),
+                    kept: received,
+                });
+            }
+        }
+        if over {
+            let received = self.keep(content, &buf[..carry]);
+            let reason = match announced {
+                Some(len) => format!(
+                    "{len} bytes is over `files.max_bytes` ({cap}); its first {cap} bytes are kept"
+                ),
+                None => format!("over `files.max_bytes` ({cap}); its first {cap} bytes are kept"),
+            };
+            return Attempt::Done(FileOutcome::Failed {
+                reason,
+                kept: received,
+            });
+        }
+        if let Some(len) = announced {
+            if len != content.size + carry as u64 {
+                return Attempt::Retry(format!(
+                    "`{url}` announced {len} bytes and sent {}",
+                    content.size + carry as u64
+                ));
+            }
+        }
+        let content = self.keep(content, &buf[..carry]).unwrap_or(FileContent {
+            base64: String::new(),
+            size: 0,
+            _charge: Charge::none(),
+        });
+        Attempt::Done(FileOutcome::Fetched(content))
+    }
+
+    /// Encodes the last bytes (with padding) and returns the content, or
+    /// `None` when nothing was received.
+    fn keep(&self, mut content: FileContent, tail: &[u8]) -> Option<FileContent> {
+        if !tail.is_empty() {
+            let add = b64_len(tail.len());
+            self.budget.state.lock().expect("not poisoned").used += add;
+            content._charge.bytes += add;
+            base64::engine::general_purpose::STANDARD.encode_string(tail, &mut content.base64);
+            content.size += tail.len() as u64;
+        }
+        (content.size > 0).then_some(content)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_paths_are_normalised() {
+        for (uri, want) in [
+            (
+                "/storage/get/import/Report/x/a.pdf",
+                "storage/get/import/Report/x/a.pdf",
+            ),
+            (
+                "storage/get/import//Report/./x/a b.pdf",
+                "storage/get/import/Report/x/a b.pdf",
+            ),
+            ("http://elsewhere/storage/get/k", "storage/get/k"),
+            (
+                "/storage/get/import/x/rapport%20été.pdf",
+                "storage/get/import/x/rapport%20été.pdf",
+            ),
+        ] {
+            assert_eq!(storage_path(uri).as_deref(), Ok(want), "{uri}");
+        }
+    }
+
+    #[test]
+    fn keys_that_escape_storage_get_are_refused() {
+        for uri in [
+            "/storage/get/../../../evil/collect",
+            "/storage/get/import/../../evil",
+            "/storage/get/%2e%2e/%2E%2E/evil",
+            "/storage/get/..%2f..%2fevil",
+            "/storage/get/import%5c..%5cevil",
+            "/storage/get/import\\..\\evil",
+            "/storage/get/%252e%252e/evil",
+            "/storage/get/a/%00/b",
+            "/storage/get/",
+            "/storage/get//./",
+            "unknown",
+            "/elsewhere/file",
+        ] {
+            assert!(storage_path(uri).is_err(), "{uri} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_oldest_file_is_always_granted_and_others_wait_for_room() {
+        let budget = Budget {
+            limit: 100,
+            state: Mutex::new(BudgetState::default()),
+            cv: Condvar::new(),
+        };
+        budget.state.lock().unwrap().outstanding.extend([1, 2]);
+        assert!(budget.charge(2, 80, Duration::ZERO));
+        assert!(!budget.charge(2, 80, Duration::ZERO), "over the limit");
+        assert!(budget.charge(1, 500, Duration::ZERO), "the oldest passes");
+        budget.release(580);
+        budget.forget(1);
+        assert!(budget.charge(2, 500, Duration::ZERO), "now the oldest");
+    }
+}
