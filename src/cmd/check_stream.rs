@@ -233,9 +233,8 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
         return;
     };
     r.add("connected event", Ok(c.describe()));
-    let first: Option<EventId> = c.first_event_id.as_deref().and_then(|s| s.parse().ok());
-    let retention = match (cursor, first) {
-        (Some((cur, recovering)), Some(first)) if cur < first && cur != EventId::default() => {
+    let retention = match cursor.map(|(cur, recovering)| (cur, recovering, c.gap_after(cur))) {
+        Some((cur, recovering, Some(first))) => {
             if recovering {
                 Ok(format!(
                     "cursor `{cur}` ({}) is older than the first retained event `{first}` ({}), but a snapshot is in progress: objects are sent again from the database",
@@ -250,8 +249,8 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
                 ))
             }
         }
-        (Some((cur, _)), _) => Ok(format!("cursor `{cur}` ({}) is retained", cur.date())),
-        (None, _) => Ok("no cursor yet".into()),
+        Some((cur, _, None)) => Ok(format!("cursor `{cur}` ({}) is retained", cur.date())),
+        None => Ok("no cursor yet".into()),
     };
     r.add("cursor within retention", retention);
 }
