@@ -192,6 +192,19 @@ pub enum Recover {
     Off,
 }
 
+impl Recover {
+    /// The end of the snapshot a new state records, as `recover_until`:
+    /// `None` without a snapshot; `UntilNow` ends at `now_ms`, the time the
+    /// state is made.
+    pub fn until_ms(&self, now_ms: u64) -> Option<u64> {
+        match self {
+            Recover::Off => None,
+            Recover::UntilNow => Some(now_ms),
+            Recover::Until(ms) => Some(*ms),
+        }
+    }
+}
+
 /// The OpenCTI side.
 #[derive(Debug, Clone)]
 pub struct OpenCti {
@@ -1458,6 +1471,14 @@ fn valid_bucket(b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recover_sets_the_end_of_the_snapshot_of_a_new_state() {
+        let now = 1_718_446_500_000;
+        assert_eq!(Recover::Off.until_ms(now), None);
+        assert_eq!(Recover::UntilNow.until_ms(now), Some(now));
+        assert_eq!(Recover::Until(1_000).until_ms(now), Some(1_000));
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

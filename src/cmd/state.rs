@@ -148,11 +148,10 @@ pub fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
         new.start_from = Some(s.to_string());
         new.last_written_msg_id = Some(s.to_string());
     } else if let Ok(stream) = cfg.stream() {
-        new.recover_until = match stream.recover {
-            crate::config::Recover::Off => None,
-            crate::config::Recover::UntilNow => Some(id::ms_to_iso(crate::clock::now_ms())),
-            crate::config::Recover::Until(ms) => Some(id::ms_to_iso(ms)),
-        };
+        new.recover_until = stream
+            .recover
+            .until_ms(crate::clock::now_ms())
+            .map(id::ms_to_iso);
         if let Some(st) = stream.start {
             new.start_from = Some(st.to_string());
             new.last_written_msg_id = Some(st.to_string());
