@@ -72,7 +72,7 @@ Register-ArgumentCompleter -Native -CommandName 'opencti-stream-exporter' -Scrip
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'Print the saved state: cursor, next file number, pending upload, last run')
-            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Go back to a first run, optionally with a given cursor and file number')
+            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Reset the stream position (the file numbering is kept), optionally to a given cursor')
             [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Take over from the reference Python connector: read its state from OpenCTI and save it as this tool''s state')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -94,18 +94,19 @@ Register-ArgumentCompleter -Native -CommandName 'opencti-stream-exporter' -Scrip
         }
         'opencti-stream-exporter;state;reset' {
             [CompletionResult]::new('--start-from', '--start-from', [CompletionResultType]::ParameterName, 'Resume after this position: an ISO date with a zone, epoch milliseconds, or `<ms>-<seq>`')
-            [CompletionResult]::new('--file-count', '--file-count', [CompletionResultType]::ParameterName, 'Number of the last file the importer has read (the next file is N+1)')
+            [CompletionResult]::new('--file-count', '--file-count', [CompletionResultType]::ParameterName, 'Number of the last file the importer has read (the next file is N+1); never lower than what the export stored')
             [CompletionResult]::new('-c', '-c', [CompletionResultType]::ParameterName, 'YAML configuration file [default: ./config.yml when present]')
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'YAML configuration file [default: ./config.yml when present]')
             [CompletionResult]::new('--state', '--state', [CompletionResultType]::ParameterName, 'State file [default: `state.path`, else next to the config file]')
             [CompletionResult]::new('-y', '-y', [CompletionResultType]::ParameterName, 'Do not ask for confirmation')
             [CompletionResult]::new('--yes', '--yes', [CompletionResultType]::ParameterName, 'Do not ask for confirmation')
+            [CompletionResult]::new('--importer-was-reset', '--importer-was-reset', [CompletionResultType]::ParameterName, 'The importer''s own file count was reset too: allow a `--file-count` lower than what the export stored')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print only warnings and errors')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print only warnings and errors')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Print more (-v: debug, -vv: trace)')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Print more (-v: debug, -vv: trace)')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
@@ -129,7 +130,7 @@ Register-ArgumentCompleter -Native -CommandName 'opencti-stream-exporter' -Scrip
         }
         'opencti-stream-exporter;state;help' {
             [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'Print the saved state: cursor, next file number, pending upload, last run')
-            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Go back to a first run, optionally with a given cursor and file number')
+            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Reset the stream position (the file numbering is kept), optionally to a given cursor')
             [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Take over from the reference Python connector: read its state from OpenCTI and save it as this tool''s state')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -174,7 +175,7 @@ Register-ArgumentCompleter -Native -CommandName 'opencti-stream-exporter' -Scrip
         }
         'opencti-stream-exporter;help;state' {
             [CompletionResult]::new('show', 'show', [CompletionResultType]::ParameterValue, 'Print the saved state: cursor, next file number, pending upload, last run')
-            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Go back to a first run, optionally with a given cursor and file number')
+            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Reset the stream position (the file numbering is kept), optionally to a given cursor')
             [CompletionResult]::new('import', 'import', [CompletionResultType]::ParameterValue, 'Take over from the reference Python connector: read its state from OpenCTI and save it as this tool''s state')
             break
         }

@@ -416,7 +416,7 @@ _opencti__stream__exporter() {
             return 0
             ;;
         opencti__stream__exporter__subcmd__state__subcmd__reset)
-            opts="-y -c -q -v -h -V --yes --start-from --file-count --config --state --quiet --verbose --help --version"
+            opts="-y -c -q -v -h -V --yes --start-from --file-count --importer-was-reset --config --state --quiet --verbose --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

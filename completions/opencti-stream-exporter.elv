@@ -67,7 +67,7 @@ set edit:completion:arg-completer[opencti-stream-exporter] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
             cand show 'Print the saved state: cursor, next file number, pending upload, last run'
-            cand reset 'Go back to a first run, optionally with a given cursor and file number'
+            cand reset 'Reset the stream position (the file numbering is kept), optionally to a given cursor'
             cand import 'Take over from the reference Python connector: read its state from OpenCTI and save it as this tool''s state'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -87,18 +87,19 @@ set edit:completion:arg-completer[opencti-stream-exporter] = {|@words|
         }
         &'opencti-stream-exporter;state;reset'= {
             cand --start-from 'Resume after this position: an ISO date with a zone, epoch milliseconds, or `<ms>-<seq>`'
-            cand --file-count 'Number of the last file the importer has read (the next file is N+1)'
+            cand --file-count 'Number of the last file the importer has read (the next file is N+1); never lower than what the export stored'
             cand -c 'YAML configuration file [default: ./config.yml when present]'
             cand --config 'YAML configuration file [default: ./config.yml when present]'
             cand --state 'State file [default: `state.path`, else next to the config file]'
             cand -y 'Do not ask for confirmation'
             cand --yes 'Do not ask for confirmation'
+            cand --importer-was-reset 'The importer''s own file count was reset too: allow a `--file-count` lower than what the export stored'
             cand -q 'Print only warnings and errors'
             cand --quiet 'Print only warnings and errors'
             cand -v 'Print more (-v: debug, -vv: trace)'
             cand --verbose 'Print more (-v: debug, -vv: trace)'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
         }
@@ -120,7 +121,7 @@ set edit:completion:arg-completer[opencti-stream-exporter] = {|@words|
         }
         &'opencti-stream-exporter;state;help'= {
             cand show 'Print the saved state: cursor, next file number, pending upload, last run'
-            cand reset 'Go back to a first run, optionally with a given cursor and file number'
+            cand reset 'Reset the stream position (the file numbering is kept), optionally to a given cursor'
             cand import 'Take over from the reference Python connector: read its state from OpenCTI and save it as this tool''s state'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -157,7 +158,7 @@ set edit:completion:arg-completer[opencti-stream-exporter] = {|@words|
         }
         &'opencti-stream-exporter;help;state'= {
             cand show 'Print the saved state: cursor, next file number, pending upload, last run'
-            cand reset 'Go back to a first run, optionally with a given cursor and file number'
+            cand reset 'Reset the stream position (the file numbering is kept), optionally to a given cursor'
             cand import 'Take over from the reference Python connector: read its state from OpenCTI and save it as this tool''s state'
         }
         &'opencti-stream-exporter;help;state;show'= {

@@ -128,7 +128,7 @@ pub struct RunArgs {
 pub enum StateCommand {
     /// Print the saved state: cursor, next file number, pending upload, last run
     Show(ShowArgs),
-    /// Go back to a first run, optionally with a given cursor and file number
+    /// Reset the stream position (the file numbering is kept), optionally to a given cursor
     Reset(ResetArgs),
     /// Take over from the reference Python connector: read its state from OpenCTI and save it as this tool's state
     ///
@@ -160,9 +160,19 @@ pub struct ResetArgs {
     #[arg(long, value_name = "POSITION")]
     pub start_from: Option<String>,
 
-    /// Number of the last file the importer has read (the next file is N+1)
+    /// Number of the last file the importer has read (the next file is N+1); never lower than what the export stored
+    ///
+    /// Without it the numbering is kept: a reset changes the stream position
+    /// only. A lower number is refused unless `--importer-was-reset`.
     #[arg(long, value_name = "N")]
     pub file_count: Option<u64>,
+
+    /// The importer's own file count was reset too: allow a `--file-count` lower than what the export stored
+    ///
+    /// Refused while the folder or the done location still holds a file
+    /// numbered above it. The export gets a new identity.
+    #[arg(long, requires = "file_count")]
+    pub importer_was_reset: bool,
 }
 
 /// Options of `state import`.
@@ -232,8 +242,10 @@ pub fn man_sections(page: &str) -> Vec<ManSection> {
                 .to_string(),
         ),
         (
-            "HTTPS_PROXY, HTTP_PROXY, NO_PROXY".to_string(),
-            "Proxies for outgoing requests (see the README for which side honours them)."
+            "HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY".to_string(),
+            "Proxies for outgoing requests. For OpenCTI (the stream, attached files and \
+             GraphQL) chosen as pycti's requests does: by the scheme of opencti.url, \
+             lower-case names first, http:// proxies only; the S3 side reads them too."
                 .to_string(),
         ),
         (

@@ -11,17 +11,46 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// never a mix (see [`replace`]), creating the missing parent directories
 /// first. `private` creates the file mode 0600.
 pub fn write_atomic(path: &Path, body: &[u8], private: bool) -> io::Result<()> {
+    let path = &resolve_links(path)?;
     fs::create_dir_all(parent_dir(path))?;
     replace(path, body, private)
 }
 
+/// The file a path names once symbolic links are followed (a dangling
+/// link names its target, which a write creates): a state file linked into
+/// a persistent volume is written there, and the link stays.
+pub fn resolve_links(path: &Path) -> io::Result<PathBuf> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = fs::read_link(&p)?;
+                p = if target.is_absolute() {
+                    target
+                } else {
+                    parent_dir(&p).join(target)
+                };
+            }
+            _ => return Ok(p),
+        }
+    }
+    Err(io::Error::other(format!(
+        "`{}`: too many levels of symbolic links",
+        path.display()
+    )))
+}
+
 /// Replaces `path` with `body` in a directory that must exist: a hidden
-/// temporary file (`.<name>.tmp-<pid>-<n>`, which the directory destination
-/// recognises and never lists) in the same directory, fsynced, renamed over
-/// `path`, then the directory fsynced so the rename survives a crash. On
-/// failure the temporary file is removed. `private` creates it mode 0600.
+/// temporary file (`.<name>.tmp-<run id>-<n>`, unique to the run across
+/// hosts, which the directory destination recognises and never lists)
+/// created anew (a link placed at that name is never followed) in the same
+/// directory, fsynced, renamed over `path`, then the directory fsynced so
+/// the rename survives a crash. A `path` that is a symbolic link is written
+/// through to its target. On failure the temporary file is removed.
+/// `private` creates it mode 0600.
 pub fn replace(path: &Path, body: &[u8], private: bool) -> io::Result<()> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
+    let path = &resolve_links(path)?;
     let Some(name) = path.file_name() else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -32,7 +61,7 @@ pub fn replace(path: &Path, body: &[u8], private: bool) -> io::Result<()> {
     let tmp = dir.join(format!(
         ".{}.tmp-{}-{}",
         name.to_string_lossy(),
-        std::process::id(),
+        crate::clock::run_id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
@@ -64,7 +93,8 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 fn create(path: &Path, private: bool) -> io::Result<File> {
     let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    // O_EXCL: never through a link someone placed at the temporary name.
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     if private {
         use std::os::unix::fs::OpenOptionsExt;

@@ -153,6 +153,13 @@ enum Work {
 /// of per event.
 const CHUNK: usize = 128;
 
+/// The events of an open id group the reader holds back, at most: past
+/// this the group is handed on, and a resend of it after a dropped
+/// connection is recognised by count instead.
+const OPEN_GROUP_MAX_EVENTS: usize = 4 * CHUNK;
+/// The same bound in bytes of data.
+const OPEN_GROUP_MAX_BYTES: usize = 8 << 20;
+
 struct Reader {
     senders: Vec<Sender<Vec<Work>>>,
     next: usize,
@@ -174,6 +181,18 @@ struct Reader {
     accepted_gaps: Arc<Mutex<Vec<String>>>,
     /// Names of unknown control frames already logged (a few at most).
     unknown_frames: std::collections::HashSet<String>,
+    /// The events of the open id group (`last_seen`, above `complete`),
+    /// held back: after a dropped connection the server sends the whole
+    /// group again, so what was not handed on is dropped and taken from
+    /// the resend, and no line is written twice.
+    open: Vec<Work>,
+    /// Data bytes in `open`.
+    open_bytes: usize,
+    /// Events of the open group already handed on (it outgrew the bounds).
+    open_handed: u64,
+    /// After a reconnect inside a group: that group's id, and how many of
+    /// its resent events were handed on before and are skipped.
+    resend_skip: Option<(EventId, u64)>,
 }
 
 impl Reader {
@@ -239,9 +258,12 @@ impl Reader {
         Flow::Continue
     }
 
-    fn track(&mut self, id: EventId) {
+    fn track(&mut self, id: EventId) -> Flow {
+        let mut flow = Flow::Continue;
         match self.last_seen {
             Some(last) if id > last => {
+                // The open group is complete: hand it on.
+                flow = self.release_open();
                 self.complete = Some(last);
                 self.last_seen = Some(id);
             }
@@ -251,6 +273,69 @@ impl Reader {
         if let Some(c) = self.complete {
             self.metrics.set_received_ms(c.ms);
         }
+        flow
+    }
+
+    /// Holds `w` back when it belongs to the open group, else hands it on.
+    fn hand_on(&mut self, id: EventId, w: Work) -> Flow {
+        let open = self.last_seen == Some(id) && self.complete.is_none_or(|c| id > c);
+        if !open {
+            return self.send(w);
+        }
+        self.open_bytes += match &w {
+            Work::Data { data, .. } => data.len(),
+            Work::Dead { letter, .. } => letter.raw.len(),
+            Work::Mark(_) => 0,
+        };
+        self.open.push(w);
+        if self.open.len() >= OPEN_GROUP_MAX_EVENTS || self.open_bytes >= OPEN_GROUP_MAX_BYTES {
+            return self.hand_on_open();
+        }
+        Flow::Continue
+    }
+
+    /// Hands on what is held of the open group; it stays open.
+    fn hand_on_open(&mut self) -> Flow {
+        self.open_handed += self.open.len() as u64;
+        self.open_bytes = 0;
+        for w in std::mem::take(&mut self.open) {
+            if self.send(w) == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The open group is complete (or the run ends): hands it on.
+    fn release_open(&mut self) -> Flow {
+        let flow = self.hand_on_open();
+        self.open_handed = 0;
+        self.resend_skip = None;
+        flow
+    }
+
+    /// Whether `id` is a resent event of a group that was already handed on.
+    fn is_resent(&mut self, id: EventId) -> bool {
+        match &mut self.resend_skip {
+            Some((g, n)) if *g == id && *n > 0 => {
+                *n -= 1;
+                true
+            }
+            Some((g, _)) if *g != id => {
+                self.resend_skip = None;
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// End of the run: everything held is handed on (the batcher keeps the
+    /// cursor before a group that was never completed).
+    fn finish(&mut self) -> Flow {
+        if self.release_open() == Flow::Stop {
+            return Flow::Stop;
+        }
+        self.flush()
     }
 
     fn done(&self) -> bool {
@@ -276,7 +361,10 @@ impl Reader {
             size: msg.oversized.unwrap_or(msg.data.len()),
             base64: false,
         };
-        self.send(Work::Dead { id, letter })
+        match id {
+            Some(i) => self.hand_on(i, Work::Dead { id, letter }),
+            None => self.send(Work::Dead { id, letter }),
+        }
     }
 }
 
@@ -308,12 +396,16 @@ impl Handler for Reader {
                 Some(h) if self.last_seen.is_none_or(|l| h > l) => {
                     if self.stop_rule.until.is_some_and(|u| h > u) {
                         // Past the window's end: everything in it is complete.
+                        let _ = self.release_open();
                         let _ = self.send(Work::Mark(h));
                         return Flow::Stop;
                     }
                     // Everything sent so far is complete; the heartbeat id
                     // itself is no resume point (it can run ahead of a
                     // snapshot in progress).
+                    if self.release_open() == Flow::Stop {
+                        return Flow::Stop;
+                    }
                     if let Some(l) = self.last_seen {
                         self.complete = Some(l);
                         self.metrics.set_received_ms(l.ms);
@@ -350,24 +442,33 @@ impl Handler for Reader {
                 self.metrics.inc_received();
                 match parsed {
                     Some(id) => {
+                        if self.is_resent(id) {
+                            return Flow::Continue;
+                        }
                         if let Some(u) = self.stop_rule.until {
                             if id > u {
                                 // Not exported: it only proves the window complete.
+                                let _ = self.release_open();
                                 let _ = self.send(Work::Mark(id));
                                 return Flow::Stop;
                             }
                         }
-                        self.track(id);
+                        if self.track(id) == Flow::Stop {
+                            return Flow::Stop;
+                        }
                         if let Some(size) = msg.oversized {
                             let reason =
                                 format!("event of {size} bytes exceeds `stream.max_event_bytes`");
                             self.dead(Some(id), &msg, reason)
                         } else {
-                            self.send(Work::Data {
+                            self.hand_on(
                                 id,
-                                event: msg.event,
-                                data: msg.data,
-                            })
+                                Work::Data {
+                                    id,
+                                    event: msg.event,
+                                    data: msg.data,
+                                },
+                            )
                         }
                     }
                     None => {
@@ -407,6 +508,27 @@ impl Handler for Reader {
         self.metrics.set_stream_connected(false);
         self.metrics.inc_reconnect();
         self.metrics.inc_retry(RetryCause::Stream);
+        // The server resumes after `complete`: the open group comes again.
+        let Some(group) = self
+            .last_seen
+            .filter(|l| self.complete.is_none_or(|c| *l > c))
+        else {
+            return;
+        };
+        let dropped = self.open.len();
+        self.open.clear();
+        self.open_bytes = 0;
+        self.resend_skip = Some((group, self.open_handed));
+        if dropped > 0 || self.open_handed > 0 {
+            log::info!(
+                "the connection dropped inside id group `{group}`: its {dropped} events not yet handed on are dropped and taken from the server's resend{}",
+                if self.open_handed > 0 {
+                    format!(", whose first {} events (handed on already) are skipped", self.open_handed)
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
 
     fn on_read_end(&mut self) -> Flow {
@@ -644,6 +766,10 @@ pub fn run(
             gap: None,
             accepted_gaps: committer.accepted_gaps(),
             unknown_frames: Default::default(),
+            open: Vec::new(),
+            open_bytes: 0,
+            open_handed: 0,
+            resend_skip: None,
         };
         let start = settings.start;
         let stream_error = stream_error.clone();
@@ -653,7 +779,7 @@ pub fn run(
             .spawn(move || {
                 let result = client.run(start, &mut reader);
                 reader.metrics.set_stream_connected(false);
-                reader.flush();
+                reader.finish();
                 if let Some(e) = reader.gap.take().map(Err).unwrap_or(result).err() {
                     *stream_error.lock().expect("not poisoned") = Some(e);
                 }
@@ -803,5 +929,110 @@ mod tests {
             ..Connected::default()
         };
         assert_eq!(odd.gap_after(id("1-0")), None);
+    }
+
+    fn reader(tx: Sender<Vec<Work>>) -> Reader {
+        Reader {
+            senders: vec![tx],
+            next: 0,
+            pending: Vec::new(),
+            metrics: Arc::default(),
+            last_seen: None,
+            complete: None,
+            heartbeat: None,
+            stop_rule: StopRule::default(),
+            recover_until_ms: None,
+            once_target: None,
+            connected: Arc::default(),
+            start_after: None,
+            accept_gap: false,
+            gap: None,
+            accepted_gaps: Arc::default(),
+            unknown_frames: Default::default(),
+            open: Vec::new(),
+            open_bytes: 0,
+            open_handed: 0,
+            resend_skip: None,
+        }
+    }
+
+    fn msg(event: &str, id: &str, data: &str) -> SseMessage {
+        SseMessage {
+            id: Some(id.into()),
+            event: event.into(),
+            data: data.as_bytes().to_vec(),
+            oversized: None,
+        }
+    }
+
+    /// The data handed on, as `id:data`, once the reader has finished.
+    fn handed_on(mut r: Reader, rx: &Receiver<Vec<Work>>) -> Vec<String> {
+        r.finish();
+        drop(r);
+        rx.iter()
+            .flatten()
+            .filter_map(|w| match w {
+                Work::Data { id, data, .. } => {
+                    Some(format!("{id}:{}", String::from_utf8_lossy(&data)))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_open_when_the_connection_drops_is_taken_from_the_resend_once() {
+        let (tx, rx) = bounded(1000);
+        let mut r = reader(tx);
+        r.on_message(msg("create", "1-0", "a"));
+        r.on_message(msg("create", "2-0", "b"));
+        r.on_message(msg("create", "2-0", "c"));
+        r.on_disconnect("dropped");
+        assert_eq!(r.resume_after(), Some(EventId::at_ms(1)));
+        // The server resends group 2 whole, then goes on.
+        r.on_message(msg("create", "2-0", "b"));
+        r.on_message(msg("create", "2-0", "c"));
+        r.on_message(msg("create", "3-0", "d"));
+        r.on_message(msg("heartbeat", "4-0", "\"now\""));
+        assert_eq!(handed_on(r, &rx), vec!["1-0:a", "2-0:b", "2-0:c", "3-0:d"]);
+    }
+
+    #[test]
+    fn a_group_too_large_to_hold_skips_what_was_handed_on_from_the_resend() {
+        let (tx, rx) = bounded(10_000);
+        let mut r = reader(tx);
+        let n = OPEN_GROUP_MAX_EVENTS + 3;
+        r.on_message(msg("create", "1-0", "a"));
+        for i in 0..n {
+            r.on_message(msg("create", "2-0", &i.to_string()));
+        }
+        r.on_disconnect("dropped");
+        // A second drop in the middle of the resend.
+        for i in 0..5 {
+            r.on_message(msg("create", "2-0", &i.to_string()));
+        }
+        r.on_disconnect("dropped again");
+        for i in 0..n {
+            r.on_message(msg("create", "2-0", &i.to_string()));
+        }
+        r.on_message(msg("update", "3-0", "z"));
+        let got = handed_on(r, &rx);
+        let mut want = vec!["1-0:a".to_string()];
+        want.extend((0..n).map(|i| format!("2-0:{i}")));
+        want.push("3-0:z".into());
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_drop_after_a_complete_group_skips_nothing() {
+        let (tx, rx) = bounded(1000);
+        let mut r = reader(tx);
+        r.on_message(msg("create", "1-0", "a"));
+        r.on_message(msg("heartbeat", "1-5", "\"now\""));
+        r.on_disconnect("dropped");
+        assert_eq!(r.resume_after(), Some(EventId::at_ms(1)));
+        r.on_message(msg("create", "2-0", "b"));
+        r.on_message(msg("create", "2-0", "c"));
+        assert_eq!(handed_on(r, &rx), vec!["1-0:a", "2-0:b", "2-0:c"]);
     }
 }

@@ -7,9 +7,17 @@
 //!
 //! Writes go to a temporary file that is fsynced, renamed over the state and
 //! followed by an fsync of the directory; files are created mode 0600. A
-//! state that cannot be read is an error, never a silent reset. The
-//! exclusive lock lives in a separate `<state>.lock` file, because the state
-//! file itself is replaced on every save.
+//! state file that is a symbolic link (into a persistent volume) is written
+//! through to its target: the link stays. Temporary files are created anew
+//! with a name unique to the run, and neither they nor the lock file follow
+//! a symbolic link someone else placed. A state that cannot be read is an
+//! error, never a silent reset. The exclusive lock lives in a separate
+//! `<state>.lock` file, because the state file itself is replaced on every
+//! save.
+//!
+//! A state written by the reference exporter resumes where the reference
+//! itself would: after `last_written_msg_id` (its `start_from` is the last
+//! id *received*, ahead of what was written), keeping `file_count`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -74,6 +82,9 @@ pub struct State {
     /// Millisecond stamp of the last key used; keys never go below it.
     #[serde(default)]
     pub last_key_ms: u64,
+    /// The export this state belongs to (see [`crate::marker`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export_id: Option<String>,
     /// The upload in progress, if the process stopped during one.
     #[serde(default)]
     pub pending: Option<Pending>,
@@ -152,7 +163,7 @@ impl State {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// Unreadable content: never reset silently.
-    #[error("state file `{path}` is corrupt ({reason}): repair it, move it aside, or run `opencti-stream-exporter state reset` to start over")]
+    #[error("state file `{path}` is corrupt ({reason}): repair it, move it aside (the next run resumes from the export's own record in the destination), or run `opencti-stream-exporter state reset --start-from <position>`, which keeps the file numbering and key stamps the destination records")]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -207,6 +218,67 @@ fn io_err(path: &Path, source: std::io::Error) -> StateError {
     }
 }
 
+/// Where the committer saves the state.
+pub trait StateStore: Send {
+    /// Saves `state` so that a crash leaves the old or the new one.
+    fn save(&mut self, state: &State) -> Result<(), StateError>;
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+}
+
+/// The state file at a path.
+#[derive(Debug, Clone)]
+pub struct StateFile(pub PathBuf);
+
+impl StateStore for StateFile {
+    fn save(&mut self, state: &State) -> Result<(), StateError> {
+        save(&self.0, state)
+    }
+
+    fn describe(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl State {
+    /// Whether this state was written by the reference exporter (it has
+    /// none of the keys only this tool writes).
+    pub fn is_reference(&self) -> bool {
+        self.updated_at.is_empty()
+            && self.last_key_ms == 0
+            && self.export_id.is_none()
+            && self.pending.is_none()
+            && self.last_run.is_none()
+    }
+
+    /// Brings a reference state to this tool's meaning: the cursor is
+    /// `last_written_msg_id` (what was stored), not `start_from` (what was
+    /// received); with nothing written, the reference starts over from its
+    /// configuration and so does this. Returns what changed, for the log.
+    pub fn adopt_reference_cursor(&mut self) -> Option<String> {
+        let written = self.last_written_msg_id.clone();
+        match (&self.start_from, &written) {
+            (Some(from), Some(w)) if from != w => {
+                let note = format!(
+                    "the state's `start_from` `{from}` is ahead of `last_written_msg_id` `{w}` (a state of the reference exporter: it saves the last id received): resuming after `{w}`, the last id stored, with file {} next",
+                    self.file_count + 1
+                );
+                self.start_from = Some(w.clone());
+                Some(note)
+            }
+            (Some(from), None) if self.is_reference() => {
+                let note = format!(
+                    "the state has `start_from` `{from}` but no `last_written_msg_id` (a state of the reference exporter that never stored a file): starting from the configuration, as the reference does, with file {} next",
+                    self.file_count + 1
+                );
+                self.start_from = None;
+                Some(note)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Reads the state; `Ok(None)` when there is no file yet.
 pub fn load(path: &Path) -> Result<Option<State>, StateError> {
     let text = match fs::read(path) {
@@ -220,14 +292,23 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
             reason: "the file is empty".into(),
         });
     }
-    let state: State = serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
+    let mut state: State = serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
         path: path.into(),
         reason: e.to_string(),
     })?;
+    if let Some(w) = &state.last_written_msg_id {
+        w.parse::<EventId>().map_err(|e| StateError::Corrupt {
+            path: path.into(),
+            reason: format!("`last_written_msg_id`: {e}"),
+        })?;
+    }
     state.cursor().map_err(|reason| StateError::Corrupt {
         path: path.into(),
         reason,
     })?;
+    if let Some(note) = state.adopt_reference_cursor() {
+        log::warn!("{note}");
+    }
     if let Some(p) = &state.pending {
         if crate::dest::naming::file_number(&p.key) != Some(p.file_number) {
             return Err(StateError::Corrupt {
@@ -282,9 +363,19 @@ pub fn lock(state: &Path) -> Result<StateLock, StateError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        // Never through a link someone placed at the lock's name.
+        opts.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
-    let mut file = opts.open(&path).map_err(|e| io_err(&path, e))?;
+    let mut file = opts.open(&path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            io_err(
+                &path,
+                std::io::Error::other("it is a symbolic link; the lock file is never followed through one: remove the link"),
+            )
+        } else {
+            io_err(&path, e)
+        }
+    })?;
     match file.try_lock() {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
@@ -384,6 +475,58 @@ mod tests {
             );
         }
         assert!(load(&dir.path().join("missing.json")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_reference_state_resumes_after_what_it_wrote_and_keeps_its_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.json");
+        fs::write(&path, r#"{"start_from":"900-0","last_written_msg_id":"100-2","recover_until":false,"file_count":41}"#).unwrap();
+        let s = load(&path).unwrap().unwrap();
+        assert_eq!(s.cursor().unwrap(), Some(EventId { ms: 100, seq: 2 }));
+        assert_eq!(s.file_count, 41);
+        // Nothing written yet: the reference starts over from its configuration.
+        fs::write(&path, r#"{"start_from":"900-0","file_count":0}"#).unwrap();
+        assert_eq!(load(&path).unwrap().unwrap().cursor().unwrap(), None);
+        fs::write(&path, r#"{"start_from":"900-0","last_written_msg_id":"x"}"#).unwrap();
+        assert!(load(&path).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_state_is_written_through_and_links_are_never_followed_for_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("volume");
+        fs::create_dir(&volume).unwrap();
+        let target = volume.join("state.json");
+        let link = dir.path().join("state.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let s = State {
+            file_count: 3,
+            ..State::default()
+        };
+        save(&link, &s).unwrap();
+        save(&link, &s).unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(load(&target).unwrap().unwrap().file_count, 3);
+        // No temporary file left in either directory.
+        for d in [dir.path(), volume.as_path()] {
+            let names: Vec<String> = fs::read_dir(d)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".tmp-"))
+                .collect();
+            assert!(names.is_empty(), "{names:?}");
+        }
+        // A link placed at the lock's name is not followed.
+        let elsewhere = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&elsewhere, lock_path(&link)).unwrap();
+        let e = lock(&link).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(!elsewhere.exists());
     }
 
     #[test]

@@ -244,7 +244,7 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
                 ))
             } else {
                 Err(format!(
-                    "cursor `{cur}` ({}) is older than the first event the server retains, `{first}` ({}): events between them were LOST on the server side and cannot be exported; raise the stream's retention, or start over with a snapshot (`state reset`)",
+                    "cursor `{cur}` ({}) is older than the first event the server retains, `{first}` ({}): events between them were LOST on the server side and cannot be exported; raise the stream's retention, or start over with a snapshot (`state reset`, which keeps the file numbering)",
                     cur.date(),
                     first.date()
                 ))
@@ -314,6 +314,27 @@ fn check_storage(cfg: &Config, r: &mut Report) {
         result
             .map(|_| format!("probe `{key}` written, read back and deleted"))
             .map_err(|e| format!("{what}: {e}")),
+    );
+    // Another export folder whose name starts with this one's (or the
+    // other way round) is read by the wrong importer.
+    let own = format!("{}/", crate::marker::OWN_PREFIX);
+    let clashes = files
+        .list(&cfg.folder)
+        .and_then(|prefixed| Ok((prefixed, files.list(&own)?)))
+        .map(|(prefixed, markers)| crate::marker::folder_clashes(&cfg.folder, &prefixed, &markers));
+    r.add(
+        "folder read alone by its importer",
+        match clashes {
+            Ok(c) if c.is_empty() => Ok(format!(
+                "no other key or export folder starts with `{}`",
+                cfg.folder
+            )),
+            Ok(c) => Err(format!(
+                "{}; give each export a folder whose name is not the start of another's",
+                c.join("; ")
+            )),
+            Err(e) => Err(format!("{what}: {e}")),
+        },
     );
     let mut dead = dests.dead;
     let dwhat = dead.describe();

@@ -11,6 +11,7 @@ use anyhow::Result;
 use crate::cli::{Cli, Command, StateCommand};
 use crate::config::{self, Config, Overrides};
 use crate::dest::dir::DirDestination;
+use crate::dest::fault;
 use crate::dest::s3::S3Destination;
 use crate::dest::{Destination, Destinations};
 
@@ -46,6 +47,16 @@ fn register_secrets(cfg: &Config) {
         if let Some(p) = crate::secret::url_password(&o.url) {
             crate::secret::register(p);
         }
+        for (_, value) in &o.custom_headers {
+            crate::secret::register(value.expose());
+        }
+        if let Some(p) = o
+            .proxy
+            .as_ref()
+            .and_then(|p| crate::secret::url_password(p.expose()))
+        {
+            crate::secret::register(p);
+        }
     }
     if let Ok(config::Output::S3 { settings, .. }) = cfg.output() {
         crate::secret::register(settings.secret_key.expose());
@@ -68,8 +79,17 @@ fn register_secrets(cfg: &Config) {
     }
 }
 
-/// Builds the destinations the config names.
+/// Builds the destinations the config names (the files' one wrapped for a
+/// crash test when [`fault::FAULT_VAR`] asks for it).
 pub fn destinations(cfg: &Config) -> Result<Destinations> {
+    let mut dests = plain_destinations(cfg)?;
+    if let Some(point) = fault::Point::from_env() {
+        dests.files = Box::new(fault::Faulty::new(dests.files, point));
+    }
+    Ok(dests)
+}
+
+fn plain_destinations(cfg: &Config) -> Result<Destinations> {
     Ok(match cfg.output()? {
         config::Output::Directory {
             root,

@@ -13,6 +13,7 @@ use crate::fetch::Fetcher;
 use crate::id::{self, EventId};
 use crate::metrics::{self, Metrics, RetryCause};
 use crate::opencti::connector::{Pinger, PING_PERIOD};
+use crate::opencti::graphql::PingInfo;
 use crate::pipeline::{self, PipelineSettings, StopRule};
 use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
@@ -128,40 +129,30 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
 
     let _lock = state::lock(&cfg.state_path)?;
     let saved = state::load(&cfg.state_path)?;
-    let state = match saved {
-        Some(s) => {
-            if from.is_some() {
+    if let Some(s) = &saved {
+        if from.is_some() {
+            return Err(from_with_state(cfg).into());
+        }
+        if let Some(sid) = &s.stream_id {
+            if sid != &stream.live_stream_id {
                 return Err(flag_error(
-                    "--from",
+                    "connector.live_stream_id",
                     format!(
-                        "a saved state exists at `{}`: `--from` only applies to a first run; run `opencti-stream-exporter state reset --start-from ...`, or give a separate `--state` for a backfill",
-                        cfg.state_path.display()
+                        "the state at `{}` belongs to stream `{sid}`, not `{}`: use another `--state`, or `state reset` to start over (it keeps the file numbering)",
+                        cfg.state_path.display(),
+                        stream.live_stream_id
                     ),
                 )
                 .into());
             }
-            if let Some(sid) = &s.stream_id {
-                if sid != &stream.live_stream_id {
-                    return Err(flag_error(
-                        "connector.live_stream_id",
-                        format!(
-                            "the state at `{}` belongs to stream `{sid}`, not `{}`: use another `--state`, or `state reset` to start over",
-                            cfg.state_path.display(),
-                            stream.live_stream_id
-                        ),
-                    )
-                    .into());
-                }
-            }
-            s
         }
-        None => first_state(cfg, from)?,
-    };
+    }
     let dests = super::destinations(cfg)?;
     let abort = Arc::new(AtomicBool::new(false));
     let mut committer = Committer::new(
-        cfg.state_path.clone(),
-        state,
+        Box::new(state::StateFile(cfg.state_path.clone())),
+        saved,
+        first_state(cfg, from)?,
         cfg.folder.clone(),
         dests,
         abort.clone(),
@@ -169,6 +160,7 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     let metrics = Arc::new(Metrics::default());
     committer.set_metrics(metrics.clone());
     let started_at = id::ms_to_iso(crate::clock::now_ms());
+    committer.set_explicit_start(from.is_some());
     let stop = Arc::new(AtomicBool::new(false));
     let watch_done = WatchDone(Arc::new(AtomicBool::new(false)));
     let gave_up = args.once.then(|| {
@@ -185,6 +177,14 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             .as_ref()
             .and_then(|g| g.lock().expect("not poisoned").take())
     };
+    // One folder, one writer: the lease is held before anything is read
+    // or written, and renewed by its own thread (with its own destination).
+    let run_id = crate::clock::run_id().to_string();
+    let lease_lost = Arc::new(AtomicBool::new(false));
+    let mut lease_dest = super::destinations(cfg)?.files;
+    let lease = take_lease(cfg, lease_dest.as_mut(), &run_id, &stop)?;
+    let _lease = crate::lease::keep(lease_dest, lease, run_id, stop.clone(), lease_lost.clone());
+    committer.set_lease_lost(lease_lost);
     let first_cut_after = match committer.start() {
         Ok(cut) => cut,
         Err(e) => return Err(gave_up_error().map(Into::into).unwrap_or(e)),
@@ -237,7 +237,18 @@ pub fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     }
 
     let pinger = match &cfg.connector {
-        Some(c) => Some(Pinger::start(opencti, c, &cfg.state_path, PING_PERIOD)?),
+        Some(c) => {
+            let info = PingInfo {
+                run_and_terminate: args.once || args.until.is_some(),
+            };
+            Some(Pinger::start(
+                opencti,
+                c,
+                &cfg.state_path,
+                PING_PERIOD,
+                info,
+            )?)
+        }
         None => None,
     };
     let client = StreamClient::new(opencti, stream, stop.clone())?;
@@ -393,12 +404,64 @@ fn committer_describe(cfg: &Config) -> String {
     }
 }
 
+/// Takes the folder's lease, waiting out storage trouble as a commit does.
+fn take_lease(
+    cfg: &Config,
+    d: &mut dyn crate::dest::Destination,
+    run_id: &str,
+    stop: &AtomicBool,
+) -> Result<crate::lease::Lease> {
+    use crate::lease::{Lease, LeaseError};
+    let what = d.describe();
+    let me = crate::lease::state_identity(&cfg.state_path);
+    let mut backoff = crate::retry::Backoff::new(
+        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(30),
+    );
+    loop {
+        let result = d
+            .prepare()
+            .map_err(LeaseError::from)
+            .and_then(|_| Lease::acquire(d, &cfg.folder, run_id, &me));
+        match result {
+            Ok(l) => return Ok(l),
+            Err(LeaseError::Dest(e)) if e.is_transient() => {
+                let delay = backoff.next_delay();
+                log::warn!(
+                    "cannot take the lease of folder `{}` in {what}: {e}; retrying in {:.1} s",
+                    cfg.folder,
+                    delay.as_secs_f64()
+                );
+                if !crate::retry::sleep_unless(delay, stop) {
+                    return Err(anyhow::anyhow!(
+                        "stopped while taking the lease of folder `{}` in {what}: {e}",
+                        cfg.folder
+                    ));
+                }
+            }
+            Err(e) => return Err(anyhow::anyhow!("folder `{}` in {what}: {e}", cfg.folder)),
+        }
+    }
+}
+
 /// Where a first run starts: `--from`, else `live_stream_start_timestamp`, else `0-0`.
 fn first_start(cfg: &Config, from: Option<EventId>) -> Option<EventId> {
     let stream = cfg.stream().ok()?;
     Some(from.or(stream.start).unwrap_or_default())
 }
 
+fn from_with_state(cfg: &Config) -> ConfigError {
+    flag_error(
+        "--from",
+        format!(
+            "a saved state exists at `{}`: `--from` only applies to a first run; run `opencti-stream-exporter state reset --start-from ...` (it keeps the file numbering), or give a backfill its own `--state` and folder",
+            cfg.state_path.display()
+        ),
+    )
+}
+
+/// The state of a first run; the committer saves it once the destination
+/// shows no trace of this export.
 fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
     let stream = cfg.stream()?;
     let recover_until = if from.is_some() {
@@ -409,13 +472,12 @@ fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
             .until_ms(crate::clock::now_ms())
             .map(id::ms_to_iso)
     };
-    let state = State {
+    Ok(State {
         recover_until,
         stream_id: Some(stream.live_stream_id.clone()),
+        export_id: Some(crate::clock::unique_name("export")),
         ..State::default()
-    };
-    state::save(&cfg.state_path, &state)?;
-    Ok(state)
+    })
 }
 
 #[cfg(test)]

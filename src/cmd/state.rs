@@ -1,14 +1,25 @@
 //! `state show`, `state reset` and `state import`.
+//!
+//! A reset changes the stream position, never the numbering: the count,
+//! the key stamp and the export's identity are kept (from the old state or,
+//! when it is lost, from the destination). Going back in numbers needs
+//! `--importer-was-reset`, and is refused while the destination holds
+//! higher numbers.
 
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Result};
 
 use crate::cli::{ImportArgs, ResetArgs, ShowArgs};
+use crate::commit::core::{self, ResetRequest};
+use crate::commit::Committer;
 use crate::config::{Config, ConfigError};
+use crate::dest::naming;
 use crate::exit;
 use crate::id::{self, EventId};
 use crate::state::{self, State};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// Prints the saved state.
 pub fn show(cfg: &Config, args: &ShowArgs) -> Result<i32> {
@@ -140,36 +151,68 @@ pub fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
             return Ok(exit::FAILURE);
         }
     }
-    let mut new = State {
-        stream_id: cfg.stream().ok().map(|s| s.live_stream_id.clone()),
-        ..State::default()
-    };
-    if let Some(s) = start {
-        new.start_from = Some(s.to_string());
-        new.last_written_msg_id = Some(s.to_string());
-    } else if let Ok(stream) = cfg.stream() {
-        new.recover_until = stream
+    let stream = cfg.stream().ok();
+    let recover_until = match (start, stream) {
+        (None, Some(stream)) => stream
             .recover
             .until_ms(crate::clock::now_ms())
-            .map(id::ms_to_iso);
-        if let Some(st) = stream.start {
-            new.start_from = Some(st.to_string());
-            new.last_written_msg_id = Some(st.to_string());
-        }
+            .map(id::ms_to_iso),
+        _ => None,
+    };
+    let req = ResetRequest {
+        start_from: start.or(stream.and_then(|s| s.start)),
+        recover_until,
+        file_count: args.file_count,
+        importer_was_reset: args.importer_was_reset,
+        stream_id: stream.map(|s| s.live_stream_id.clone()),
+        new_export_id: crate::clock::unique_name("export"),
+    };
+    // The numbering is the export's: read what the destination records.
+    let mut committer = Committer::new(
+        Box::new(state::StateFile(cfg.state_path.clone())),
+        old.clone(),
+        State::default(),
+        cfg.folder.clone(),
+        super::destinations(cfg)?,
+        Arc::new(AtomicBool::new(false)),
+    );
+    let src = committer.survey()?;
+    let stamp = [&src.folder, &src.done]
+        .iter()
+        .filter_map(|t| t.as_ref().and_then(|t| naming::key_ms(&t.key)))
+        .max()
+        .unwrap_or(0);
+    let new = core::reset(
+        old.as_ref(),
+        src.marker.as_ref(),
+        src.stored_high(),
+        stamp,
+        &req,
+    )
+    .map_err(|message| ConfigError {
+        key: "--file-count".into(),
+        origin: "command line".into(),
+        message,
+    })?;
+    if args.importer_was_reset {
+        // A new export: the old one's record would contradict it.
+        committer.forget_marker()?;
     }
-    new.file_count = args.file_count.unwrap_or(0);
-    // Keys never go back, even across a reset: the importer lists by key.
-    new.last_key_ms = old.as_ref().map(|o| o.last_key_ms).unwrap_or(0);
     state::save(&cfg.state_path, &new)?;
     println!(
-        "state reset at `{}`: the next run starts after `{}`{}, and its first file is number {}",
+        "state reset at `{}`: the next run starts after `{}`{}; its first file is number {}{}",
         cfg.state_path.display(),
         new.start_from.as_deref().unwrap_or("0-0"),
         new.recover_until
             .as_deref()
             .map(|d| format!(" with a snapshot up to {d}"))
             .unwrap_or_default(),
-        new.file_count + 1
+        new.file_count + 1,
+        if args.importer_was_reset {
+            " (the numbering starts anew, as the importer's did)"
+        } else {
+            " (kept: the file numbering, the key stamps and the export's identity)"
+        }
     );
     Ok(exit::OK)
 }

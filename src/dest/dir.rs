@@ -2,8 +2,9 @@
 //!
 //! Each file is written under a hidden temporary name in its final
 //! directory, fsynced, renamed into place and the directory fsynced, so a
-//! reader (or a transfer tool) sees a whole file or none. Temporary files
-//! left by a killed run are removed by [`Destination::prepare`]. Metadata is
+//! reader (or a transfer tool) sees a whole file or none. Temporary names
+//! are unique to the run; those left by a killed run are removed by
+//! [`Destination::clean_temporaries`], under the export's own folder only. Metadata is
 //! not stored beside the files (a sidecar would be read by transfer tools as
 //! data); `meta()` recomputes it from the body.
 
@@ -11,7 +12,9 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use super::{DestError, Destination, ObjectMeta};
+use sha2::{Digest, Sha256};
+
+use super::{CondPut, DestError, Destination, ObjectMeta, Precondition};
 
 /// Files under a local directory.
 #[derive(Debug, Clone)]
@@ -64,9 +67,12 @@ impl Destination for DirDestination {
 
     fn prepare(&mut self) -> Result<(), DestError> {
         fs::create_dir_all(&self.root)
-            .map_err(|e| self.err("cannot create directory", &self.root, e))?;
-        // Remove temporary files left by a killed run.
-        let mut stack = vec![self.root.clone()];
+            .map_err(|e| self.err("cannot create directory", &self.root, e))
+    }
+
+    fn clean_temporaries(&mut self, prefix: &str) -> Result<(), DestError> {
+        // `prefix` is a folder (`<folder>/`): its directory and below.
+        let mut stack = vec![self.root.join(prefix.trim_end_matches('/'))];
         while let Some(dir) = stack.pop() {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
@@ -88,6 +94,47 @@ impl Destination for DirDestination {
         let path = self.path(key);
         crate::fsutil::write_atomic(&path, body, false)
             .map_err(|e| self.err("cannot write", &path, e))
+    }
+
+    /// Create-only: a hard link of a complete temporary file, which fails
+    /// when the name exists. Compare-and-swap: the body's SHA-256 is its
+    /// tag, compared then replaced; two writers racing within that moment
+    /// are not told apart (the directory destination is one host's).
+    fn put_if(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        cond: &Precondition,
+    ) -> Result<CondPut, DestError> {
+        let path = self.path(key);
+        let tag = crate::text::hex(&Sha256::digest(body));
+        match cond {
+            Precondition::Absent => {
+                let dir = crate::fsutil::parent_dir(&path);
+                fs::create_dir_all(&dir).map_err(|e| self.err("cannot create", &dir, e))?;
+                let tmp = dir.join(format!(".lease.tmp-{}", crate::clock::run_id()));
+                let _ = fs::remove_file(&tmp);
+                let r = fs::write(&tmp, body)
+                    .and_then(|_| fs::File::open(&tmp)?.sync_all())
+                    .and_then(|_| fs::hard_link(&tmp, &path));
+                let _ = fs::remove_file(&tmp);
+                match r {
+                    Ok(()) => Ok(CondPut::Stored(tag)),
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                        Ok(CondPut::PreconditionFailed)
+                    }
+                    Err(e) => Err(self.err("cannot write", &path, e)),
+                }
+            }
+            Precondition::Matches(old) => match self.get_tagged(key)? {
+                Some((_, now)) if &now == old => {
+                    crate::fsutil::write_atomic(&path, body, false)
+                        .map_err(|e| self.err("cannot write", &path, e))?;
+                    Ok(CondPut::Stored(tag))
+                }
+                _ => Ok(CondPut::PreconditionFailed),
+            },
+        }
     }
 
     fn exists(&mut self, key: &str) -> Result<bool, DestError> {
@@ -169,6 +216,9 @@ mod tests {
         d.put("f/stream_0000000000001_1.json", b"a\n", &meta)
             .unwrap();
         fs::write(dir.path().join("out/f/.stream_3_3.json.tmp-1"), b"half").unwrap();
+        // Another export's temporary file in the same root: not ours to remove.
+        fs::create_dir_all(dir.path().join("out/g")).unwrap();
+        fs::write(dir.path().join("out/g/.stream_1_1.json.tmp-2"), b"live").unwrap();
         assert_eq!(
             d.list("f/").unwrap(),
             vec![
@@ -176,8 +226,9 @@ mod tests {
                 "f/stream_0000000000002_2.json"
             ]
         );
-        d.prepare().unwrap();
+        d.clean_temporaries("f/").unwrap();
         assert!(!dir.path().join("out/f/.stream_3_3.json.tmp-1").exists());
+        assert!(dir.path().join("out/g/.stream_1_1.json.tmp-2").exists());
         assert!(d.exists("f/stream_0000000000001_1.json").unwrap());
         assert!(!d.exists("f/nope").unwrap());
         assert_eq!(d.get("f/stream_0000000000002_2.json").unwrap(), b"b\n");

@@ -8,6 +8,9 @@
 //! naming lives in [`naming`].
 
 pub mod dir;
+pub mod fault;
+#[cfg(test)]
+pub mod memory;
 pub mod naming;
 pub mod s3;
 
@@ -72,6 +75,26 @@ impl DestError {
     }
 }
 
+/// The condition of a conditional write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Precondition {
+    /// Only if no object has the key (`If-None-Match: *`).
+    Absent,
+    /// Only if the object still has this tag (`If-Match: "<etag>"`).
+    Matches(String),
+}
+
+/// What a conditional write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CondPut {
+    /// Stored; the new object's tag.
+    Stored(String),
+    /// Not stored: the condition did not hold.
+    PreconditionFailed,
+    /// This destination cannot write conditionally.
+    Unsupported,
+}
+
 /// A place that stores whole objects atomically: a reader sees an object in
 /// full or not at all.
 pub trait Destination: Send {
@@ -81,6 +104,12 @@ pub trait Destination: Send {
     /// Make the target usable: create the bucket (S3) or the directory if
     /// missing. Called once before the first upload.
     fn prepare(&mut self) -> Result<(), DestError>;
+    /// Remove what killed runs left half-written under `prefix` (only this
+    /// export's own keys: another exporter may be writing elsewhere in the
+    /// same place). Nothing to do where writes are atomic (S3).
+    fn clean_temporaries(&mut self, _prefix: &str) -> Result<(), DestError> {
+        Ok(())
+    }
     /// Store `body` under `key`, replacing any object of that key.
     fn put(&mut self, key: &str, body: &[u8], meta: &ObjectMeta) -> Result<(), DestError>;
     /// Whether a complete object exists under `key`.
@@ -93,6 +122,26 @@ pub trait Destination: Send {
     fn meta(&mut self, key: &str) -> Result<Option<ObjectMeta>, DestError>;
     /// Remove `key`; removing a missing key is not an error.
     fn delete(&mut self, key: &str) -> Result<(), DestError>;
+    /// Stores `body` under `key` only if `cond` holds, atomically with the
+    /// check, where the store can.
+    fn put_if(
+        &mut self,
+        _key: &str,
+        _body: &[u8],
+        _cond: &Precondition,
+    ) -> Result<CondPut, DestError> {
+        Ok(CondPut::Unsupported)
+    }
+    /// The body of `key` and its tag (what [`Precondition::Matches`]
+    /// compares), `None` when there is no such object.
+    fn get_tagged(&mut self, key: &str) -> Result<Option<(Vec<u8>, String)>, DestError> {
+        if !self.exists(key)? {
+            return Ok(None);
+        }
+        let body = self.get(key)?;
+        let tag = crate::text::hex(&sha2::Sha256::digest(&body));
+        Ok(Some((body, tag)))
+    }
     /// Whether `put` stores [`ObjectMeta::sha256_hex`]; when not, the
     /// committer does not spend time hashing the body.
     fn stores_checksum(&self) -> bool {

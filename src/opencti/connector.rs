@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::graphql::{self, GraphQl, GraphQlError};
+use super::graphql::{self, GraphQl, GraphQlError, PingInfo};
 use crate::config::{ConnectorSettings, OpenCti};
 use crate::state::{self, State};
 
@@ -68,6 +68,7 @@ impl Pinger {
         connector: &ConnectorSettings,
         state_path: &Path,
         period: Duration,
+        info: PingInfo,
     ) -> anyhow::Result<Pinger> {
         let client = GraphQl::new(opencti, REQUEST_DEADLINE)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -78,6 +79,7 @@ impl Pinger {
             registered: false,
             minimal_input: false,
             ping_with_info: true,
+            info,
             failing: false,
             last_remote: None,
         };
@@ -148,6 +150,8 @@ struct Link {
     minimal_input: bool,
     /// False once the platform refused `connectorInfo`.
     ping_with_info: bool,
+    /// What `connectorInfo` says.
+    info: PingInfo,
     /// The last call failed (to log the recovery once).
     failing: bool,
     /// The last different state the platform answered with.
@@ -252,7 +256,11 @@ impl Link {
         };
         self.client.call(
             document,
-            graphql::ping_variables(&self.connector.id, state, self.ping_with_info),
+            graphql::ping_variables(
+                &self.connector.id,
+                state,
+                self.ping_with_info.then_some(self.info),
+            ),
         )
     }
 

@@ -4,7 +4,8 @@
 //!
 //! The agent is the OpenCTI agent of [`crate::http`] (TLS, proxy, custom
 //! headers); every request has an overall deadline. Errors never carry the
-//! token: answers echoed into an error are scrubbed and cut short. The
+//! token: answers echoed into an error go through
+//! [`crate::secret::clean_external`] (cut, flattened, credentials masked). The
 //! request builders and the answer parser are pure and tested here; the
 //! registration thread lives in [`super::connector`].
 
@@ -129,7 +130,9 @@ impl GraphQl {
             Err(ureq::Error::Transport(t)) => {
                 return Err(GraphQlError::Transport {
                     url: self.url.clone(),
-                    reason: self.token.scrub(&t.to_string()),
+                    reason: self
+                        .token
+                        .scrub(&crate::secret::clean_external(&t.to_string(), BODY_QUOTE)),
                 })
             }
         };
@@ -148,14 +151,7 @@ pub fn parse_answer(
     body: &str,
     token: &Secret,
 ) -> Result<Value, GraphQlError> {
-    let quote = || {
-        let scrubbed = token.scrub(body.trim());
-        let mut q: String = scrubbed.chars().take(BODY_QUOTE).collect();
-        if scrubbed.chars().count() > BODY_QUOTE {
-            q.push('…');
-        }
-        q
-    };
+    let quote = || token.scrub(&crate::secret::clean_external(body, BODY_QUOTE));
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     if let Some(errors) = parsed
         .as_ref()
@@ -173,7 +169,7 @@ pub fn parse_answer(
             Some(n) if n != message => format!("{n}: {message}"),
             _ => message.to_string(),
         };
-        let text: String = token.scrub(&text).chars().take(BODY_QUOTE).collect();
+        let text = token.scrub(&crate::secret::clean_external(&text, BODY_QUOTE));
         return Err(if status == 200 {
             GraphQlError::Refused {
                 url: url.to_string(),
@@ -261,17 +257,26 @@ pub fn register_variables(c: &ConnectorSettings, minimal: bool) -> Value {
     json!({ "input": input })
 }
 
+/// What `connectorInfo` says about this run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PingInfo {
+    /// The run ends by itself (`--once`, `--until`), as pycti's
+    /// `CONNECTOR_RUN_AND_TERMINATE`.
+    pub run_and_terminate: bool,
+}
+
 /// The variables of [`PING`]: the state as a JSON string (pycti sends
-/// `json.dumps(state)`) and, unless `with_info` is false, the connector
-/// details pycti sends for a connector that runs until stopped.
-pub fn ping_variables(id: &str, state: &Value, with_info: bool) -> Value {
+/// `json.dumps(state)`) and, when `info` is given, the connector details
+/// pycti sends (`run_and_terminate`: a run that ends by itself, `--once`
+/// or `--until`).
+pub fn ping_variables(id: &str, state: &Value, info: Option<PingInfo>) -> Value {
     let mut v = json!({
         "id": id,
         "state": state.to_string(),
     });
-    if with_info {
+    if let Some(info) = info {
         v["connectorInfo"] = json!({
-            "run_and_terminate": false,
+            "run_and_terminate": info.run_and_terminate,
             "buffering": false,
             "queue_threshold": 500.0,
             "queue_messages_size": 0.0,
@@ -326,11 +331,19 @@ mod tests {
     #[test]
     fn ping_sends_the_state_as_a_json_string() {
         let state = json!({"start_from": "5-0", "file_count": 3});
-        let v = ping_variables("id1", &state, true);
+        let v = ping_variables("id1", &state, Some(PingInfo::default()));
         let sent: Value = serde_json::from_str(v["state"].as_str().unwrap()).unwrap();
         assert_eq!(sent, state);
         assert_eq!(v["connectorInfo"]["run_and_terminate"], false);
-        assert!(ping_variables("id1", &state, false)
+        let once = ping_variables(
+            "id1",
+            &state,
+            Some(PingInfo {
+                run_and_terminate: true,
+            }),
+        );
+        assert_eq!(once["connectorInfo"]["run_and_terminate"], true);
+        assert!(ping_variables("id1", &state, None)
             .get("connectorInfo")
             .is_none());
     }
@@ -368,6 +381,16 @@ mod tests {
             assert!(e.contains(want), "{status} {body}: {e}");
             assert!(!e.contains("tok-abcdef"), "{e}");
         }
+        // A body cannot forge log lines nor show an echoed credential.
+        let e = parse_answer(
+            url,
+            500,
+            "bad\nFAKE [ERROR] line Authorization: Bearer other-secret",
+            &tok,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!e.contains('\n') && !e.contains("other-secret"), "{e}");
         let long = "x".repeat(5000);
         let e = parse_answer(url, 500, &long, &tok).unwrap_err().to_string();
         assert!(e.len() < 600, "{}", e.len());

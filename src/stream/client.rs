@@ -45,7 +45,7 @@ pub enum StreamError {
         attempts: u32,
     },
     /// The saved cursor is older than what the server retains.
-    #[error("the cursor `{cursor}` ({cursor_date}) is older than the first event the server still retains, `{first}` ({first_date}): events in between may have been removed by the server and cannot be exported. Choose one: run again with `--accept-gap` to continue from `{first}` and record the gap in the state; or `opencti-stream-exporter state reset` to start over with a full snapshot; and raise the stream's retention")]
+    #[error("the cursor `{cursor}` ({cursor_date}) is older than the first event the server still retains, `{first}` ({first_date}): events in between may have been removed by the server and cannot be exported. Choose one: run again with `--accept-gap` to continue from `{first}` and record the gap in the state; or `opencti-stream-exporter state reset` to start over with a full snapshot (it keeps the file numbering, so the importer goes on); and raise the stream's retention")]
     Gap {
         /// The resume position.
         cursor: String,

@@ -98,8 +98,12 @@ fn exports_20000_events_to_s3_in_stream_order_with_files() {
         .collect();
     assert_eq!(meta.get("sha256"), Some(&sha));
 
-    // Nothing but export files in the importer's bucket.
-    assert_eq!(weed.list_keys("export", "").len(), files.len());
+    // Nothing but export files under the importer's prefix; beside them,
+    // outside that prefix, only the export's marker.
+    let all = weed.list_keys("export", "");
+    assert_eq!(weed.list_keys("export", "opencti").len(), files.len());
+    let others: Vec<&String> = all.iter().filter(|k| !k.starts_with("opencti")).collect();
+    assert_eq!(others, vec![".opencti-stream-exporter/opencti/marker.json"]);
     let state: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
     assert_eq!(state["file_count"], files.len());

@@ -394,10 +394,12 @@ fn event(id: &str, name: &str, data: &str) -> String {
     format!("id: {id}\nevent: {name}\ndata: {data}\n\n")
 }
 
+/// The line cap is raised to 64 MiB: these tests send a 50 MiB event that
+/// must pass whole (the default cap, 12 MiB, would keep it as a dead letter).
 fn scripted_config(dir: &Path, url: &str, extra: &str) -> std::path::PathBuf {
     let yaml = format!(
         "opencti:\n  url: {url:?}\n  token: \"t0ken-value-xyz\"\nconnector:\n  live_stream_id: \"s\"\n  live_stream_recover_iso_date: false\n\
-         write:\n  every_sec: 1\noutput:\n  kind: directory\n  directory: {:?}\nstate:\n  path: {:?}\nstream:\n  reconnect_max_sec: 1\n{extra}",
+         write:\n  every_sec: 1\noutput:\n  kind: directory\n  directory: {:?}\n  max_line_bytes: 67108864\nstate:\n  path: {:?}\nstream:\n  reconnect_max_sec: 1\n{extra}",
         dir.join("out"),
         dir.join("state.json")
     );

@@ -12,6 +12,7 @@ mod attachments;
 mod commands;
 mod export;
 mod faults;
+mod identity;
 mod opencti;
 mod operate;
 mod policy_metrics;

@@ -291,7 +291,9 @@ fn on_a_terminal_the_status_line_fits_80_columns_and_is_cleared() {
         "--heartbeat-ms",
         "300",
         "--rate",
-        "2000",
+        // About five seconds of stream: several redraws even on a loaded
+        // machine (one a second).
+        "1000",
     ]);
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(

@@ -337,7 +337,10 @@ fn an_unwritable_state_directory_is_named_with_the_way_out() {
     .sum::<usize>();
     assert_eq!(cause, 1, "the cause once, not repeated\n{out}");
     assert_eq!(
-        out.stderr.lines().filter(|l| l.contains("[ERROR]")).count(),
+        out.stderr
+            .lines()
+            .filter(|l| l.contains("cannot write the state"))
+            .count(),
         1,
         "{out}"
     );
@@ -401,8 +404,10 @@ fn an_error_body_echoing_the_request_is_cut_flattened_and_scrubbed() {
     });
     let dir = tempfile::tempdir().unwrap();
     let cfg = hostile_config(dir.path(), &server.url(), &[]);
+    // Text logs: the format where a raw newline would start a new line.
     let out = exporter()
         .config_file(&cfg)
+        .env("OPENCTI_JSON_LOGGING", "false")
         .args(["-v", "run", "--once"])
         .run(SHORT);
     out.assert_success();

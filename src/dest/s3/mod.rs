@@ -33,7 +33,7 @@ use minio::s3::types::{BucketName, Region, S3Api, ToStream};
 #[cfg(test)]
 use sha2::{Digest, Sha256};
 
-use super::{DestError, Destination, ObjectMeta};
+use super::{CondPut, DestError, Destination, ObjectMeta, Precondition};
 use crate::config::S3Settings;
 use crate::secret::Secret;
 
@@ -397,6 +397,61 @@ impl Destination for S3Destination {
 
     fn exists(&mut self, key: &str) -> Result<bool, DestError> {
         Ok(self.stat("cannot look up", key)?.is_some())
+    }
+
+    /// `If-None-Match: *` / `If-Match: "<etag>"`; a 412 is
+    /// `PreconditionFailed`. A store that ignores the headers answers as
+    /// for a plain PUT: the lease detects that once, with a probe.
+    fn put_if(
+        &mut self,
+        key: &str,
+        body: &[u8],
+        cond: &Precondition,
+    ) -> Result<CondPut, DestError> {
+        use minio::s3::response_traits::HasEtagFromHeaders;
+        let mut headers = Multimap::new();
+        match cond {
+            Precondition::Absent => headers.add("If-None-Match", "*"),
+            Precondition::Matches(tag) => headers.add("If-Match", format!("\"{tag}\"")),
+        }
+        let result = self.run(async {
+            self.client
+                .put_object_content(self.bucket.clone(), key, ObjectContent::from(body.to_vec()))?
+                .extra_headers(headers)
+                .content_type(CONTENT_TYPE.to_string())
+                .build()
+                .send()
+                .await
+        });
+        match result {
+            Ok(resp) => Ok(CondPut::Stored(
+                resp.etag().map(|t| t.to_string()).unwrap_or_default(),
+            )),
+            Err(f) if f.code == "PreconditionFailed" || f.code == "HTTP 412" => {
+                Ok(CondPut::PreconditionFailed)
+            }
+            Err(f) => Err(self.error("cannot upload", &self.target(key), f)),
+        }
+    }
+
+    fn get_tagged(&mut self, key: &str) -> Result<Option<(Vec<u8>, String)>, DestError> {
+        use minio::s3::response_traits::HasEtagFromHeaders;
+        let result = self.run(async {
+            let resp = self
+                .client
+                .get_object(self.bucket.clone(), key)?
+                .build()
+                .send()
+                .await?;
+            let tag = resp.etag().map(|t| t.to_string()).unwrap_or_default();
+            let body = resp.content_verified().await?;
+            Ok((body.to_vec(), tag))
+        });
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(f) if f.code == "NoSuchKey" => Ok(None),
+            Err(f) => Err(self.error("cannot download", &self.target(key), f)),
+        }
     }
 
     fn list(&mut self, prefix: &str) -> Result<Vec<String>, DestError> {
