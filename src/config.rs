@@ -14,7 +14,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::dest::s3::S3Settings;
 use crate::id::{self, EventId};
 use crate::policy::{Policy, PolicySettings, UnknownMarking};
 use crate::secret::Secret;
@@ -193,6 +192,19 @@ pub(crate) enum Recover {
     Off,
 }
 
+impl Recover {
+    /// The end of the snapshot a new state records, as `recover_until`:
+    /// `None` without a snapshot; `UntilNow` ends at `now_ms`, the time the
+    /// state is made.
+    pub(crate) fn until_ms(&self, now_ms: u64) -> Option<u64> {
+        match self {
+            Recover::Off => None,
+            Recover::UntilNow => Some(now_ms),
+            Recover::Until(ms) => Some(*ms),
+        }
+    }
+}
+
 /// The OpenCTI side.
 #[derive(Debug, Clone)]
 pub(crate) struct OpenCti {
@@ -269,6 +281,32 @@ pub(crate) struct BatchLimits {
     /// Cut before the body would exceed this many bytes (a single larger
     /// event still gets a file of its own).
     pub(crate) max_bytes: usize,
+}
+
+/// How to reach one bucket of an S3 server (given to `dest::s3`). `Debug` shows `***` for the secret key.
+#[derive(Clone, Debug)]
+pub(crate) struct S3Settings {
+    /// Host name or IP, optionally with a scheme (`http://` / `https://`),
+    /// which then overrides `secure`, and optionally with `:port`.
+    pub(crate) endpoint: String,
+    /// TCP port; `None` = the port in `endpoint`, else 443 (https) or 80 (http).
+    pub(crate) port: Option<u16>,
+    /// Use https when `endpoint` has no scheme.
+    pub(crate) secure: bool,
+    /// `false` accepts any server certificate (an explicit, insecure opt-out).
+    pub(crate) cert_check: bool,
+    /// Extra trusted CA certificates (PEM), beside the bundled Mozilla roots.
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Signing region; `None` = `us-east-1`.
+    pub(crate) region: Option<String>,
+    /// Bucket that receives the objects; created by `prepare` when missing.
+    pub(crate) bucket: String,
+    /// Access key id.
+    pub(crate) access_key: String,
+    /// Secret key; never printed.
+    pub(crate) secret_key: Secret,
+    /// Limit on each S3 call (each page of a listing is one call).
+    pub(crate) timeout: Duration,
 }
 
 /// Where files go.
@@ -1433,6 +1471,14 @@ fn valid_bucket(b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recover_sets_the_end_of_the_snapshot_of_a_new_state() {
+        let now = 1_718_446_500_000;
+        assert_eq!(Recover::Off.until_ms(now), None);
+        assert_eq!(Recover::UntilNow.until_ms(now), Some(now));
+        assert_eq!(Recover::Until(1_000).until_ms(now), Some(1_000));
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

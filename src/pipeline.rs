@@ -74,6 +74,16 @@ impl Connected {
             self.last_event_date.as_deref().unwrap_or("?"),
         )
     }
+
+    /// The retention rule: resuming after `cursor` misses events when the
+    /// cursor is older than the oldest event the server retains; then that
+    /// oldest id. `0-0` (the start of the stream) misses nothing; whether a
+    /// snapshot in progress sends the missed objects again is the caller's
+    /// to say. `None` too when the server did not name its oldest event.
+    pub(crate) fn gap_after(&self, cursor: EventId) -> Option<EventId> {
+        let first: EventId = self.first_event_id.as_deref()?.parse().ok()?;
+        (cursor != EventId::default() && cursor < first).then_some(first)
+    }
 }
 
 /// When a run ends by itself.
@@ -191,14 +201,10 @@ impl Reader {
         let Some(resume) = self.complete.or(self.start_after) else {
             return Flow::Continue;
         };
-        let Some(first) = c
-            .first_event_id
-            .as_deref()
-            .and_then(|s| s.parse::<EventId>().ok())
-        else {
+        let Some(first) = c.gap_after(resume) else {
             return Flow::Continue;
         };
-        if resume == EventId::default() || self.recovering() || resume >= first {
+        if self.recovering() {
             return Flow::Continue;
         }
         let gap = StreamError::Gap {
@@ -921,6 +927,34 @@ fn batcher_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cursor_older_than_the_oldest_retained_event_is_a_gap() {
+        let c = Connected {
+            first_event_id: Some("1000-5".into()),
+            ..Connected::default()
+        };
+        let id = |s: &str| s.parse::<EventId>().unwrap();
+        let cases = [
+            ("999-9", Some("1000-5")),
+            ("1000-4", Some("1000-5")),
+            ("1000-5", None),
+            ("1000-6", None),
+            ("2000-0", None),
+            // The start of the stream misses nothing.
+            ("0-0", None),
+        ];
+        for (cursor, want) in cases {
+            assert_eq!(c.gap_after(id(cursor)), want.map(id), "{cursor}");
+        }
+        // A server that does not name its oldest event: no rule to apply.
+        assert_eq!(Connected::default().gap_after(id("1-0")), None);
+        let odd = Connected {
+            first_event_id: Some("soon".into()),
+            ..Connected::default()
+        };
+        assert_eq!(odd.gap_after(id("1-0")), None);
+    }
 
     fn reader(tx: Sender<Vec<Work>>) -> Reader {
         Reader {

@@ -11,7 +11,7 @@ use anyhow::Result;
 
 use crate::cli::CheckArgs;
 use crate::config::{Config, Output};
-use crate::dest::dir::meta_of;
+use crate::dest::{Destination, ObjectMeta};
 use crate::exit;
 use crate::id::EventId;
 use crate::pipeline::Connected;
@@ -254,9 +254,8 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
         return;
     };
     r.add("connected event", Ok(c.describe()));
-    let first: Option<EventId> = c.first_event_id.as_deref().and_then(|s| s.parse().ok());
-    let retention = match (cursor, first) {
-        (Some((cur, recovering)), Some(first)) if cur < first && cur != EventId::default() => {
+    let retention = match cursor.map(|(cur, recovering)| (cur, recovering, c.gap_after(cur))) {
+        Some((cur, recovering, Some(first))) => {
             if recovering {
                 Ok(format!(
                     "cursor `{cur}` ({}) is older than the first retained event `{first}` ({}), but a snapshot is in progress: objects are sent again from the database",
@@ -271,8 +270,8 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
                 ))
             }
         }
-        (Some((cur, _)), _) => Ok(format!("cursor `{cur}` ({}) is retained", cur.date())),
-        (None, _) => Ok("no cursor yet".into()),
+        Some((cur, _, None)) => Ok(format!("cursor `{cur}` ({}) is retained", cur.date())),
+        None => Ok("no cursor yet".into()),
     };
     r.add("cursor within retention", retention);
 }
@@ -316,7 +315,7 @@ fn check_storage(cfg: &Config, r: &mut Report) {
     // probe uses a key that sorts before it.
     let key = probe_key(&cfg.folder);
     let body = format!("opencti-stream-exporter probe {}\n", crate::clock::now_ms()).into_bytes();
-    let meta = meta_of(&body);
+    let meta = crate::dest::ObjectMeta::of_body(&body);
     let result = files
         .put(&key, &body, &meta)
         .and_then(|_| files.get(&key))
@@ -383,7 +382,6 @@ fn check_storage(cfg: &Config, r: &mut Report) {
 /// the importer will read it: names, number sequence, key order, metadata,
 /// SHA-256 and that every line is JSON.
 fn verify_files(cfg: &Config, r: &mut Report, file_count: Option<u64>) {
-    use sha2::Digest;
     let mut dest = match super::destinations(cfg) {
         Ok(d) => d.files,
         Err(e) => {
@@ -410,50 +408,86 @@ fn verify_files(cfg: &Config, r: &mut Report, file_count: Option<u64>) {
             continue;
         };
         numbers.push(n);
-        let body = match dest.get(key) {
-            Ok(b) => b,
-            Err(e) => {
-                problems.push(e.to_string());
-                continue;
-            }
-        };
-        bytes_total += body.len() as u64;
-        let recomputed = meta_of(&body);
-        let lines = body.split(|b| *b == b'\n').filter(|l| !l.is_empty());
-        for (i, line) in lines.enumerate() {
-            if serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err() {
-                problems.push(format!("`{key}` line {}: not JSON", i + 1));
-            }
-        }
-        lines_total += recomputed.events;
-        match dest.meta(key) {
-            Ok(Some(m)) => {
-                let sha = crate::text::hex(&sha2::Sha256::digest(&body));
-                if m.sha256_hex != sha {
-                    problems.push(format!(
-                        "`{key}`: SHA-256 `{sha}` differs from its metadata `{}`",
-                        m.sha256_hex
-                    ));
-                }
-                if m.events != recomputed.events
-                    || m.first_id != recomputed.first_id
-                    || m.last_id != recomputed.last_id
-                {
-                    problems.push(format!(
-                        "`{key}`: metadata says {} events `{}`..`{}`, the body holds {} `{}`..`{}`",
-                        m.events,
-                        m.first_id,
-                        m.last_id,
-                        recomputed.events,
-                        recomputed.first_id,
-                        recomputed.last_id
-                    ));
-                }
-            }
-            Ok(None) => problems.push(format!("`{key}` has no metadata")),
-            Err(e) => problems.push(e.to_string()),
+        if let Some((lines, bytes)) = verify_object(dest.as_mut(), key, &mut problems) {
+            lines_total += lines;
+            bytes_total += bytes;
         }
     }
+    problems.extend(numbering_problems(&numbers, file_count));
+    let summary = format!(
+        "{} files ({}), {} lines, {} bytes under `{prefix}`",
+        keys.len(),
+        match (numbers.first(), numbers.last()) {
+            (Some(a), Some(b)) => format!("numbers {a}..{b}"),
+            _ => "none".to_string(),
+        },
+        lines_total,
+        bytes_total
+    );
+    r.add("verify files", files_verdict(summary, &problems));
+}
+
+/// Reads one stored file and checks each line is JSON and the stored
+/// metadata matches the body; pushes what is wrong to `problems`. Returns
+/// the file's lines and bytes, `None` when it cannot be read.
+fn verify_object(
+    dest: &mut dyn Destination,
+    key: &str,
+    problems: &mut Vec<String>,
+) -> Option<(u64, u64)> {
+    let body = match dest.get(key) {
+        Ok(b) => b,
+        Err(e) => {
+            problems.push(e.to_string());
+            return None;
+        }
+    };
+    let recomputed = ObjectMeta::of_body(&body);
+    let lines = body.split(|b| *b == b'\n').filter(|l| !l.is_empty());
+    for (i, line) in lines.enumerate() {
+        if serde_json::from_slice::<serde::de::IgnoredAny>(line).is_err() {
+            problems.push(format!("`{key}` line {}: not JSON", i + 1));
+        }
+    }
+    match dest.meta(key) {
+        Ok(Some(stored)) => problems.extend(metadata_problems(key, &stored, &recomputed)),
+        Ok(None) => problems.push(format!("`{key}` has no metadata")),
+        Err(e) => problems.push(e.to_string()),
+    }
+    Some((recomputed.events, body.len() as u64))
+}
+
+/// What differs between the metadata stored with `key` and the metadata
+/// recomputed from its body.
+fn metadata_problems(key: &str, stored: &ObjectMeta, body: &ObjectMeta) -> Vec<String> {
+    let mut problems = Vec::new();
+    if stored.sha256_hex != body.sha256_hex {
+        problems.push(format!(
+            "`{key}`: SHA-256 `{}` differs from its metadata `{}`",
+            body.sha256_hex, stored.sha256_hex
+        ));
+    }
+    if stored.events != body.events
+        || stored.first_id != body.first_id
+        || stored.last_id != body.last_id
+    {
+        problems.push(format!(
+            "`{key}`: metadata says {} events `{}`..`{}`, the body holds {} `{}`..`{}`",
+            stored.events,
+            stored.first_id,
+            stored.last_id,
+            body.events,
+            body.first_id,
+            body.last_id
+        ));
+    }
+    problems
+}
+
+/// The numbering rules the importer relies on: file numbers (in key order)
+/// consecutive, and the last one the state's file count.
+fn numbering_problems(numbers: &[u64], file_count: Option<u64>) -> Vec<String> {
+    let mut problems = Vec::new();
     for pair in numbers.windows(2) {
         if pair[1] != pair[0] + 1 {
             problems.push(format!(
@@ -469,35 +503,26 @@ fn verify_files(cfg: &Config, r: &mut Report, file_count: Option<u64>) {
             ));
         }
     }
-    let summary = format!(
-        "{} files ({}), {} lines, {} bytes under `{prefix}`",
-        keys.len(),
-        match (numbers.first(), numbers.last()) {
-            (Some(a), Some(b)) => format!("numbers {a}..{b}"),
-            _ => "none".to_string(),
-        },
-        lines_total,
-        bytes_total
-    );
+    problems
+}
+
+/// The summary alone, or the summary and the first 20 problems.
+fn files_verdict(summary: String, problems: &[String]) -> Result<String, String> {
     if problems.is_empty() {
-        r.add("verify files", Ok(summary));
-    } else {
-        let shown: Vec<String> = problems.iter().take(20).cloned().collect();
-        let more = problems.len().saturating_sub(shown.len());
-        r.add(
-            "verify files",
-            Err(format!(
-                "{summary}; {} problems: {}{}",
-                problems.len(),
-                shown.join("; "),
-                if more > 0 {
-                    format!("; and {more} more")
-                } else {
-                    String::new()
-                }
-            )),
-        );
+        return Ok(summary);
     }
+    let shown = &problems[..problems.len().min(20)];
+    let more = problems.len() - shown.len();
+    Err(format!(
+        "{summary}; {} problems: {}{}",
+        problems.len(),
+        shown.join("; "),
+        if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        }
+    ))
 }
 
 /// A key that the importer never reads: it sorts before `folder`.
@@ -519,6 +544,47 @@ pub(crate) fn probe_key(folder: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_numbers_must_be_consecutive_and_end_at_the_state_count() {
+        assert!(numbering_problems(&[1, 2, 3], Some(3)).is_empty());
+        assert!(numbering_problems(&[], Some(0)).is_empty());
+        assert!(numbering_problems(&[4, 5], None).is_empty());
+        let p = numbering_problems(&[1, 2, 4], Some(4));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("jump from 2 to 4"), "{p:?}");
+        let p = numbering_problems(&[1, 2], Some(3));
+        assert_eq!(
+            p,
+            ["the last file is number 2 but the state counts 3".to_string()]
+        );
+    }
+
+    #[test]
+    fn metadata_that_differs_from_the_body_is_named() {
+        let body = ObjectMeta::of_body(b"{\"id\":\"1-0\"}\n{\"id\":\"2-0\"}\n");
+        assert!(metadata_problems("k", &body, &body).is_empty());
+        let mut stored = body.clone();
+        stored.sha256_hex = "00".repeat(32);
+        stored.last_id = "3-0".into();
+        let p = metadata_problems("f/k", &stored, &body);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].starts_with("`f/k`: SHA-256"), "{p:?}");
+        assert!(
+            p[1].contains("metadata says 2 events `1-0`..`3-0`"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn the_verdict_shows_twenty_problems_and_counts_the_rest() {
+        assert_eq!(files_verdict("s".into(), &[]), Ok("s".into()));
+        let problems: Vec<String> = (1..=23).map(|n| format!("p{n}")).collect();
+        let text = files_verdict("s".into(), &problems).unwrap_err();
+        assert!(text.starts_with("s; 23 problems: p1; p2;"), "{text}");
+        assert!(text.contains("p20; and 3 more"), "{text}");
+        assert!(!text.contains("p21"), "{text}");
+    }
 
     #[test]
     fn probe_key_sorts_before_the_folder() {

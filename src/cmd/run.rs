@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::cli::RunArgs;
 use crate::commit::Committer;
-use crate::config::{Config, ConfigError, Recover};
+use crate::config::{Config, ConfigError};
 use crate::fetch::Fetcher;
 use crate::id::{self, EventId};
 use crate::metrics::{self, Metrics, RetryCause};
@@ -472,11 +472,10 @@ fn first_state(cfg: &Config, from: Option<EventId>) -> Result<State> {
     let recover_until = if from.is_some() {
         None
     } else {
-        match stream.recover {
-            Recover::Off => None,
-            Recover::UntilNow => Some(id::ms_to_iso(crate::clock::now_ms())),
-            Recover::Until(ms) => Some(id::ms_to_iso(ms)),
-        }
+        stream
+            .recover
+            .until_ms(crate::clock::now_ms())
+            .map(id::ms_to_iso)
     };
     Ok(State {
         recover_until,

@@ -153,11 +153,10 @@ pub(crate) fn reset(cfg: &Config, args: &ResetArgs) -> Result<i32> {
     }
     let stream = cfg.stream().ok();
     let recover_until = match (start, stream) {
-        (None, Some(stream)) => match stream.recover {
-            crate::config::Recover::Off => None,
-            crate::config::Recover::UntilNow => Some(id::ms_to_iso(crate::clock::now_ms())),
-            crate::config::Recover::Until(ms) => Some(id::ms_to_iso(ms)),
-        },
+        (None, Some(stream)) => stream
+            .recover
+            .until_ms(crate::clock::now_ms())
+            .map(id::ms_to_iso),
         _ => None,
     };
     let req = ResetRequest {

@@ -188,7 +188,7 @@ impl Destination for DirDestination {
 
     fn meta(&mut self, key: &str) -> Result<Option<ObjectMeta>, DestError> {
         let body = self.get(key)?;
-        Ok(Some(meta_of(&body)))
+        Ok(Some(ObjectMeta::of_body(&body)))
     }
 
     fn delete(&mut self, key: &str) -> Result<(), DestError> {
@@ -201,26 +201,6 @@ impl Destination for DirDestination {
     }
 }
 
-/// Metadata recomputed from a body of JSON lines.
-pub(crate) fn meta_of(body: &[u8]) -> ObjectMeta {
-    let id_of = |line: &[u8]| -> String {
-        serde_json::from_slice::<serde_json::Value>(line)
-            .ok()
-            .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
-            .unwrap_or_default()
-    };
-    let lines: Vec<&[u8]> = body
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    ObjectMeta {
-        events: lines.len() as u64,
-        first_id: lines.first().map(|l| id_of(l)).unwrap_or_default(),
-        last_id: lines.last().map(|l| id_of(l)).unwrap_or_default(),
-        sha256_hex: crate::text::hex(&Sha256::digest(body)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +210,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut d = DirDestination::new(dir.path().join("out"));
         d.prepare().unwrap();
-        let meta = meta_of(b"{\"id\":\"1-0\"}\n");
+        let meta = ObjectMeta::of_body(b"{\"id\":\"1-0\"}\n");
         d.put("f/stream_0000000000002_2.json", b"b\n", &meta)
             .unwrap();
         d.put("f/stream_0000000000001_1.json", b"a\n", &meta)

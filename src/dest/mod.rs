@@ -32,6 +32,30 @@ pub(crate) struct ObjectMeta {
     pub(crate) sha256_hex: String,
 }
 
+impl ObjectMeta {
+    /// The metadata of a body of JSON lines, recomputed from it (what the
+    /// directory destination reports, and what `check-stream --verify`
+    /// compares with the stored metadata).
+    pub(crate) fn of_body(body: &[u8]) -> ObjectMeta {
+        let id_of = |line: &[u8]| -> String {
+            serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_string))
+                .unwrap_or_default()
+        };
+        let lines: Vec<&[u8]> = body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        ObjectMeta {
+            events: lines.len() as u64,
+            first_id: lines.first().map(|l| id_of(l)).unwrap_or_default(),
+            last_id: lines.last().map(|l| id_of(l)).unwrap_or_default(),
+            sha256_hex: crate::text::hex(&sha2::Sha256::digest(body)),
+        }
+    }
+}
+
 /// Whether a failed storage call may succeed if tried again.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DestError {
@@ -140,4 +164,23 @@ pub(crate) struct Destinations {
     pub(crate) dead: Box<dyn Destination>,
     /// The importer's done bucket.
     pub(crate) done: Option<Box<dyn Destination>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_of_a_body_counts_lines_and_names_the_first_and_last_ids() {
+        let body = b"{\"id\":\"1-0\",\"x\":1}\n{\"id\":\"1-1\"}\n{\"id\":\"2-0\"}\n";
+        let m = ObjectMeta::of_body(body);
+        assert_eq!(m.events, 3);
+        assert_eq!((m.first_id.as_str(), m.last_id.as_str()), ("1-0", "2-0"));
+        assert_eq!(m.sha256_hex.len(), 64);
+        assert_eq!(ObjectMeta::of_body(b"").events, 0);
+        assert_eq!(
+            ObjectMeta::of_body(b"").sha256_hex,
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 }

@@ -350,3 +350,223 @@ pub(crate) fn transport_message(t: &ureq::Transport) -> String {
     }
     msg
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client against a loopback server that answers from a script:
+    //! the request it sends (headers, resume position, recovery), how it
+    //! sorts the answers, and the resume after a dropped connection.
+
+    use super::*;
+    use crate::config::Recover;
+    use crate::secret::Secret;
+    use std::io::Write;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    const EVENT_STREAM: &str =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n";
+
+    /// Answers one connection per entry of `answers`, in order, then stops;
+    /// each request head (lower-cased) comes out of the receiver.
+    fn scripted(answers: Vec<String>) -> (String, mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for answer in answers {
+                let Ok((mut sock, _)) = listener.accept() else {
+                    return;
+                };
+                sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && sock.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let _ = tx.send(String::from_utf8_lossy(&head).to_lowercase());
+                let _ = sock.write_all(answer.as_bytes());
+            }
+        });
+        (base, rx)
+    }
+
+    fn client(base: &str) -> StreamClient {
+        let opencti = OpenCti {
+            url: base.to_string(),
+            token: Secret::new("tok-123"),
+            ssl_verify: true,
+            ca_file: None,
+            extra_ca_pem: None,
+            custom_headers: Vec::new(),
+            proxy: None,
+        };
+        let settings = StreamSettings {
+            live_stream_id: "live".into(),
+            start: None,
+            recover: Recover::Off,
+            listen_delete: true,
+            no_dependencies: false,
+            with_inferences: true,
+            idle_timeout: Duration::from_secs(5),
+            max_event_bytes: 1 << 20,
+            reconnect_max: Duration::from_millis(50),
+        };
+        StreamClient::new(&opencti, &settings, Arc::new(AtomicBool::new(false))).unwrap()
+    }
+
+    fn id(s: &str) -> EventId {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_request_carries_the_protocol_headers_and_the_resume_position() {
+        let (base, heads) = scripted(vec![EVENT_STREAM.into(); 3]);
+        let c = client(&base);
+
+        // Resuming inside the snapshot window: `recover` asked, after the cursor.
+        c.connect(Some(id("1000-2")), Some(5_000)).unwrap();
+        let head = heads.recv().unwrap();
+        assert!(
+            head.starts_with("get /stream/live?recover=1970-01-01t00:00:05.000z http/1.1"),
+            "{head}"
+        );
+        for line in [
+            "authorization: bearer tok-123",
+            "accept: text/event-stream",
+            "last-event-id: 1000-2",
+            "listen-delete: true",
+            "no-dependencies: false",
+            "with-inferences: true",
+        ] {
+            assert!(head.contains(&format!("\r\n{line}\r\n")), "{line}: {head}");
+        }
+
+        // Past the snapshot window: no `recover`.
+        c.connect(Some(id("6000-0")), Some(5_000)).unwrap();
+        let head = heads.recv().unwrap();
+        assert!(head.starts_with("get /stream/live http/1.1"), "{head}");
+        assert!(head.contains("\r\nlast-event-id: 6000-0\r\n"), "{head}");
+
+        // Live from now: no position at all.
+        c.connect(None, None).unwrap();
+        let head = heads.recv().unwrap();
+        assert!(!head.contains("last-event-id"), "{head}");
+        assert!(!head.contains("recover="), "{head}");
+    }
+
+    #[test]
+    fn answers_are_sorted_into_stop_and_try_again() {
+        let status = |code: &str| {
+            format!("HTTP/1.1 {code}\r\nContent-Type: text/plain\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope")
+        };
+        let answers = vec![
+            status("401 Unauthorized"),
+            status("410 Gone"),
+            status("403 Forbidden"),
+            status("408 Request Timeout"),
+            status("429 Too Many Requests"),
+            status("503 Service Unavailable"),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi".into(),
+        ];
+        let (base, _heads) = scripted(answers);
+        let c = client(&base);
+        let mut got = Vec::new();
+        for _ in 0..7 {
+            got.push(match c.connect(None, None) {
+                Err(ConnectError::Fatal(StreamError::Unauthorized { .. })) => "unauthorized".into(),
+                Err(ConnectError::Fatal(StreamError::Gone { .. })) => "gone".into(),
+                Err(ConnectError::Fatal(StreamError::Refused { code, body, .. })) => {
+                    format!("refused {code} {body}")
+                }
+                Err(ConnectError::Retry(why)) => format!("retry {why}"),
+                Err(ConnectError::NotAStream(ct)) => format!("not a stream {ct}"),
+                Err(ConnectError::Fatal(e)) => format!("other fatal {e}"),
+                Ok(_) => "connected".into(),
+            });
+        }
+        assert_eq!(
+            got,
+            [
+                "unauthorized",
+                "gone",
+                "refused 403 nope",
+                "retry HTTP 408 nope",
+                "retry HTTP 429 nope",
+                "retry HTTP 503 nope",
+                "not a stream text/html",
+            ]
+        );
+    }
+
+    /// Records the messages; stops at `stop_at`.
+    struct Recorder {
+        seen: Vec<(Option<String>, String)>,
+        last: Option<EventId>,
+        stop_at: &'static str,
+        disconnects: u32,
+    }
+
+    impl Handler for Recorder {
+        fn on_message(&mut self, msg: SseMessage) -> Flow {
+            if let Some(i) = msg.id.as_deref().and_then(|s| s.parse().ok()) {
+                self.last = Some(i);
+            }
+            let stop = msg.id.as_deref() == Some(self.stop_at);
+            self.seen.push((msg.id, msg.event));
+            if stop {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        }
+        fn resume_after(&self) -> Option<EventId> {
+            self.last
+        }
+        fn on_disconnect(&mut self, _why: &str) {
+            self.disconnects += 1;
+        }
+    }
+
+    #[test]
+    fn a_dropped_connection_resumes_after_the_last_id_received() {
+        let answers = vec![
+            format!("{EVENT_STREAM}id: 1-0\nevent: create\ndata: {{}}\n\nid: 2-0\nevent: update\ndata: {{}}\n\n"),
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+            format!("{EVENT_STREAM}id: 3-0\nevent: delete\ndata: {{}}\n\n"),
+        ];
+        let (base, heads) = scripted(answers);
+        let c = client(&base);
+        let mut h = Recorder {
+            seen: Vec::new(),
+            last: None,
+            stop_at: "3-0",
+            disconnects: 0,
+        };
+        let start = Start {
+            after: Some(id("0-0")),
+            recover_until_ms: None,
+        };
+        c.run(start, &mut h).unwrap();
+        let events: Vec<&str> = h.seen.iter().map(|(_, e)| e.as_str()).collect();
+        assert_eq!(events, ["create", "update", "delete"]);
+        assert_eq!(h.disconnects, 2);
+        let heads: Vec<String> = heads.try_iter().collect();
+        assert_eq!(heads.len(), 3);
+        assert!(
+            heads[0].contains("\r\nlast-event-id: 0-0\r\n"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[1].contains("\r\nlast-event-id: 2-0\r\n"),
+            "{}",
+            heads[1]
+        );
+        assert!(
+            heads[2].contains("\r\nlast-event-id: 2-0\r\n"),
+            "{}",
+            heads[2]
+        );
+    }
+}
