@@ -372,71 +372,118 @@ impl Reader {
             None => self.send(Work::Dead { id, letter }),
         }
     }
+
+    /// A `connected` frame: records the head, fixes the `once` target on the
+    /// first connection, and checks the resume point against the retention.
+    fn on_connected(&mut self, msg: &SseMessage) -> Flow {
+        let c: Connected = serde_json::from_slice(&msg.data).unwrap_or_default();
+        log::info!("stream connected: {}", c.describe());
+        let head: EventId = c
+            .last_event_id
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default();
+        self.metrics.set_head_ms(head.ms);
+        if self.once_target.is_none() {
+            let recover = self
+                .recover_until_ms
+                .map(EventId::at_ms)
+                .unwrap_or_default();
+            self.once_target = Some(head.max(recover));
+        }
+        let flow = self.check_gap(&c);
+        *self.connected.lock().expect("not poisoned") = Some(c);
+        flow
+    }
+
+    /// A heartbeat `h` above every data id seen: what was sent is complete;
+    /// past the window's end it also stops the run.
+    fn on_heartbeat(&mut self, h: EventId) -> Flow {
+        if self.stop_rule.until.is_some_and(|u| h > u) {
+            // Past the window's end: everything in it is complete.
+            let _ = self.release_open();
+            let _ = self.send(Work::Mark(h));
+            return Flow::Stop;
+        }
+        // Everything sent so far is complete; the heartbeat id
+        // itself is no resume point (it can run ahead of a
+        // snapshot in progress).
+        if self.release_open() == Flow::Stop {
+            return Flow::Stop;
+        }
+        if let Some(l) = self.last_seen {
+            self.complete = Some(l);
+            self.metrics.set_received_ms(l.ms);
+        }
+        self.heartbeat = Some(h);
+        self.send(Work::Mark(h))
+    }
+
+    /// A `no-recover` frame: no snapshot is coming, so the retention check
+    /// skipped at `connected` for the recovery applies now.
+    fn on_no_recover(&mut self, msg: &SseMessage) -> Flow {
+        log::warn!(
+            "the server refused recovery: {}; continuing with live events",
+            crate::secret::clean_external(&String::from_utf8_lossy(&msg.data), 500)
+        );
+        // No snapshot is coming: the retention check skipped at
+        // `connected` for the recovery applies now.
+        let was_recovering = self.recovering();
+        self.recover_until_ms = None;
+        let connected = self.connected.lock().expect("not poisoned").clone();
+        match connected {
+            Some(c) if was_recovering => self.check_gap(&c),
+            _ => Flow::Continue,
+        }
+    }
+
+    /// A data event with a valid id `id`, not a skipped resend: replaces a
+    /// stale held group, applies the window's end, then hands it on (or dead-letters it).
+    fn on_data(&mut self, id: EventId, msg: SseMessage) -> Flow {
+        if self.open_stale && self.last_seen == Some(id) {
+            // The resend has come: it replaces what was held.
+            self.open.clear();
+            self.open_bytes = 0;
+            self.open_stale = false;
+        }
+        if let Some(u) = self.stop_rule.until {
+            if id > u {
+                // Not exported: it only proves the window complete.
+                let _ = self.release_open();
+                let _ = self.send(Work::Mark(id));
+                return Flow::Stop;
+            }
+        }
+        if self.track(id) == Flow::Stop {
+            return Flow::Stop;
+        }
+        if let Some(size) = msg.oversized {
+            let reason = format!("event of {size} bytes exceeds `stream.max_event_bytes`");
+            self.dead(Some(id), &msg, reason)
+        } else {
+            self.hand_on(
+                id,
+                Work::Data {
+                    id,
+                    event: msg.event,
+                    data: msg.data,
+                },
+            )
+        }
+    }
 }
 
 impl Handler for Reader {
     fn on_message(&mut self, msg: SseMessage) -> Flow {
         let parsed: Option<EventId> = msg.id.as_deref().and_then(|s| s.parse().ok());
         let flow = match msg.event.as_str() {
-            "connected" => {
-                let c: Connected = serde_json::from_slice(&msg.data).unwrap_or_default();
-                log::info!("stream connected: {}", c.describe());
-                let head: EventId = c
-                    .last_event_id
-                    .as_deref()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_default();
-                self.metrics.set_head_ms(head.ms);
-                if self.once_target.is_none() {
-                    let recover = self
-                        .recover_until_ms
-                        .map(EventId::at_ms)
-                        .unwrap_or_default();
-                    self.once_target = Some(head.max(recover));
-                }
-                let flow = self.check_gap(&c);
-                *self.connected.lock().expect("not poisoned") = Some(c);
-                flow
-            }
+            "connected" => self.on_connected(&msg),
             "heartbeat" => match parsed {
-                Some(h) if self.last_seen.is_none_or(|l| h > l) => {
-                    if self.stop_rule.until.is_some_and(|u| h > u) {
-                        // Past the window's end: everything in it is complete.
-                        let _ = self.release_open();
-                        let _ = self.send(Work::Mark(h));
-                        return Flow::Stop;
-                    }
-                    // Everything sent so far is complete; the heartbeat id
-                    // itself is no resume point (it can run ahead of a
-                    // snapshot in progress).
-                    if self.release_open() == Flow::Stop {
-                        return Flow::Stop;
-                    }
-                    if let Some(l) = self.last_seen {
-                        self.complete = Some(l);
-                        self.metrics.set_received_ms(l.ms);
-                    }
-                    self.heartbeat = Some(h);
-                    self.send(Work::Mark(h))
-                }
+                Some(h) if self.last_seen.is_none_or(|l| h > l) => self.on_heartbeat(h),
                 _ => Flow::Continue,
             },
             "consumer_metrics" => Flow::Continue,
-            "no-recover" => {
-                log::warn!(
-                    "the server refused recovery: {}; continuing with live events",
-                    crate::secret::clean_external(&String::from_utf8_lossy(&msg.data), 500)
-                );
-                // No snapshot is coming: the retention check skipped at
-                // `connected` for the recovery applies now.
-                let was_recovering = self.recovering();
-                self.recover_until_ms = None;
-                let connected = self.connected.lock().expect("not poisoned").clone();
-                match connected {
-                    Some(c) if was_recovering => self.check_gap(&c),
-                    _ => Flow::Continue,
-                }
-            }
+            "no-recover" => self.on_no_recover(&msg),
             "error" => {
                 log::warn!(
                     "the stream reported an error: {}",
@@ -451,37 +498,7 @@ impl Handler for Reader {
                         if self.is_resent(id) {
                             return Flow::Continue;
                         }
-                        if self.open_stale && self.last_seen == Some(id) {
-                            // The resend has come: it replaces what was held.
-                            self.open.clear();
-                            self.open_bytes = 0;
-                            self.open_stale = false;
-                        }
-                        if let Some(u) = self.stop_rule.until {
-                            if id > u {
-                                // Not exported: it only proves the window complete.
-                                let _ = self.release_open();
-                                let _ = self.send(Work::Mark(id));
-                                return Flow::Stop;
-                            }
-                        }
-                        if self.track(id) == Flow::Stop {
-                            return Flow::Stop;
-                        }
-                        if let Some(size) = msg.oversized {
-                            let reason =
-                                format!("event of {size} bytes exceeds `stream.max_event_bytes`");
-                            self.dead(Some(id), &msg, reason)
-                        } else {
-                            self.hand_on(
-                                id,
-                                Work::Data {
-                                    id,
-                                    event: msg.event,
-                                    data: msg.data,
-                                },
-                            )
-                        }
+                        self.on_data(id, msg)
                     }
                     None => {
                         let reason = match &msg.id {
