@@ -758,6 +758,54 @@ pub(crate) fn run(
     metrics: Arc<Metrics>,
 ) -> (Committer, Result<Outcome>) {
     let started = Instant::now();
+    let (work_tx, item_rx) = spawn_workers(&settings, files, &metrics);
+    let stream_error: Arc<Mutex<Option<StreamError>>> = Arc::new(Mutex::new(None));
+    spawn_reader(
+        client,
+        vec![work_tx],
+        &settings,
+        &metrics,
+        &committer,
+        stream_error.clone(),
+    );
+
+    // A rendezvous: the batcher fills batch N+1 while N is stored, and at
+    // most those two bodies exist; stored bodies go back to the batcher.
+    let (batch_tx, batch_rx) = bounded::<Batch>(0);
+    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
+    let limits = settings.limits;
+    let first_cut = settings.first_cut_after;
+    let batch_stop = stop.clone();
+    let result = std::thread::scope(|scope| {
+        let batcher = scope.spawn(move || {
+            batcher_loop(item_rx, batch_tx, spare_rx, limits, first_cut, &batch_stop)
+        });
+        let stored = store_batches(&mut committer, &batch_rx, &spare_tx);
+        drop(batch_rx);
+        let _ = batcher.join();
+        stored
+    });
+    let (first_id, last_id, failure) = result;
+    if let Some(e) = failure {
+        return (committer, Err(e));
+    }
+    let outcome = Outcome {
+        stream_error: stream_error.lock().expect("not poisoned").take(),
+        interrupted: stop.load(Ordering::Relaxed),
+        first_id,
+        last_id,
+        elapsed: started.elapsed(),
+    };
+    (committer, Ok(outcome))
+}
+
+/// Starts the worker threads and the prefetch stage; returns the reader's
+/// way in and the workers' outputs, one per worker in order.
+fn spawn_workers(
+    settings: &PipelineSettings,
+    files: Option<Fetcher>,
+    metrics: &Arc<Metrics>,
+) -> (Sender<Vec<Work>>, Vec<Receiver<Done>>) {
     let n = settings.workers.max(1);
     // Capacities count chunks of up to CHUNK events: queue.size events in
     // flight between the reader and the batcher, at least two chunks a side,
@@ -791,97 +839,86 @@ pub(crate) fn run(
             .spawn(move || prefetch(work_rx, task_tx, files, policy))
             .expect("spawn prefetch");
     }
-    let work_tx = vec![work_tx];
+    (work_tx, item_rx)
+}
 
+/// Starts the reader thread on `client`; a stream error or refused gap it
+/// ends with is left in `stream_error`. Its end closes `work_tx`.
+fn spawn_reader(
+    client: StreamClient,
+    work_tx: Vec<Sender<Vec<Work>>>,
+    settings: &PipelineSettings,
+    metrics: &Arc<Metrics>,
+    committer: &Committer,
+    stream_error: Arc<Mutex<Option<StreamError>>>,
+) {
     let connected = Arc::new(Mutex::new(None));
-    let stream_error: Arc<Mutex<Option<StreamError>>> = Arc::new(Mutex::new(None));
-    {
-        let mut reader = Reader {
-            senders: work_tx,
-            next: 0,
-            pending: Vec::with_capacity(CHUNK),
-            metrics: metrics.clone(),
-            last_seen: None,
-            complete: None,
-            heartbeat: None,
-            stop_rule: settings.stop_rule,
-            recover_until_ms: settings.start.recover_until_ms,
-            once_target: None,
-            connected: connected.clone(),
-            start_after: settings.start.after,
-            accept_gap: settings.accept_gap,
-            gap: None,
-            accepted_gaps: committer.accepted_gaps(),
-            unknown_frames: Default::default(),
-            open: Vec::new(),
-            open_bytes: 0,
-            open_handed: 0,
-            resend_skip: None,
-            open_stale: false,
-        };
-        let start = settings.start;
-        let stream_error = stream_error.clone();
-        std::thread::Builder::new()
-            .name("reader".into())
-            .spawn(move || {
-                let result = client.run(start, &mut reader);
-                reader.metrics.set_stream_connected(false);
-                reader.finish();
-                if let Some(e) = reader.gap.take().map(Err).unwrap_or(result).err() {
-                    *stream_error.lock().expect("not poisoned") = Some(e);
-                }
-                // Dropping the reader closes the work channels: the end of input.
-            })
-            .expect("spawn reader");
-    }
+    let mut reader = Reader {
+        senders: work_tx,
+        next: 0,
+        pending: Vec::with_capacity(CHUNK),
+        metrics: metrics.clone(),
+        last_seen: None,
+        complete: None,
+        heartbeat: None,
+        stop_rule: settings.stop_rule,
+        recover_until_ms: settings.start.recover_until_ms,
+        once_target: None,
+        connected: connected.clone(),
+        start_after: settings.start.after,
+        accept_gap: settings.accept_gap,
+        gap: None,
+        accepted_gaps: committer.accepted_gaps(),
+        unknown_frames: Default::default(),
+        open: Vec::new(),
+        open_bytes: 0,
+        open_handed: 0,
+        resend_skip: None,
+        open_stale: false,
+    };
+    let start = settings.start;
+    std::thread::Builder::new()
+        .name("reader".into())
+        .spawn(move || {
+            let result = client.run(start, &mut reader);
+            reader.metrics.set_stream_connected(false);
+            reader.finish();
+            if let Some(e) = reader.gap.take().map(Err).unwrap_or(result).err() {
+                *stream_error.lock().expect("not poisoned") = Some(e);
+            }
+            // Dropping the reader closes the work channels: the end of input.
+        })
+        .expect("spawn reader");
+}
 
-    // A rendezvous: the batcher fills batch N+1 while N is stored, and at
-    // most those two bodies exist; stored bodies go back to the batcher.
-    let (batch_tx, batch_rx) = bounded::<Batch>(0);
-    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
-    let limits = settings.limits;
-    let first_cut = settings.first_cut_after;
-    let batch_stop = stop.clone();
-    let result = std::thread::scope(|scope| {
-        let batcher = scope.spawn(move || {
-            batcher_loop(item_rx, batch_tx, spare_rx, limits, first_cut, &batch_stop)
-        });
-        let mut first_id = None;
-        let mut last_id = None;
-        let mut failure = None;
-        for batch in batch_rx.iter() {
-            let (f, l) = (batch.first_id, batch.last_id);
-            match committer.store(batch) {
-                Ok((None, body)) => {
-                    let _ = spare_tx.try_send(body);
-                }
-                Ok((Some(_), body)) => {
-                    let _ = spare_tx.try_send(body);
-                    first_id = first_id.or(f);
-                    last_id = l.or(last_id);
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    break;
-                }
+/// Stores the batches in the order they come until the batcher ends or a
+/// store fails; returns the first and last ids stored and the failure.
+fn store_batches(
+    committer: &mut Committer,
+    batch_rx: &Receiver<Batch>,
+    spare_tx: &Sender<Vec<u8>>,
+) -> (Option<EventId>, Option<EventId>, Option<anyhow::Error>) {
+    let mut first_id = None;
+    let mut last_id = None;
+    let mut failure = None;
+    for batch in batch_rx.iter() {
+        let (f, l) = (batch.first_id, batch.last_id);
+        match committer.store(batch) {
+            Ok((None, body)) => {
+                let _ = spare_tx.try_send(body);
+            }
+            Ok((Some(_), body)) => {
+                let _ = spare_tx.try_send(body);
+                first_id = first_id.or(f);
+                last_id = l.or(last_id);
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
             }
         }
-        drop(batch_rx);
-        let _ = batcher.join();
-        (first_id, last_id, failure)
-    });
-    let (first_id, last_id, failure) = result;
-    if let Some(e) = failure {
-        return (committer, Err(e));
     }
-    let outcome = Outcome {
-        stream_error: stream_error.lock().expect("not poisoned").take(),
-        interrupted: stop.load(Ordering::Relaxed),
-        first_id,
-        last_id,
-        elapsed: started.elapsed(),
-    };
-    (committer, Ok(outcome))
+    (first_id, last_id, failure)
 }
 
 fn batcher_loop(
