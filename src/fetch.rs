@@ -575,53 +575,19 @@ impl Inner {
             *p.first_start.get_or_insert_with(Instant::now)
         };
         let deadline = started + self.settings.deadline;
-        let past_deadline = || {
-            format!(
-                "not received within `files.deadline_sec` ({} s)",
-                self.settings.deadline.as_secs()
-            )
-        };
         let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
-            return Attempt::Done(FileOutcome::failed(past_deadline()));
+            return Attempt::Done(FileOutcome::failed(self.past_deadline()));
         };
         let url = format!("{}/{}", self.base, job.path);
-        let resp = match self
-            .agent
-            .get(&url)
-            .set("Authorization", &self.auth)
-            .timeout(remaining)
-            .call()
-        {
-            Ok(r) if (200..300).contains(&r.status()) => r,
-            Ok(r) => {
-                return Attempt::Done(FileOutcome::failed(format!(
-                    "`{url}` answered HTTP {} (redirects are not followed)",
-                    r.status()
-                )))
-            }
-            Err(ureq::Error::Status(code, _)) => {
-                let reason = format!("`{url}` answered HTTP {code}");
-                return if code >= 500 || code == 408 || code == 429 {
-                    Attempt::Retry(reason)
-                } else {
-                    Attempt::Done(FileOutcome::failed(reason))
-                };
-            }
-            Err(ureq::Error::Transport(t)) => {
-                if Instant::now() >= deadline {
-                    return Attempt::Done(FileOutcome::failed(past_deadline()));
-                }
-                return Attempt::Retry(format!(
-                    "`{url}`: {}",
-                    crate::stream::client::transport_message(&t)
-                ));
-            }
+        let resp = match self.request(&url, remaining, deadline) {
+            Ok(r) => r,
+            Err(attempt) => return attempt,
         };
         let announced: Option<u64> = resp
             .header("Content-Length")
             .and_then(|v| v.trim().parse().ok());
         let cap = self.settings.max_bytes;
-        let mut content = FileContent {
+        let content = FileContent {
             base64: String::with_capacity(b64_len(
                 announced.unwrap_or(0).min(cap.saturating_add(3)) as usize,
             )),
@@ -631,13 +597,81 @@ impl Inner {
                 bytes: 0,
             },
         };
-        let mut reader = resp.into_reader();
+        let (content, carry, over) =
+            match self.receive(job, resp.into_reader(), content, buf, deadline, &url) {
+                Ok(received) => received,
+                Err(attempt) => return attempt,
+            };
+        self.received(content, &buf[..carry], over, announced, &url)
+    }
+
+    /// Why a file not received by `files.deadline_sec` failed.
+    fn past_deadline(&self) -> String {
+        format!(
+            "not received within `files.deadline_sec` ({} s)",
+            self.settings.deadline.as_secs()
+        )
+    }
+
+    /// Sends the GET for `url`; a status outside 2xx or a transport error is
+    /// the attempt's end (`Err`), retried only where it may pass.
+    fn request(
+        &self,
+        url: &str,
+        remaining: Duration,
+        deadline: Instant,
+    ) -> Result<ureq::Response, Attempt> {
+        match self
+            .agent
+            .get(url)
+            .set("Authorization", &self.auth)
+            .timeout(remaining)
+            .call()
+        {
+            Ok(r) if (200..300).contains(&r.status()) => Ok(r),
+            Ok(r) => Err(Attempt::Done(FileOutcome::failed(format!(
+                "`{url}` answered HTTP {} (redirects are not followed)",
+                r.status()
+            )))),
+            Err(ureq::Error::Status(code, _)) => {
+                let reason = format!("`{url}` answered HTTP {code}");
+                Err(if code >= 500 || code == 408 || code == 429 {
+                    Attempt::Retry(reason)
+                } else {
+                    Attempt::Done(FileOutcome::failed(reason))
+                })
+            }
+            Err(ureq::Error::Transport(t)) => {
+                if Instant::now() >= deadline {
+                    return Err(Attempt::Done(FileOutcome::failed(self.past_deadline())));
+                }
+                Err(Attempt::Retry(format!(
+                    "`{url}`: {}",
+                    crate::stream::client::transport_message(&t)
+                )))
+            }
+        }
+    }
+
+    /// Reads the body into `content` (base64, charged to the budget) up to
+    /// one byte past `files.max_bytes`; returns it with the count of bytes
+    /// left unencoded at the start of `buf` and whether the cap was passed.
+    fn receive(
+        &self,
+        job: &Job,
+        mut reader: impl Read,
+        mut content: FileContent,
+        buf: &mut [u8],
+        deadline: Instant,
+        url: &str,
+    ) -> Result<(FileContent, usize, bool), Attempt> {
+        let cap = self.settings.max_bytes;
         let mut carry = 0usize;
         let engine = &base64::engine::general_purpose::STANDARD;
         let mut over = false;
         loop {
             if job.cancelled.load(Ordering::Relaxed) {
-                return Attempt::Done(FileOutcome::failed("no longer needed"));
+                return Err(Attempt::Done(FileOutcome::failed("no longer needed")));
             }
             // One byte past the cap tells a file over it from one at it.
             let room = (cap + 1).saturating_sub(content.size + carry as u64);
@@ -653,17 +687,9 @@ impl Inner {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     if Instant::now() >= deadline {
-                        let received = self.keep(content, &buf[..carry]);
-                        return Attempt::Done(FileOutcome::Failed {
-                            reason: format!(
-                                "{} ({} bytes received)",
-                                past_deadline(),
-                                received.as_ref().map(|c| c.size).unwrap_or(0)
-                            ),
-                            kept: received,
-                        });
+                        return Err(self.late(content, &buf[..carry]));
                     }
-                    return Attempt::Retry(format!("reading `{url}`: {e}"));
+                    return Err(Attempt::Retry(format!("reading `{url}`: {e}")));
                 }
             };
             let have = carry + n;
@@ -671,7 +697,7 @@ impl Inner {
             let add = b64_len(whole);
             if add > 0 {
                 if !self.budget.charge(job.seq, add, BUDGET_WAIT) {
-                    return Attempt::Requeue;
+                    return Err(Attempt::Requeue);
                 }
                 content._charge.bytes += add;
                 engine.encode_string(&buf[..whole], &mut content.base64);
@@ -683,19 +709,39 @@ impl Inner {
                 break;
             }
             if Instant::now() >= deadline {
-                let received = self.keep(content, &buf[..carry]);
-                return Attempt::Done(FileOutcome::Failed {
-                    reason: format!(
-                        "{} ({} bytes received)",
-                        past_deadline(),
-                        received.as_ref().map(|c| c.size).unwrap_or(0)
-                    ),
-                    kept: received,
-                });
+                return Err(self.late(content, &buf[..carry]));
             }
         }
+        Ok((content, carry, over))
+    }
+
+    /// The end of an attempt past the deadline: failed, keeping what was
+    /// received (`content` and the unencoded `tail`).
+    fn late(&self, content: FileContent, tail: &[u8]) -> Attempt {
+        let received = self.keep(content, tail);
+        Attempt::Done(FileOutcome::Failed {
+            reason: format!(
+                "{} ({} bytes received)",
+                self.past_deadline(),
+                received.as_ref().map(|c| c.size).unwrap_or(0)
+            ),
+            kept: received,
+        })
+    }
+
+    /// The end of an attempt whose body was read: over the cap (first bytes
+    /// kept), short of the announced length (retried), or fetched.
+    fn received(
+        &self,
+        content: FileContent,
+        tail: &[u8],
+        over: bool,
+        announced: Option<u64>,
+        url: &str,
+    ) -> Attempt {
+        let cap = self.settings.max_bytes;
         if over {
-            let received = self.keep(content, &buf[..carry]);
+            let received = self.keep(content, tail);
             let reason = match announced {
                 Some(len) => format!(
                     "{len} bytes is over `files.max_bytes` ({cap}); its first {cap} bytes are kept"
@@ -708,14 +754,14 @@ impl Inner {
             });
         }
         if let Some(len) = announced {
-            if len != content.size + carry as u64 {
+            if len != content.size + tail.len() as u64 {
                 return Attempt::Retry(format!(
                     "`{url}` announced {len} bytes and sent {}",
-                    content.size + carry as u64
+                    content.size + tail.len() as u64
                 ));
             }
         }
-        let content = self.keep(content, &buf[..carry]).unwrap_or(FileContent {
+        let content = self.keep(content, tail).unwrap_or(FileContent {
             base64: String::new(),
             size: 0,
             _charge: Charge::none(),
