@@ -34,7 +34,14 @@ impl Metrics {
 
     fn exposition_at(&self, name: &str, now_ms: u64) -> Exposition {
         let mut out = Exposition::new(name);
+        self.connector_series(&mut out);
+        self.file_series(&mut out);
+        self.progress_series(&mut out, now_ms);
+        out
+    }
 
+    /// The series named as the OpenCTI connectors' own (no prefix), first.
+    fn connector_series(&self, out: &mut Exposition) {
         out.family(
             "processed_messages_total",
             "counter",
@@ -72,22 +79,24 @@ impl Metrics {
             "End of the recovery in epoch milliseconds (0 when none)",
             self.recover_until_ms.load(Relaxed),
         );
+    }
 
-        let m = |s: &str| format!("{PREFIX}{s}");
+    /// The prefixed series of the files written: sizes, times, retries, losses.
+    fn file_series(&self, out: &mut Exposition) {
         out.counter(
-            &m("bytes_written_total"),
+            &prefixed("bytes_written_total"),
             "Bytes of the files written and committed",
             &self.bytes_written,
         );
         out.gauge(
-            &m("last_file_events"),
+            &prefixed("last_file_events"),
             "Events in the last file written",
             self.last_file_events.load(Relaxed),
         );
         let (counts, sum) = self.events_per_file.read();
         let bounds = EVENTS_PER_FILE_BOUNDS.map(|b| b.to_string());
         out.histogram(
-            &m("events_per_file"),
+            &prefixed("events_per_file"),
             "Events per file written",
             &bounds,
             &counts,
@@ -96,13 +105,13 @@ impl Metrics {
         let (counts, sum_us) = self.upload_us.read();
         let bounds = UPLOAD_BOUNDS_US.map(|b| Seconds(b).to_string());
         out.histogram(
-            &m("upload_duration_seconds"),
+            &prefixed("upload_duration_seconds"),
             "Time to store a file, successful attempt only",
             &bounds,
             &counts,
             &Seconds(sum_us),
         );
-        let retries = m("retries_total");
+        let retries = prefixed("retries_total");
         out.family(&retries, "counter", "Retries by cause");
         for cause in RetryCause::ALL {
             out.sample(
@@ -112,21 +121,25 @@ impl Metrics {
             );
         }
         out.counter(
-            &m("dead_letters_total"),
+            &prefixed("dead_letters_total"),
             "Events set aside as dead letters",
             &self.dead_letters,
         );
         out.counter(
-            &m("file_fetch_failures_total"),
+            &prefixed("file_fetch_failures_total"),
             "Attached files that could not be fetched and were exported without content",
             &self.file_fetch_failures,
         );
         out.counter(
-            &m("reconnects_total"),
+            &prefixed("reconnects_total"),
             "Lost stream connections",
             &self.reconnects,
         );
-        let lag = m("cursor_lag_seconds");
+    }
+
+    /// The prefixed series of progress at `now_ms`: lag, last commit, policy, connection.
+    fn progress_series(&self, out: &mut Exposition, now_ms: u64) {
+        let lag = prefixed("cursor_lag_seconds");
         out.family(
             &lag,
             "gauge",
@@ -136,7 +149,7 @@ impl Metrics {
         if cursor > 0 {
             out.sample(&lag, &[], Seconds(now_ms.saturating_sub(cursor) * 1000));
         }
-        let commit = m("last_commit_timestamp_seconds");
+        let commit = prefixed("last_commit_timestamp_seconds");
         out.family(
             &commit,
             "gauge",
@@ -146,7 +159,7 @@ impl Metrics {
         if at > 0 {
             out.sample(&commit, &[], Seconds(at * 1000));
         }
-        let held = m("policy_held_total");
+        let held = prefixed("policy_held_total");
         out.family(
             &held,
             "counter",
@@ -160,12 +173,16 @@ impl Metrics {
             );
         }
         out.gauge(
-            &m("stream_connected"),
+            &prefixed("stream_connected"),
             "1 while connected to the live stream, 0 while connecting or reconnecting",
             self.stream_connected.load(Relaxed),
         );
-        out
     }
+}
+
+/// `s` with the exporter's own prefix.
+fn prefixed(s: &str) -> String {
+    format!("{PREFIX}{s}")
 }
 
 /// Microseconds printed as decimal seconds, without exponent or trailing zeros.
