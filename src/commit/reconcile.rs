@@ -180,72 +180,16 @@ pub(crate) fn reconcile(src: &Sources, fresh: &State) -> Result<Resolved, Confli
     let new_export_id = fresh.export_id.as_deref().unwrap_or_default();
     let marker_count = src.marker.as_ref().map(|m| m.file_count()).unwrap_or(0);
     let stored = src.stored_high();
-    let mut notes = Vec::new();
-
-    if let Some(m) = &src.marker {
-        if m.stream_id.as_deref().is_some_and(|s| s != src.stream_id) {
-            return Err(src.conflict(
-                format!(
-                    "this folder holds the export of another stream (`{}`), not `{}`",
-                    m.stream_id.as_deref().unwrap_or("?"),
-                    src.stream_id
-                ),
-                vec![format!(
-                    "give this export its own folder (`minio.folder` or the output directory)"
-                )],
-            ));
-        }
-    }
+    check_stream(src)?;
 
     let Some(local) = &src.local else {
-        if src.explicit_start && (src.marker.is_some() || stored > 0) {
-            return Err(src.conflict(
-                format!(
-                    "`--from` starts a new export, but the folder already holds an export ({} files): the importer would see numbers used twice",
-                    marker_count.max(stored)
-                ),
-                vec![
-                    "a backfill: give it its own `minio.folder` (or output directory)".into(),
-                    format!("to continue the export found there, run without `--from`: it resumes from the folder's record"),
-                ],
-            ));
-        }
-        // No local state: resume from the export's traces, if any.
-        let Some(mut state) = from_traces(src, marker_count, stored, new_export_id)? else {
-            return Ok(Resolved {
-                state: fresh.clone(),
-                notes,
-            });
-        };
-        notes.push(format!(
-            "no state file at `{}`, but the destination holds this export's traces: resuming from them after `{}`, next file {} ({})",
-            src.local_path,
-            state.start_from.as_deref().unwrap_or("0-0"),
-            state.file_count + 1,
-            if marker_count >= stored { "from the marker" } else { "from the highest file's metadata" }
-        ));
-        state.stream_id = Some(src.stream_id.clone());
-        return Ok(Resolved { state, notes });
+        return resume_without_state(src, fresh, marker_count, stored);
     };
 
+    let mut notes = Vec::new();
     let mut state = local.clone();
     let local_count = local.file_count;
-    let same_export = match (&src.marker, &local.export_id) {
-        (None, _) => None,
-        (Some(m), Some(id)) => Some(&m.export_id == id),
-        // A state from before the marker existed: the marker is its own
-        // only when it agrees with it.
-        (Some(m), None) => Some(m.file_count() == local_count),
-    };
-    if same_export == Some(false) {
-        return Err(src.conflict(
-            "the local state and the folder's marker belong to two different exports: another state (a backfill?) writes to this folder, or the state was created anew".into(),
-            vec![
-                "a backfill or a second exporter: give it its own `minio.folder` (or output directory)".into(),
-                format!("this state should continue the export recorded in the folder: move it aside (`mv {0} {0}.old`); the next run resumes from the marker", src.local_path),
-            ],
-        ));
-    }
+    let same_export = same_export(src, local)?;
     let ahead = marker_count.max(stored);
     if ahead > local_count {
         if same_export != Some(true) {
@@ -289,6 +233,88 @@ pub(crate) fn reconcile(src: &Sources, fresh: &State) -> Result<Resolved, Confli
         );
     }
     Ok(Resolved { state, notes })
+}
+
+/// Refuses a folder whose marker names another stream.
+fn check_stream(src: &Sources) -> Result<(), Conflict> {
+    if let Some(m) = &src.marker {
+        if m.stream_id.as_deref().is_some_and(|s| s != src.stream_id) {
+            return Err(src.conflict(
+                format!(
+                    "this folder holds the export of another stream (`{}`), not `{}`",
+                    m.stream_id.as_deref().unwrap_or("?"),
+                    src.stream_id
+                ),
+                vec![format!(
+                    "give this export its own folder (`minio.folder` or the output directory)"
+                )],
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where a run without a local state continues: after the export's traces
+/// in the destination, or from `fresh` when there are none.
+fn resume_without_state(
+    src: &Sources,
+    fresh: &State,
+    marker_count: u64,
+    stored: u64,
+) -> Result<Resolved, Conflict> {
+    let new_export_id = fresh.export_id.as_deref().unwrap_or_default();
+    let mut notes = Vec::new();
+    if src.explicit_start && (src.marker.is_some() || stored > 0) {
+        return Err(src.conflict(
+            format!(
+                "`--from` starts a new export, but the folder already holds an export ({} files): the importer would see numbers used twice",
+                marker_count.max(stored)
+            ),
+            vec![
+                "a backfill: give it its own `minio.folder` (or output directory)".into(),
+                format!("to continue the export found there, run without `--from`: it resumes from the folder's record"),
+            ],
+        ));
+    }
+    // No local state: resume from the export's traces, if any.
+    let Some(mut state) = from_traces(src, marker_count, stored, new_export_id)? else {
+        return Ok(Resolved {
+            state: fresh.clone(),
+            notes,
+        });
+    };
+    notes.push(format!(
+        "no state file at `{}`, but the destination holds this export's traces: resuming from them after `{}`, next file {} ({})",
+        src.local_path,
+        state.start_from.as_deref().unwrap_or("0-0"),
+        state.file_count + 1,
+        if marker_count >= stored { "from the marker" } else { "from the highest file's metadata" }
+    ));
+    state.stream_id = Some(src.stream_id.clone());
+    Ok(Resolved { state, notes })
+}
+
+/// Whether the folder's marker belongs to the local state's export (`None`:
+/// no marker); refuses two different exports.
+fn same_export(src: &Sources, local: &State) -> Result<Option<bool>, Conflict> {
+    let local_count = local.file_count;
+    let same_export = match (&src.marker, &local.export_id) {
+        (None, _) => None,
+        (Some(m), Some(id)) => Some(&m.export_id == id),
+        // A state from before the marker existed: the marker is its own
+        // only when it agrees with it.
+        (Some(m), None) => Some(m.file_count() == local_count),
+    };
+    if same_export == Some(false) {
+        return Err(src.conflict(
+            "the local state and the folder's marker belong to two different exports: another state (a backfill?) writes to this folder, or the state was created anew".into(),
+            vec![
+                "a backfill or a second exporter: give it its own `minio.folder` (or output directory)".into(),
+                format!("this state should continue the export recorded in the folder: move it aside (`mv {0} {0}.old`); the next run resumes from the marker", src.local_path),
+            ],
+        ));
+    }
+    Ok(same_export)
 }
 
 /// The highest key stamp any source shows.
