@@ -805,90 +805,20 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
     let opencti = opencti(src);
     let stream = stream(src);
 
-    let log_level = match src.get("connector.log_level") {
-        None => log::LevelFilter::Info,
-        Some(r) => match r.value.trim().to_ascii_lowercase().as_str() {
-            "debug" => log::LevelFilter::Debug,
-            "info" => log::LevelFilter::Info,
-            "warn" | "warning" => log::LevelFilter::Warn,
-            // Python's levels above error: this tool logs nothing above
-            // error, so its errors are what these levels show.
-            "error" | "critical" | "fatal" => log::LevelFilter::Error,
-            "trace" => log::LevelFilter::Trace,
-            // Python's `NOTSET` on the root logger lets everything through.
-            "notset" => log::LevelFilter::Debug,
-            _ => {
-                return Err(src.err(
-                    "connector.log_level",
-                    Some(&r),
-                    "is not a log level: use debug, info, warning, error or critical",
-                ))
-            }
-        },
-    };
-    let consumer_count = match &ov.consumer_count {
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=64).contains(n))
-            .ok_or_else(|| ConfigError {
-                key: "connector.consumer_count".into(),
-                origin: "--consumer-count".into(),
-                message: format!("`{v}` is not a number of threads from 1 to 64"),
-            })?,
-        None => src.number("connector.consumer_count", 4, 1, 64, "threads")? as usize,
-    };
+    let log_level = log_level(src)?;
+    let consumer_count = consumer_count(src, ov)?;
     let queue_size = src.number("queue.size", 1000, 1, 1_000_000, "events")? as usize;
     let batch = BatchLimits {
         max_age: Duration::from_secs(src.number("write.every_sec", 900, 1, 86_400, "seconds")?),
         max_events: src.number("write.max_events", 20_000, 1, 10_000_000, "events")? as usize,
         max_bytes: src.number("write.max_bytes", 4 << 20, 1024, 4 << 30, "bytes")? as usize,
     };
-    let folder = src
-        .string("minio.folder")
-        .unwrap_or_else(|| "opencti".to_string());
-    let folder = folder.trim_matches('/').to_string();
-    if let Err(why) = check_folder(&folder) {
-        return Err(src.err(
-            "minio.folder",
-            src.get("minio.folder").as_ref(),
-            format!(
-                "is not a usable folder ({why}): use a name like `opencti` or `exports/opencti`"
-            ),
-        ));
-    }
-
-    let config_dir = file
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let state_path = match (&ov.state_path, src.string("state.path")) {
-        (Some(p), _) => p.clone(),
-        (None, Some(p)) => PathBuf::from(p),
-        (None, None) => config_dir.join("opencti-stream-exporter.state.json"),
-    };
-    let state_path = if state_path.as_os_str().is_empty() {
-        PathBuf::from("opencti-stream-exporter.state.json")
-    } else {
-        state_path
-    };
+    let folder = folder(src)?;
+    let state_path = state_path(src, file, ov);
 
     let output = output(src, ov);
     let fetch_files = src.boolean("files.fetch", true)?;
-    let files = crate::fetch::FileSettings {
-        retries: src.number("files.retries", 3, 1, 100, "attempts")? as u32,
-        concurrency: src.number("files.concurrency", 32, 1, 256, "requests")? as usize,
-        max_bytes: src.number("files.max_bytes", 4 << 20, 1, 4 << 30, "bytes")?,
-        deadline: Duration::from_secs(src.number(
-            "files.deadline_sec",
-            120,
-            1,
-            86_400,
-            "seconds",
-        )?),
-        buffer_bytes: src.number("files.buffer_bytes", 8 << 20, 1 << 20, 1 << 32, "bytes")?
-            as usize,
-    };
+    let files = file_settings(src)?;
     // The importer publishes each line to RabbitMQ base64-encoded (4/3 of
     // the line plus about 150 bytes); RabbitMQ 4 refuses messages over
     // 16 MiB by default: 12 MiB lines fit.
@@ -920,20 +850,7 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
     src.boolean("minio.secure", false)?;
     src.boolean("minio.cert_check", true)?;
 
-    // A value error anywhere fails the load; a missing required key only
-    // fails the commands that need it (`state show` works without OpenCTI).
-    for part in [
-        opencti.as_ref().err(),
-        stream.as_ref().err(),
-        output.as_ref().err(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if !part.origin.starts_with("set `") {
-            return Err(part.clone());
-        }
-    }
+    value_errors(&opencti, &stream, &output)?;
 
     Ok(Config {
         file: file.map(Path::to_path_buf),
@@ -957,6 +874,125 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
         log_every,
         once_max_outage,
     })
+}
+
+/// `connector.log_level`, Python's level names included.
+fn log_level(src: &Sources) -> Result<log::LevelFilter, ConfigError> {
+    let level = match src.get("connector.log_level") {
+        None => log::LevelFilter::Info,
+        Some(r) => match r.value.trim().to_ascii_lowercase().as_str() {
+            "debug" => log::LevelFilter::Debug,
+            "info" => log::LevelFilter::Info,
+            "warn" | "warning" => log::LevelFilter::Warn,
+            // Python's levels above error: this tool logs nothing above
+            // error, so its errors are what these levels show.
+            "error" | "critical" | "fatal" => log::LevelFilter::Error,
+            "trace" => log::LevelFilter::Trace,
+            // Python's `NOTSET` on the root logger lets everything through.
+            "notset" => log::LevelFilter::Debug,
+            _ => {
+                return Err(src.err(
+                    "connector.log_level",
+                    Some(&r),
+                    "is not a log level: use debug, info, warning, error or critical",
+                ))
+            }
+        },
+    };
+    Ok(level)
+}
+
+/// `connector.consumer_count`, or `--consumer-count` over it: 1 to 64 threads.
+fn consumer_count(src: &Sources, ov: &Overrides) -> Result<usize, ConfigError> {
+    let count = match &ov.consumer_count {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| ConfigError {
+                key: "connector.consumer_count".into(),
+                origin: "--consumer-count".into(),
+                message: format!("`{v}` is not a number of threads from 1 to 64"),
+            })?,
+        None => src.number("connector.consumer_count", 4, 1, 64, "threads")? as usize,
+    };
+    Ok(count)
+}
+
+/// `minio.folder` without its surrounding slashes; must be a usable folder name.
+fn folder(src: &Sources) -> Result<String, ConfigError> {
+    let folder = src
+        .string("minio.folder")
+        .unwrap_or_else(|| "opencti".to_string());
+    let folder = folder.trim_matches('/').to_string();
+    if let Err(why) = check_folder(&folder) {
+        return Err(src.err(
+            "minio.folder",
+            src.get("minio.folder").as_ref(),
+            format!(
+                "is not a usable folder ({why}): use a name like `opencti` or `exports/opencti`"
+            ),
+        ));
+    }
+    Ok(folder)
+}
+
+/// The state file: `--state`, else `state.path`, else beside the configuration file; never empty.
+fn state_path(src: &Sources, file: Option<&Path>, ov: &Overrides) -> PathBuf {
+    let config_dir = file
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let state_path = match (&ov.state_path, src.string("state.path")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => config_dir.join("opencti-stream-exporter.state.json"),
+    };
+    if state_path.as_os_str().is_empty() {
+        PathBuf::from("opencti-stream-exporter.state.json")
+    } else {
+        state_path
+    }
+}
+
+/// The `files.*` settings of fetching the files of events.
+fn file_settings(src: &Sources) -> Result<crate::fetch::FileSettings, ConfigError> {
+    Ok(crate::fetch::FileSettings {
+        retries: src.number("files.retries", 3, 1, 100, "attempts")? as u32,
+        concurrency: src.number("files.concurrency", 32, 1, 256, "requests")? as usize,
+        max_bytes: src.number("files.max_bytes", 4 << 20, 1, 4 << 30, "bytes")?,
+        deadline: Duration::from_secs(src.number(
+            "files.deadline_sec",
+            120,
+            1,
+            86_400,
+            "seconds",
+        )?),
+        buffer_bytes: src.number("files.buffer_bytes", 8 << 20, 1 << 20, 1 << 32, "bytes")?
+            as usize,
+    })
+}
+
+/// Fails on a value error in the OpenCTI, stream or output settings; a missing required key
+/// only fails the commands that need it (`state show` works without OpenCTI).
+fn value_errors(
+    opencti: &Result<OpenCti, ConfigError>,
+    stream: &Result<StreamSettings, ConfigError>,
+    output: &Result<Output, ConfigError>,
+) -> Result<(), ConfigError> {
+    for part in [
+        opencti.as_ref().err(),
+        stream.as_ref().err(),
+        output.as_ref().err(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !part.origin.starts_with("set `") {
+            return Err(part.clone());
+        }
+    }
+    Ok(())
 }
 
 fn policy(src: &Sources) -> Result<std::sync::Arc<Policy>, ConfigError> {
