@@ -1351,124 +1351,140 @@ fn stream(src: &Sources) -> Result<StreamSettings, ConfigError> {
 
 fn output(src: &Sources, ov: &Overrides) -> Result<Output, ConfigError> {
     let kind_raw = src.get("output.kind");
-    let kind = match (
-        &ov.output_dir,
-        kind_raw
-            .as_ref()
-            .map(|r| r.value.trim().to_ascii_lowercase()),
-    ) {
-        (Some(_), _) => "directory".to_string(),
-        (None, Some(k)) => k,
-        (None, None) if src.string("minio.endpoint").is_some() => "s3".to_string(),
-        (None, None) => "directory".to_string(),
-    };
+    let kind = output_kind(src, ov, kind_raw.as_ref());
     match kind.as_str() {
-        "directory" | "dir" => {
-            let root = ov
-                .output_dir
-                .clone()
-                .or_else(|| src.string("output.directory").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from("export"));
-            let dead_letter_root = src
-                .string("dead_letter.directory")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    let mut name = root
-                        .file_name()
-                        .map(|n| n.to_os_string())
-                        .unwrap_or_else(|| "export".into());
-                    name.push("-dead-letter");
-                    root.with_file_name(name)
-                });
-            Ok(Output::Directory {
-                root,
-                dead_letter_root,
-            })
-        }
-        "s3" | "minio" => {
-            let endpoint = src.required(
-                "minio.endpoint",
-                "the S3/MinIO host name, e.g. `minio.example.org`",
-            )?;
-            let port = match src.get("minio.port") {
-                None => None,
-                Some(r) => Some(
-                    r.value
-                        .trim()
-                        .parse::<u16>()
-                        .ok()
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| {
-                            src.err(
-                                "minio.port",
-                                Some(&r),
-                                "is not a port number: give a number from 1 to 65535",
-                            )
-                        })?,
-                ),
-            };
-            let bucket_raw = src.get("minio.bucket");
-            let bucket = src.required("minio.bucket", "the bucket the stream-importer reads")?;
-            if !valid_bucket(&bucket) {
-                return Err(src.err(
-                    "minio.bucket",
-                    bucket_raw.as_ref(),
-                    "is not a valid bucket name: 3-63 lowercase letters, digits, dots or hyphens",
-                ));
-            }
-            let access_key = src.required("minio.access_key", "the S3 access key")?;
-            let secret_key = Secret::new(src.required("minio.secret_key", "the S3 secret key")?);
-            let ca_file = src.string("minio.ca_file").map(PathBuf::from);
-            if let Some(ca) = &ca_file {
-                if !ca.is_file() {
-                    return Err(src.err(
-                        "minio.ca_file",
-                        src.get("minio.ca_file").as_ref(),
-                        "is not a readable file: give the path of a PEM CA bundle",
-                    ));
-                }
-            }
-            let dead_letter_bucket = src.string("dead_letter.bucket").unwrap_or_else(|| {
-                let b = format!("{bucket}-dead-letter");
-                if b.len() > 63 {
-                    "opencti-dead-letter".to_string()
-                } else {
-                    b
-                }
-            });
-            if !valid_bucket(&dead_letter_bucket) || dead_letter_bucket == bucket {
-                return Err(src.err("dead_letter.bucket", src.get("dead_letter.bucket").as_ref(), "must be a valid bucket name other than `minio.bucket` (the importer reads every key of that bucket)"));
-            }
-            let settings = S3Settings {
-                endpoint,
-                port,
-                secure: src.boolean("minio.secure", false)?,
-                cert_check: src.boolean("minio.cert_check", true)?,
-                ca_file,
-                region: src.string("minio.region"),
-                bucket,
-                access_key,
-                secret_key,
-                timeout: Duration::from_secs(src.number(
-                    "minio.timeout_sec",
-                    120,
-                    1,
-                    3600,
-                    "seconds",
-                )?),
-            };
-            Ok(Output::S3 {
-                settings,
-                bucket_done: src.string("minio.bucket_done"),
-                dead_letter_bucket,
-            })
-        }
+        "directory" | "dir" => Ok(directory_output(src, ov)),
+        "s3" | "minio" => s3_output(src),
         _ => Err(src.err(
             "output.kind",
             kind_raw.as_ref(),
             "is not a destination: use `s3` or `directory`",
         )),
     }
+}
+
+/// The destination kind: a directory under `--output-dir`, else `output.kind`, else S3 when
+/// `minio.endpoint` is set, else a directory.
+fn output_kind(src: &Sources, ov: &Overrides, kind_raw: Option<&Raw>) -> String {
+    match (
+        &ov.output_dir,
+        kind_raw.map(|r| r.value.trim().to_ascii_lowercase()),
+    ) {
+        (Some(_), _) => "directory".to_string(),
+        (None, Some(k)) => k,
+        (None, None) if src.string("minio.endpoint").is_some() => "s3".to_string(),
+        (None, None) => "directory".to_string(),
+    }
+}
+
+/// The directory destination: `--output-dir` or `output.directory`, dead letters beside it.
+fn directory_output(src: &Sources, ov: &Overrides) -> Output {
+    let root = ov
+        .output_dir
+        .clone()
+        .or_else(|| src.string("output.directory").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("export"));
+    let dead_letter_root = src
+        .string("dead_letter.directory")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let mut name = root
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| "export".into());
+            name.push("-dead-letter");
+            root.with_file_name(name)
+        });
+    Output::Directory {
+        root,
+        dead_letter_root,
+    }
+}
+
+/// The S3 destination from the `minio.*` and `dead_letter.bucket` settings.
+fn s3_output(src: &Sources) -> Result<Output, ConfigError> {
+    let endpoint = src.required(
+        "minio.endpoint",
+        "the S3/MinIO host name, e.g. `minio.example.org`",
+    )?;
+    let port = minio_port(src)?;
+    let bucket_raw = src.get("minio.bucket");
+    let bucket = src.required("minio.bucket", "the bucket the stream-importer reads")?;
+    if !valid_bucket(&bucket) {
+        return Err(src.err(
+            "minio.bucket",
+            bucket_raw.as_ref(),
+            "is not a valid bucket name: 3-63 lowercase letters, digits, dots or hyphens",
+        ));
+    }
+    let access_key = src.required("minio.access_key", "the S3 access key")?;
+    let secret_key = Secret::new(src.required("minio.secret_key", "the S3 secret key")?);
+    let ca_file = src.string("minio.ca_file").map(PathBuf::from);
+    if let Some(ca) = &ca_file {
+        if !ca.is_file() {
+            return Err(src.err(
+                "minio.ca_file",
+                src.get("minio.ca_file").as_ref(),
+                "is not a readable file: give the path of a PEM CA bundle",
+            ));
+        }
+    }
+    let dead_letter_bucket = dead_letter_bucket(src, &bucket)?;
+    let settings = S3Settings {
+        endpoint,
+        port,
+        secure: src.boolean("minio.secure", false)?,
+        cert_check: src.boolean("minio.cert_check", true)?,
+        ca_file,
+        region: src.string("minio.region"),
+        bucket,
+        access_key,
+        secret_key,
+        timeout: Duration::from_secs(src.number("minio.timeout_sec", 120, 1, 3600, "seconds")?),
+    };
+    Ok(Output::S3 {
+        settings,
+        bucket_done: src.string("minio.bucket_done"),
+        dead_letter_bucket,
+    })
+}
+
+/// `minio.port`, when set: a port number from 1 to 65535.
+fn minio_port(src: &Sources) -> Result<Option<u16>, ConfigError> {
+    let port = match src.get("minio.port") {
+        None => None,
+        Some(r) => Some(
+            r.value
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| {
+                    src.err(
+                        "minio.port",
+                        Some(&r),
+                        "is not a port number: give a number from 1 to 65535",
+                    )
+                })?,
+        ),
+    };
+    Ok(port)
+}
+
+/// `dead_letter.bucket`, else `<minio.bucket>-dead-letter`; a valid bucket other than `minio.bucket`.
+fn dead_letter_bucket(src: &Sources, bucket: &str) -> Result<String, ConfigError> {
+    let dead_letter_bucket = src.string("dead_letter.bucket").unwrap_or_else(|| {
+        let b = format!("{bucket}-dead-letter");
+        if b.len() > 63 {
+            "opencti-dead-letter".to_string()
+        } else {
+            b
+        }
+    });
+    if !valid_bucket(&dead_letter_bucket) || dead_letter_bucket == bucket {
+        return Err(src.err("dead_letter.bucket", src.get("dead_letter.bucket").as_ref(), "must be a valid bucket name other than `minio.bucket` (the importer reads every key of that bucket)"));
+    }
+    Ok(dead_letter_bucket)
 }
 
 /// Whether `folder` (outer `/` already removed) is a key prefix both
