@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::cli::CheckArgs;
-use crate::config::{Config, Output};
+use crate::config::{Config, OpenCti, Output};
 use crate::dest::{Destination, ObjectMeta};
 use crate::exit;
 use crate::id::EventId;
@@ -169,6 +169,7 @@ pub(crate) fn line_size_advice(max_line: usize) -> String {
     )
 }
 
+/// Reports whether OpenCTI answers, the stream runs, and the saved cursor is still retained.
 fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
     let (Ok(opencti), Ok(stream)) = (cfg.opencti(), cfg.stream()) else {
         return;
@@ -182,66 +183,9 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
             return;
         }
     };
-    let resp = match client.connect(Some(EventId::default()), None) {
-        Ok(resp) => resp,
-        Err(ConnectError::Fatal(e @ StreamError::Unauthorized { .. })) => {
-            r.add(
-                "OpenCTI",
-                Ok(format!(
-                    "`{}` answers",
-                    crate::secret::redact_url(&opencti.url)
-                )),
-            );
-            r.add("token and stream access", Err(e.to_string()));
-            return;
-        }
-        Err(ConnectError::Fatal(e @ StreamError::Gone { .. })) => {
-            r.add(
-                "OpenCTI",
-                Ok(format!(
-                    "`{}` answers",
-                    crate::secret::redact_url(&opencti.url)
-                )),
-            );
-            r.add("token and stream access", Ok("accepted".into()));
-            r.add("stream running", Err(e.to_string()));
-            return;
-        }
-        Err(ConnectError::Fatal(e)) => {
-            r.add("OpenCTI", Err(e.to_string()));
-            return;
-        }
-        Err(ConnectError::NotAStream(ct)) => {
-            r.add(
-                "OpenCTI",
-                Err(format!(
-                    "`{}` answered with `{ct}` instead of an event stream: check `opencti.url`",
-                    client.url()
-                )),
-            );
-            return;
-        }
-        Err(ConnectError::Retry(why)) => {
-            r.add(
-                "OpenCTI",
-                Err(format!(
-                    "cannot reach `{}`: {why}; check `opencti.url`, the network and the proxy",
-                    crate::secret::redact_url(&opencti.url)
-                )),
-            );
-            return;
-        }
+    let Some(resp) = open_stream(opencti, &client, r) else {
+        return;
     };
-    r.add(
-        "OpenCTI",
-        Ok(format!(
-            "`{}` answers",
-            crate::secret::redact_url(&opencti.url)
-        )),
-    );
-    r.add("token and stream access", Ok("accepted".into()));
-    r.add("stream running", Ok(format!("`{}`", client.url())));
-
     let connected = read_connected(resp, Duration::from_secs(15));
     let Some(c) = connected else {
         r.add(
@@ -254,7 +198,77 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
         return;
     };
     r.add("connected event", Ok(c.describe()));
-    let retention = match cursor.map(|(cur, recovering)| (cur, recovering, c.gap_after(cur))) {
+    r.add("cursor within retention", retention(&c, cursor));
+}
+
+/// Connects to the stream and reports whether OpenCTI answers, accepts the token and runs the
+/// stream; the response when all three hold.
+fn open_stream(opencti: &OpenCti, client: &StreamClient, r: &mut Report) -> Option<ureq::Response> {
+    let resp = match client.connect(Some(EventId::default()), None) {
+        Ok(resp) => resp,
+        Err(ConnectError::Fatal(e @ StreamError::Unauthorized { .. })) => {
+            r.add(
+                "OpenCTI",
+                Ok(format!(
+                    "`{}` answers",
+                    crate::secret::redact_url(&opencti.url)
+                )),
+            );
+            r.add("token and stream access", Err(e.to_string()));
+            return None;
+        }
+        Err(ConnectError::Fatal(e @ StreamError::Gone { .. })) => {
+            r.add(
+                "OpenCTI",
+                Ok(format!(
+                    "`{}` answers",
+                    crate::secret::redact_url(&opencti.url)
+                )),
+            );
+            r.add("token and stream access", Ok("accepted".into()));
+            r.add("stream running", Err(e.to_string()));
+            return None;
+        }
+        Err(ConnectError::Fatal(e)) => {
+            r.add("OpenCTI", Err(e.to_string()));
+            return None;
+        }
+        Err(ConnectError::NotAStream(ct)) => {
+            r.add(
+                "OpenCTI",
+                Err(format!(
+                    "`{}` answered with `{ct}` instead of an event stream: check `opencti.url`",
+                    client.url()
+                )),
+            );
+            return None;
+        }
+        Err(ConnectError::Retry(why)) => {
+            r.add(
+                "OpenCTI",
+                Err(format!(
+                    "cannot reach `{}`: {why}; check `opencti.url`, the network and the proxy",
+                    crate::secret::redact_url(&opencti.url)
+                )),
+            );
+            return None;
+        }
+    };
+    r.add(
+        "OpenCTI",
+        Ok(format!(
+            "`{}` answers",
+            crate::secret::redact_url(&opencti.url)
+        )),
+    );
+    r.add("token and stream access", Ok("accepted".into()));
+    r.add("stream running", Ok(format!("`{}`", client.url())));
+    Some(resp)
+}
+
+/// Whether the saved cursor is still within what the server retains, given its `connected` event.
+fn retention(c: &Connected, cursor: Option<(EventId, bool)>) -> Result<String, String> {
+    match cursor.map(|(cur, recovering)| (cur, recovering, c.gap_after(cur))) {
         Some((cur, recovering, Some(first))) => {
             if recovering {
                 Ok(format!(
@@ -272,8 +286,7 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
         }
         Some((cur, _, None)) => Ok(format!("cursor `{cur}` ({}) is retained", cur.date())),
         None => Ok("no cursor yet".into()),
-    };
-    r.add("cursor within retention", retention);
+    }
 }
 
 fn read_connected(resp: ureq::Response, limit: Duration) -> Option<Connected> {
