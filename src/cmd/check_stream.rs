@@ -15,7 +15,7 @@ use crate::dest::{Destination, ObjectMeta};
 use crate::exit;
 use crate::id::EventId;
 use crate::pipeline::Connected;
-use crate::state;
+use crate::state::{self, State, StateError};
 use crate::stream::client::{ConnectError, StreamClient, StreamError};
 use crate::stream::sse::SseParser;
 
@@ -48,6 +48,32 @@ impl Report {
 /// Runs the checks; exit 0 when all pass.
 pub(crate) fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
     let mut r = Report(Vec::new());
+    let config_ok = report_config(cfg, &mut r);
+
+    let saved = state::load(&cfg.state_path);
+    let cursor = report_state(cfg, &mut r, &saved);
+
+    if config_ok {
+        check_stream(cfg, &mut r, cursor);
+        check_storage(cfg, &mut r);
+        if args.verify {
+            let file_count = saved
+                .as_ref()
+                .ok()
+                .and_then(|s| s.as_ref())
+                .map(|s| s.file_count);
+            verify_files(cfg, &mut r, file_count);
+        }
+    }
+
+    let all_ok = r.0.iter().all(|c| c.ok);
+    print_report(&r, all_ok, args.json)?;
+    Ok(if all_ok { exit::OK } else { exit::FAILURE })
+}
+
+/// Reports the configuration, the export policy, the line size and the live stream id;
+/// whether the configuration is valid for `run`.
+fn report_config(cfg: &Config, r: &mut Report) -> bool {
     let config_ok = r.add(
         "configuration",
         cfg.check_for_run()
@@ -71,9 +97,16 @@ pub(crate) fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
     } else if let Err(e) = cfg.stream() {
         r.add("live stream id", Err(e.to_string()));
     }
+    config_ok
+}
 
-    let saved = state::load(&cfg.state_path);
-    let cursor = match &saved {
+/// Reports the saved state; its cursor and whether a snapshot is in progress.
+fn report_state(
+    cfg: &Config,
+    r: &mut Report,
+    saved: &Result<Option<State>, StateError>,
+) -> Option<(EventId, bool)> {
+    match saved {
         Ok(Some(s)) => {
             let c = s.cursor().ok().flatten();
             r.add(
@@ -106,23 +139,12 @@ pub(crate) fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
             r.add("state", Err(e.to_string()));
             None
         }
-    };
-
-    if config_ok {
-        check_stream(cfg, &mut r, cursor);
-        check_storage(cfg, &mut r);
-        if args.verify {
-            let file_count = saved
-                .as_ref()
-                .ok()
-                .and_then(|s| s.as_ref())
-                .map(|s| s.file_count);
-            verify_files(cfg, &mut r, file_count);
-        }
     }
+}
 
-    let all_ok = r.0.iter().all(|c| c.ok);
-    if args.json {
+/// Prints the checks, as JSON or one line each, secrets scrubbed, then the verdict.
+fn print_report(r: &Report, all_ok: bool, json: bool) -> Result<()> {
+    if json {
         println!(
             "{}",
             crate::secret::scrub_all(&serde_json::to_string_pretty(
@@ -147,7 +169,7 @@ pub(crate) fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
             }
         );
     }
-    Ok(if all_ok { exit::OK } else { exit::FAILURE })
+    Ok(())
 }
 
 /// What `output.max_line_bytes` means for the importer's broker, and how
