@@ -157,10 +157,7 @@ pub(crate) fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         Ok(cut) => cut,
         Err(e) => return Err(gave_up_error().map(Into::into).unwrap_or(e)),
     };
-    if let Some(c) = committer.state().cursor().ok().flatten() {
-        metrics.set_cursor_ms(c.ms);
-    }
-    serve_metrics(cfg, &metrics)?;
+    start_metrics(cfg, &metrics, committer.state())?;
     let start = start_position(cfg, committer.state(), from)?;
     committer.update_state(|s| s.last_run = Some(running(&started_at)))?;
     install_signal_handlers(&stop)?;
@@ -255,8 +252,12 @@ fn check_saved(
     Ok(())
 }
 
-/// Serves the metrics when `connector.metrics_port` is set, and logs an active export policy.
-fn serve_metrics(cfg: &Config, metrics: &Arc<Metrics>) -> Result<()> {
+/// Sets the cursor gauge from the settled state, serves the metrics when
+/// `connector.metrics_port` is set, and logs an active export policy.
+fn start_metrics(cfg: &Config, metrics: &Arc<Metrics>, state: &State) -> Result<()> {
+    if let Some(c) = state.cursor().ok().flatten() {
+        metrics.set_cursor_ms(c.ms);
+    }
     if let Some(port) = cfg.metrics_port {
         let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
         let bound = metrics::serve(addr, metrics.clone(), cfg.connector_name.clone())
