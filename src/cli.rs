@@ -223,6 +223,32 @@ fn entries(items: &[(&str, &str)]) -> Vec<(String, String)> {
 /// The extra sections of the man page of `page`: `""` for the main page,
 /// else the subcommand path (`run`, `state show`, ...).
 pub fn man_sections(page: &str) -> Vec<ManSection> {
+    let env = env_entries();
+    let files = file_entries();
+    let exit = exit_entries();
+    let examples = examples(page);
+    vec![
+        ManSection {
+            title: "ENVIRONMENT",
+            entries: env,
+        },
+        ManSection {
+            title: "FILES",
+            entries: files,
+        },
+        ManSection {
+            title: "EXIT STATUS",
+            entries: exit,
+        },
+        ManSection {
+            title: "EXAMPLES",
+            entries: entries(examples),
+        },
+    ]
+}
+
+/// The ENVIRONMENT entries: the variables read besides, then one per configuration key.
+fn env_entries() -> Vec<(String, String)> {
     let mut env = vec![
         (
             String::new(),
@@ -267,7 +293,12 @@ pub fn man_sections(page: &str) -> Vec<ManSection> {
             ),
         ));
     }
-    let files = entries(&[
+    env
+}
+
+/// The FILES entries: the configuration, state, lock and metrics files.
+fn file_entries() -> Vec<(String, String)> {
+    entries(&[
         (
             "./config.yml",
             "The configuration file read when --config is not given and the file exists.",
@@ -287,8 +318,12 @@ pub fn man_sections(page: &str) -> Vec<ManSection> {
             "metrics.textfile, --metrics-textfile",
             "The metrics written at the end of a run, for node-exporter's textfile collector.",
         ),
-    ]);
-    let exit = entries(&[
+    ])
+}
+
+/// The EXIT STATUS entries.
+fn exit_entries() -> Vec<(String, String)> {
+    entries(&[
         (
             "0",
             "Success (a run stopped by one SIGINT/SIGTERM after committing is a success).",
@@ -304,8 +339,12 @@ pub fn man_sections(page: &str) -> Vec<ManSection> {
         ),
         ("4", "Another run holds the state lock (already running)."),
         ("130", "Interrupted by a second signal."),
-    ]);
-    let examples: &[(&str, &str)] = match page {
+    ])
+}
+
+/// The EXAMPLES of `page`; none for a page without examples.
+fn examples(page: &str) -> &'static [(&'static str, &'static str)] {
+    match page {
         "" => &[
             ("opencti-stream-exporter check-stream", "Check the configuration, OpenCTI, the stream and the storage."),
             ("opencti-stream-exporter run", "Export until stopped (under systemd or in a container)."),
@@ -332,23 +371,5 @@ pub fn man_sections(page: &str) -> Vec<ManSection> {
             ("opencti-stream-exporter check-stream --json", "The same as JSON."),
         ],
         _ => &[],
-    };
-    vec![
-        ManSection {
-            title: "ENVIRONMENT",
-            entries: env,
-        },
-        ManSection {
-            title: "FILES",
-            entries: files,
-        },
-        ManSection {
-            title: "EXIT STATUS",
-            entries: exit,
-        },
-        ManSection {
-            title: "EXAMPLES",
-            entries: entries(examples),
-        },
-    ]
+    }
 }

@@ -805,90 +805,20 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
     let opencti = opencti(src);
     let stream = stream(src);
 
-    let log_level = match src.get("connector.log_level") {
-        None => log::LevelFilter::Info,
-        Some(r) => match r.value.trim().to_ascii_lowercase().as_str() {
-            "debug" => log::LevelFilter::Debug,
-            "info" => log::LevelFilter::Info,
-            "warn" | "warning" => log::LevelFilter::Warn,
-            // Python's levels above error: this tool logs nothing above
-            // error, so its errors are what these levels show.
-            "error" | "critical" | "fatal" => log::LevelFilter::Error,
-            "trace" => log::LevelFilter::Trace,
-            // Python's `NOTSET` on the root logger lets everything through.
-            "notset" => log::LevelFilter::Debug,
-            _ => {
-                return Err(src.err(
-                    "connector.log_level",
-                    Some(&r),
-                    "is not a log level: use debug, info, warning, error or critical",
-                ))
-            }
-        },
-    };
-    let consumer_count = match &ov.consumer_count {
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=64).contains(n))
-            .ok_or_else(|| ConfigError {
-                key: "connector.consumer_count".into(),
-                origin: "--consumer-count".into(),
-                message: format!("`{v}` is not a number of threads from 1 to 64"),
-            })?,
-        None => src.number("connector.consumer_count", 4, 1, 64, "threads")? as usize,
-    };
+    let log_level = log_level(src)?;
+    let consumer_count = consumer_count(src, ov)?;
     let queue_size = src.number("queue.size", 1000, 1, 1_000_000, "events")? as usize;
     let batch = BatchLimits {
         max_age: Duration::from_secs(src.number("write.every_sec", 900, 1, 86_400, "seconds")?),
         max_events: src.number("write.max_events", 20_000, 1, 10_000_000, "events")? as usize,
         max_bytes: src.number("write.max_bytes", 4 << 20, 1024, 4 << 30, "bytes")? as usize,
     };
-    let folder = src
-        .string("minio.folder")
-        .unwrap_or_else(|| "opencti".to_string());
-    let folder = folder.trim_matches('/').to_string();
-    if let Err(why) = check_folder(&folder) {
-        return Err(src.err(
-            "minio.folder",
-            src.get("minio.folder").as_ref(),
-            format!(
-                "is not a usable folder ({why}): use a name like `opencti` or `exports/opencti`"
-            ),
-        ));
-    }
-
-    let config_dir = file
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let state_path = match (&ov.state_path, src.string("state.path")) {
-        (Some(p), _) => p.clone(),
-        (None, Some(p)) => PathBuf::from(p),
-        (None, None) => config_dir.join("opencti-stream-exporter.state.json"),
-    };
-    let state_path = if state_path.as_os_str().is_empty() {
-        PathBuf::from("opencti-stream-exporter.state.json")
-    } else {
-        state_path
-    };
+    let folder = folder(src)?;
+    let state_path = state_path(src, file, ov);
 
     let output = output(src, ov);
     let fetch_files = src.boolean("files.fetch", true)?;
-    let files = crate::fetch::FileSettings {
-        retries: src.number("files.retries", 3, 1, 100, "attempts")? as u32,
-        concurrency: src.number("files.concurrency", 32, 1, 256, "requests")? as usize,
-        max_bytes: src.number("files.max_bytes", 4 << 20, 1, 4 << 30, "bytes")?,
-        deadline: Duration::from_secs(src.number(
-            "files.deadline_sec",
-            120,
-            1,
-            86_400,
-            "seconds",
-        )?),
-        buffer_bytes: src.number("files.buffer_bytes", 8 << 20, 1 << 20, 1 << 32, "bytes")?
-            as usize,
-    };
+    let files = file_settings(src)?;
     // The importer publishes each line to RabbitMQ base64-encoded (4/3 of
     // the line plus about 150 bytes); RabbitMQ 4 refuses messages over
     // 16 MiB by default: 12 MiB lines fit.
@@ -920,20 +850,7 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
     src.boolean("minio.secure", false)?;
     src.boolean("minio.cert_check", true)?;
 
-    // A value error anywhere fails the load; a missing required key only
-    // fails the commands that need it (`state show` works without OpenCTI).
-    for part in [
-        opencti.as_ref().err(),
-        stream.as_ref().err(),
-        output.as_ref().err(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if !part.origin.starts_with("set `") {
-            return Err(part.clone());
-        }
-    }
+    value_errors(&opencti, &stream, &output)?;
 
     Ok(Config {
         file: file.map(Path::to_path_buf),
@@ -957,6 +874,125 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
         log_every,
         once_max_outage,
     })
+}
+
+/// `connector.log_level`, Python's level names included.
+fn log_level(src: &Sources) -> Result<log::LevelFilter, ConfigError> {
+    let level = match src.get("connector.log_level") {
+        None => log::LevelFilter::Info,
+        Some(r) => match r.value.trim().to_ascii_lowercase().as_str() {
+            "debug" => log::LevelFilter::Debug,
+            "info" => log::LevelFilter::Info,
+            "warn" | "warning" => log::LevelFilter::Warn,
+            // Python's levels above error: this tool logs nothing above
+            // error, so its errors are what these levels show.
+            "error" | "critical" | "fatal" => log::LevelFilter::Error,
+            "trace" => log::LevelFilter::Trace,
+            // Python's `NOTSET` on the root logger lets everything through.
+            "notset" => log::LevelFilter::Debug,
+            _ => {
+                return Err(src.err(
+                    "connector.log_level",
+                    Some(&r),
+                    "is not a log level: use debug, info, warning, error or critical",
+                ))
+            }
+        },
+    };
+    Ok(level)
+}
+
+/// `connector.consumer_count`, or `--consumer-count` over it: 1 to 64 threads.
+fn consumer_count(src: &Sources, ov: &Overrides) -> Result<usize, ConfigError> {
+    let count = match &ov.consumer_count {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=64).contains(n))
+            .ok_or_else(|| ConfigError {
+                key: "connector.consumer_count".into(),
+                origin: "--consumer-count".into(),
+                message: format!("`{v}` is not a number of threads from 1 to 64"),
+            })?,
+        None => src.number("connector.consumer_count", 4, 1, 64, "threads")? as usize,
+    };
+    Ok(count)
+}
+
+/// `minio.folder` without its surrounding slashes; must be a usable folder name.
+fn folder(src: &Sources) -> Result<String, ConfigError> {
+    let folder = src
+        .string("minio.folder")
+        .unwrap_or_else(|| "opencti".to_string());
+    let folder = folder.trim_matches('/').to_string();
+    if let Err(why) = check_folder(&folder) {
+        return Err(src.err(
+            "minio.folder",
+            src.get("minio.folder").as_ref(),
+            format!(
+                "is not a usable folder ({why}): use a name like `opencti` or `exports/opencti`"
+            ),
+        ));
+    }
+    Ok(folder)
+}
+
+/// The state file: `--state`, else `state.path`, else beside the configuration file; never empty.
+fn state_path(src: &Sources, file: Option<&Path>, ov: &Overrides) -> PathBuf {
+    let config_dir = file
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let state_path = match (&ov.state_path, src.string("state.path")) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => PathBuf::from(p),
+        (None, None) => config_dir.join("opencti-stream-exporter.state.json"),
+    };
+    if state_path.as_os_str().is_empty() {
+        PathBuf::from("opencti-stream-exporter.state.json")
+    } else {
+        state_path
+    }
+}
+
+/// The `files.*` settings of fetching the files of events.
+fn file_settings(src: &Sources) -> Result<crate::fetch::FileSettings, ConfigError> {
+    Ok(crate::fetch::FileSettings {
+        retries: src.number("files.retries", 3, 1, 100, "attempts")? as u32,
+        concurrency: src.number("files.concurrency", 32, 1, 256, "requests")? as usize,
+        max_bytes: src.number("files.max_bytes", 4 << 20, 1, 4 << 30, "bytes")?,
+        deadline: Duration::from_secs(src.number(
+            "files.deadline_sec",
+            120,
+            1,
+            86_400,
+            "seconds",
+        )?),
+        buffer_bytes: src.number("files.buffer_bytes", 8 << 20, 1 << 20, 1 << 32, "bytes")?
+            as usize,
+    })
+}
+
+/// Fails on a value error in the OpenCTI, stream or output settings; a missing required key
+/// only fails the commands that need it (`state show` works without OpenCTI).
+fn value_errors(
+    opencti: &Result<OpenCti, ConfigError>,
+    stream: &Result<StreamSettings, ConfigError>,
+    output: &Result<Output, ConfigError>,
+) -> Result<(), ConfigError> {
+    for part in [
+        opencti.as_ref().err(),
+        stream.as_ref().err(),
+        output.as_ref().err(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !part.origin.starts_with("set `") {
+            return Err(part.clone());
+        }
+    }
+    Ok(())
 }
 
 fn policy(src: &Sources) -> Result<std::sync::Arc<Policy>, ConfigError> {
@@ -1315,124 +1351,140 @@ fn stream(src: &Sources) -> Result<StreamSettings, ConfigError> {
 
 fn output(src: &Sources, ov: &Overrides) -> Result<Output, ConfigError> {
     let kind_raw = src.get("output.kind");
-    let kind = match (
-        &ov.output_dir,
-        kind_raw
-            .as_ref()
-            .map(|r| r.value.trim().to_ascii_lowercase()),
-    ) {
-        (Some(_), _) => "directory".to_string(),
-        (None, Some(k)) => k,
-        (None, None) if src.string("minio.endpoint").is_some() => "s3".to_string(),
-        (None, None) => "directory".to_string(),
-    };
+    let kind = output_kind(src, ov, kind_raw.as_ref());
     match kind.as_str() {
-        "directory" | "dir" => {
-            let root = ov
-                .output_dir
-                .clone()
-                .or_else(|| src.string("output.directory").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from("export"));
-            let dead_letter_root = src
-                .string("dead_letter.directory")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    let mut name = root
-                        .file_name()
-                        .map(|n| n.to_os_string())
-                        .unwrap_or_else(|| "export".into());
-                    name.push("-dead-letter");
-                    root.with_file_name(name)
-                });
-            Ok(Output::Directory {
-                root,
-                dead_letter_root,
-            })
-        }
-        "s3" | "minio" => {
-            let endpoint = src.required(
-                "minio.endpoint",
-                "the S3/MinIO host name, e.g. `minio.example.org`",
-            )?;
-            let port = match src.get("minio.port") {
-                None => None,
-                Some(r) => Some(
-                    r.value
-                        .trim()
-                        .parse::<u16>()
-                        .ok()
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| {
-                            src.err(
-                                "minio.port",
-                                Some(&r),
-                                "is not a port number: give a number from 1 to 65535",
-                            )
-                        })?,
-                ),
-            };
-            let bucket_raw = src.get("minio.bucket");
-            let bucket = src.required("minio.bucket", "the bucket the stream-importer reads")?;
-            if !valid_bucket(&bucket) {
-                return Err(src.err(
-                    "minio.bucket",
-                    bucket_raw.as_ref(),
-                    "is not a valid bucket name: 3-63 lowercase letters, digits, dots or hyphens",
-                ));
-            }
-            let access_key = src.required("minio.access_key", "the S3 access key")?;
-            let secret_key = Secret::new(src.required("minio.secret_key", "the S3 secret key")?);
-            let ca_file = src.string("minio.ca_file").map(PathBuf::from);
-            if let Some(ca) = &ca_file {
-                if !ca.is_file() {
-                    return Err(src.err(
-                        "minio.ca_file",
-                        src.get("minio.ca_file").as_ref(),
-                        "is not a readable file: give the path of a PEM CA bundle",
-                    ));
-                }
-            }
-            let dead_letter_bucket = src.string("dead_letter.bucket").unwrap_or_else(|| {
-                let b = format!("{bucket}-dead-letter");
-                if b.len() > 63 {
-                    "opencti-dead-letter".to_string()
-                } else {
-                    b
-                }
-            });
-            if !valid_bucket(&dead_letter_bucket) || dead_letter_bucket == bucket {
-                return Err(src.err("dead_letter.bucket", src.get("dead_letter.bucket").as_ref(), "must be a valid bucket name other than `minio.bucket` (the importer reads every key of that bucket)"));
-            }
-            let settings = S3Settings {
-                endpoint,
-                port,
-                secure: src.boolean("minio.secure", false)?,
-                cert_check: src.boolean("minio.cert_check", true)?,
-                ca_file,
-                region: src.string("minio.region"),
-                bucket,
-                access_key,
-                secret_key,
-                timeout: Duration::from_secs(src.number(
-                    "minio.timeout_sec",
-                    120,
-                    1,
-                    3600,
-                    "seconds",
-                )?),
-            };
-            Ok(Output::S3 {
-                settings,
-                bucket_done: src.string("minio.bucket_done"),
-                dead_letter_bucket,
-            })
-        }
+        "directory" | "dir" => Ok(directory_output(src, ov)),
+        "s3" | "minio" => s3_output(src),
         _ => Err(src.err(
             "output.kind",
             kind_raw.as_ref(),
             "is not a destination: use `s3` or `directory`",
         )),
     }
+}
+
+/// The destination kind: a directory under `--output-dir`, else `output.kind`, else S3 when
+/// `minio.endpoint` is set, else a directory.
+fn output_kind(src: &Sources, ov: &Overrides, kind_raw: Option<&Raw>) -> String {
+    match (
+        &ov.output_dir,
+        kind_raw.map(|r| r.value.trim().to_ascii_lowercase()),
+    ) {
+        (Some(_), _) => "directory".to_string(),
+        (None, Some(k)) => k,
+        (None, None) if src.string("minio.endpoint").is_some() => "s3".to_string(),
+        (None, None) => "directory".to_string(),
+    }
+}
+
+/// The directory destination: `--output-dir` or `output.directory`, dead letters beside it.
+fn directory_output(src: &Sources, ov: &Overrides) -> Output {
+    let root = ov
+        .output_dir
+        .clone()
+        .or_else(|| src.string("output.directory").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("export"));
+    let dead_letter_root = src
+        .string("dead_letter.directory")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let mut name = root
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| "export".into());
+            name.push("-dead-letter");
+            root.with_file_name(name)
+        });
+    Output::Directory {
+        root,
+        dead_letter_root,
+    }
+}
+
+/// The S3 destination from the `minio.*` and `dead_letter.bucket` settings.
+fn s3_output(src: &Sources) -> Result<Output, ConfigError> {
+    let endpoint = src.required(
+        "minio.endpoint",
+        "the S3/MinIO host name, e.g. `minio.example.org`",
+    )?;
+    let port = minio_port(src)?;
+    let bucket_raw = src.get("minio.bucket");
+    let bucket = src.required("minio.bucket", "the bucket the stream-importer reads")?;
+    if !valid_bucket(&bucket) {
+        return Err(src.err(
+            "minio.bucket",
+            bucket_raw.as_ref(),
+            "is not a valid bucket name: 3-63 lowercase letters, digits, dots or hyphens",
+        ));
+    }
+    let access_key = src.required("minio.access_key", "the S3 access key")?;
+    let secret_key = Secret::new(src.required("minio.secret_key", "the S3 secret key")?);
+    let ca_file = src.string("minio.ca_file").map(PathBuf::from);
+    if let Some(ca) = &ca_file {
+        if !ca.is_file() {
+            return Err(src.err(
+                "minio.ca_file",
+                src.get("minio.ca_file").as_ref(),
+                "is not a readable file: give the path of a PEM CA bundle",
+            ));
+        }
+    }
+    let dead_letter_bucket = dead_letter_bucket(src, &bucket)?;
+    let settings = S3Settings {
+        endpoint,
+        port,
+        secure: src.boolean("minio.secure", false)?,
+        cert_check: src.boolean("minio.cert_check", true)?,
+        ca_file,
+        region: src.string("minio.region"),
+        bucket,
+        access_key,
+        secret_key,
+        timeout: Duration::from_secs(src.number("minio.timeout_sec", 120, 1, 3600, "seconds")?),
+    };
+    Ok(Output::S3 {
+        settings,
+        bucket_done: src.string("minio.bucket_done"),
+        dead_letter_bucket,
+    })
+}
+
+/// `minio.port`, when set: a port number from 1 to 65535.
+fn minio_port(src: &Sources) -> Result<Option<u16>, ConfigError> {
+    let port = match src.get("minio.port") {
+        None => None,
+        Some(r) => Some(
+            r.value
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| {
+                    src.err(
+                        "minio.port",
+                        Some(&r),
+                        "is not a port number: give a number from 1 to 65535",
+                    )
+                })?,
+        ),
+    };
+    Ok(port)
+}
+
+/// `dead_letter.bucket`, else `<minio.bucket>-dead-letter`; a valid bucket other than `minio.bucket`.
+fn dead_letter_bucket(src: &Sources, bucket: &str) -> Result<String, ConfigError> {
+    let dead_letter_bucket = src.string("dead_letter.bucket").unwrap_or_else(|| {
+        let b = format!("{bucket}-dead-letter");
+        if b.len() > 63 {
+            "opencti-dead-letter".to_string()
+        } else {
+            b
+        }
+    });
+    if !valid_bucket(&dead_letter_bucket) || dead_letter_bucket == bucket {
+        return Err(src.err("dead_letter.bucket", src.get("dead_letter.bucket").as_ref(), "must be a valid bucket name other than `minio.bucket` (the importer reads every key of that bucket)"));
+    }
+    Ok(dead_letter_bucket)
 }
 
 /// Whether `folder` (outer `/` already removed) is a key prefix both

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::cli::CheckArgs;
-use crate::config::{Config, Output};
+use crate::config::{Config, OpenCti, Output};
 use crate::dest::{Destination, ObjectMeta};
 use crate::exit;
 use crate::id::EventId;
 use crate::pipeline::Connected;
-use crate::state;
+use crate::state::{self, State, StateError};
 use crate::stream::client::{ConnectError, StreamClient, StreamError};
 use crate::stream::sse::SseParser;
 
@@ -48,6 +48,32 @@ impl Report {
 /// Runs the checks; exit 0 when all pass.
 pub(crate) fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
     let mut r = Report(Vec::new());
+    let config_ok = report_config(cfg, &mut r);
+
+    let saved = state::load(&cfg.state_path);
+    let cursor = report_state(cfg, &mut r, &saved);
+
+    if config_ok {
+        check_stream(cfg, &mut r, cursor);
+        check_storage(cfg, &mut r);
+        if args.verify {
+            let file_count = saved
+                .as_ref()
+                .ok()
+                .and_then(|s| s.as_ref())
+                .map(|s| s.file_count);
+            verify_files(cfg, &mut r, file_count);
+        }
+    }
+
+    let all_ok = r.0.iter().all(|c| c.ok);
+    print_report(&r, all_ok, args.json)?;
+    Ok(if all_ok { exit::OK } else { exit::FAILURE })
+}
+
+/// Reports the configuration, the export policy, the line size and the live stream id;
+/// whether the configuration is valid for `run`.
+fn report_config(cfg: &Config, r: &mut Report) -> bool {
     let config_ok = r.add(
         "configuration",
         cfg.check_for_run()
@@ -71,9 +97,16 @@ pub(crate) fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
     } else if let Err(e) = cfg.stream() {
         r.add("live stream id", Err(e.to_string()));
     }
+    config_ok
+}
 
-    let saved = state::load(&cfg.state_path);
-    let cursor = match &saved {
+/// Reports the saved state; its cursor and whether a snapshot is in progress.
+fn report_state(
+    cfg: &Config,
+    r: &mut Report,
+    saved: &Result<Option<State>, StateError>,
+) -> Option<(EventId, bool)> {
+    match saved {
         Ok(Some(s)) => {
             let c = s.cursor().ok().flatten();
             r.add(
@@ -106,23 +139,12 @@ pub(crate) fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
             r.add("state", Err(e.to_string()));
             None
         }
-    };
-
-    if config_ok {
-        check_stream(cfg, &mut r, cursor);
-        check_storage(cfg, &mut r);
-        if args.verify {
-            let file_count = saved
-                .as_ref()
-                .ok()
-                .and_then(|s| s.as_ref())
-                .map(|s| s.file_count);
-            verify_files(cfg, &mut r, file_count);
-        }
     }
+}
 
-    let all_ok = r.0.iter().all(|c| c.ok);
-    if args.json {
+/// Prints the checks, as JSON or one line each, secrets scrubbed, then the verdict.
+fn print_report(r: &Report, all_ok: bool, json: bool) -> Result<()> {
+    if json {
         println!(
             "{}",
             crate::secret::scrub_all(&serde_json::to_string_pretty(
@@ -147,7 +169,7 @@ pub(crate) fn check(cfg: &Config, args: &CheckArgs) -> Result<i32> {
             }
         );
     }
-    Ok(if all_ok { exit::OK } else { exit::FAILURE })
+    Ok(())
 }
 
 /// What `output.max_line_bytes` means for the importer's broker, and how
@@ -169,6 +191,7 @@ pub(crate) fn line_size_advice(max_line: usize) -> String {
     )
 }
 
+/// Reports whether OpenCTI answers, the stream runs, and the saved cursor is still retained.
 fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
     let (Ok(opencti), Ok(stream)) = (cfg.opencti(), cfg.stream()) else {
         return;
@@ -182,66 +205,9 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
             return;
         }
     };
-    let resp = match client.connect(Some(EventId::default()), None) {
-        Ok(resp) => resp,
-        Err(ConnectError::Fatal(e @ StreamError::Unauthorized { .. })) => {
-            r.add(
-                "OpenCTI",
-                Ok(format!(
-                    "`{}` answers",
-                    crate::secret::redact_url(&opencti.url)
-                )),
-            );
-            r.add("token and stream access", Err(e.to_string()));
-            return;
-        }
-        Err(ConnectError::Fatal(e @ StreamError::Gone { .. })) => {
-            r.add(
-                "OpenCTI",
-                Ok(format!(
-                    "`{}` answers",
-                    crate::secret::redact_url(&opencti.url)
-                )),
-            );
-            r.add("token and stream access", Ok("accepted".into()));
-            r.add("stream running", Err(e.to_string()));
-            return;
-        }
-        Err(ConnectError::Fatal(e)) => {
-            r.add("OpenCTI", Err(e.to_string()));
-            return;
-        }
-        Err(ConnectError::NotAStream(ct)) => {
-            r.add(
-                "OpenCTI",
-                Err(format!(
-                    "`{}` answered with `{ct}` instead of an event stream: check `opencti.url`",
-                    client.url()
-                )),
-            );
-            return;
-        }
-        Err(ConnectError::Retry(why)) => {
-            r.add(
-                "OpenCTI",
-                Err(format!(
-                    "cannot reach `{}`: {why}; check `opencti.url`, the network and the proxy",
-                    crate::secret::redact_url(&opencti.url)
-                )),
-            );
-            return;
-        }
+    let Some(resp) = open_stream(opencti, &client, r) else {
+        return;
     };
-    r.add(
-        "OpenCTI",
-        Ok(format!(
-            "`{}` answers",
-            crate::secret::redact_url(&opencti.url)
-        )),
-    );
-    r.add("token and stream access", Ok("accepted".into()));
-    r.add("stream running", Ok(format!("`{}`", client.url())));
-
     let connected = read_connected(resp, Duration::from_secs(15));
     let Some(c) = connected else {
         r.add(
@@ -254,7 +220,77 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
         return;
     };
     r.add("connected event", Ok(c.describe()));
-    let retention = match cursor.map(|(cur, recovering)| (cur, recovering, c.gap_after(cur))) {
+    r.add("cursor within retention", retention(&c, cursor));
+}
+
+/// Connects to the stream and reports whether OpenCTI answers, accepts the token and runs the
+/// stream; the response when all three hold.
+fn open_stream(opencti: &OpenCti, client: &StreamClient, r: &mut Report) -> Option<ureq::Response> {
+    let resp = match client.connect(Some(EventId::default()), None) {
+        Ok(resp) => resp,
+        Err(ConnectError::Fatal(e @ StreamError::Unauthorized { .. })) => {
+            r.add(
+                "OpenCTI",
+                Ok(format!(
+                    "`{}` answers",
+                    crate::secret::redact_url(&opencti.url)
+                )),
+            );
+            r.add("token and stream access", Err(e.to_string()));
+            return None;
+        }
+        Err(ConnectError::Fatal(e @ StreamError::Gone { .. })) => {
+            r.add(
+                "OpenCTI",
+                Ok(format!(
+                    "`{}` answers",
+                    crate::secret::redact_url(&opencti.url)
+                )),
+            );
+            r.add("token and stream access", Ok("accepted".into()));
+            r.add("stream running", Err(e.to_string()));
+            return None;
+        }
+        Err(ConnectError::Fatal(e)) => {
+            r.add("OpenCTI", Err(e.to_string()));
+            return None;
+        }
+        Err(ConnectError::NotAStream(ct)) => {
+            r.add(
+                "OpenCTI",
+                Err(format!(
+                    "`{}` answered with `{ct}` instead of an event stream: check `opencti.url`",
+                    client.url()
+                )),
+            );
+            return None;
+        }
+        Err(ConnectError::Retry(why)) => {
+            r.add(
+                "OpenCTI",
+                Err(format!(
+                    "cannot reach `{}`: {why}; check `opencti.url`, the network and the proxy",
+                    crate::secret::redact_url(&opencti.url)
+                )),
+            );
+            return None;
+        }
+    };
+    r.add(
+        "OpenCTI",
+        Ok(format!(
+            "`{}` answers",
+            crate::secret::redact_url(&opencti.url)
+        )),
+    );
+    r.add("token and stream access", Ok("accepted".into()));
+    r.add("stream running", Ok(format!("`{}`", client.url())));
+    Some(resp)
+}
+
+/// Whether the saved cursor is still within what the server retains, given its `connected` event.
+fn retention(c: &Connected, cursor: Option<(EventId, bool)>) -> Result<String, String> {
+    match cursor.map(|(cur, recovering)| (cur, recovering, c.gap_after(cur))) {
         Some((cur, recovering, Some(first))) => {
             if recovering {
                 Ok(format!(
@@ -272,8 +308,7 @@ fn check_stream(cfg: &Config, r: &mut Report, cursor: Option<(EventId, bool)>) {
         }
         Some((cur, _, None)) => Ok(format!("cursor `{cur}` ({}) is retained", cur.date())),
         None => Ok("no cursor yet".into()),
-    };
-    r.add("cursor within retention", retention);
+    }
 }
 
 fn read_connected(resp: ureq::Response, limit: Duration) -> Option<Connected> {

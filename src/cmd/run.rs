@@ -8,13 +8,13 @@ use anyhow::{Context, Result};
 
 use crate::cli::RunArgs;
 use crate::commit::Committer;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, OpenCti, StreamSettings};
 use crate::fetch::Fetcher;
 use crate::id::{self, EventId};
-use crate::metrics::{self, Metrics, RetryCause};
+use crate::metrics::{self, Metrics, RetryCause, Snapshot};
 use crate::opencti::connector::{Pinger, PING_PERIOD};
 use crate::opencti::graphql::PingInfo;
-use crate::pipeline::{self, PipelineSettings, StopRule};
+use crate::pipeline::{self, Outcome, PipelineSettings, StopRule};
 use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
 use crate::stream::client::{Start, StreamClient};
@@ -107,46 +107,11 @@ pub(crate) fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     cfg.check_for_run()?;
     let opencti = cfg.opencti()?;
     let stream = cfg.stream()?;
-    let from = args
-        .from
-        .as_deref()
-        .map(|s| id::parse_position(s).map_err(|e| flag_error("--from", e)))
-        .transpose()?;
-    let until = match args.until.as_deref() {
-        None => None,
-        Some("now") => Some(EventId::at_ms(crate::clock::now_ms())),
-        Some(s) => Some(id::parse_position(s).map_err(|e| flag_error("--until", e))?),
-    };
-    if let (Some(f), Some(u)) = (from, until) {
-        if u <= f {
-            return Err(flag_error(
-                "--until",
-                format!("`{u}` is not after `--from` `{f}`: the window is empty"),
-            )
-            .into());
-        }
-    }
+    let (from, until) = window(args)?;
 
     let _lock = state::lock(&cfg.state_path)?;
     let saved = state::load(&cfg.state_path)?;
-    if let Some(s) = &saved {
-        if from.is_some() {
-            return Err(from_with_state(cfg).into());
-        }
-        if let Some(sid) = &s.stream_id {
-            if sid != &stream.live_stream_id {
-                return Err(flag_error(
-                    "connector.live_stream_id",
-                    format!(
-                        "the state at `{}` belongs to stream `{sid}`, not `{}`: use another `--state`, or `state reset` to start over (it keeps the file numbering)",
-                        cfg.state_path.display(),
-                        stream.live_stream_id
-                    ),
-                )
-                .into());
-            }
-        }
-    }
+    check_saved(cfg, saved.as_ref(), from, stream)?;
     let dests = super::destinations(cfg)?;
     let abort = Arc::new(AtomicBool::new(false));
     let mut committer = Committer::new(
@@ -192,7 +157,105 @@ pub(crate) fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         Ok(cut) => cut,
         Err(e) => return Err(gave_up_error().map(Into::into).unwrap_or(e)),
     };
-    if let Some(c) = committer.state().cursor().ok().flatten() {
+    start_metrics(cfg, &metrics, committer.state())?;
+    let start = start_position(cfg, committer.state(), from)?;
+    committer.update_state(|s| s.last_run = Some(running(&started_at)))?;
+    install_signal_handlers(&stop)?;
+
+    let pinger = start_pinger(cfg, args, opencti)?;
+    let client = StreamClient::new(opencti, stream, stop.clone())?;
+    let files = start_fetcher(cfg, opencti, &metrics)?;
+    log_start(cfg, &client, &start);
+    let settings = pipeline_settings(cfg, args, start, until, first_cut_after);
+    let progress = (!quiet).then(|| Progress::start(metrics.clone(), stop.clone(), cfg.log_every));
+    let (mut committer, result) =
+        pipeline::run(client, settings, committer, files, stop, metrics.clone());
+    if let Some(p) = progress {
+        p.finish();
+    }
+    drop(watch_done);
+    let gave_up = gave_up_error();
+    let ended_at = id::ms_to_iso(crate::clock::now_ms());
+    let totals = metrics.snapshot();
+    let last_run = last_run(
+        started_at,
+        ended_at,
+        outcome_text(&result, gave_up.as_ref()),
+        &totals,
+    );
+    let _ = committer.update_state(|s| s.last_run = Some(last_run));
+    if let Some(p) = pinger {
+        p.stop();
+    }
+    write_metrics_textfile(cfg, &metrics);
+    if let Some(g) = gave_up {
+        return Err(g.into());
+    }
+    let outcome = result?;
+    if !quiet {
+        println!("{}", summary(&totals, &outcome, committer.state()));
+    }
+    if let Some(e) = outcome.stream_error {
+        return Err(e.into());
+    }
+    Ok(exit::OK)
+}
+
+/// The `--from` and `--until` positions; `--until` must come after `--from`.
+fn window(args: &RunArgs) -> Result<(Option<EventId>, Option<EventId>)> {
+    let from = args
+        .from
+        .as_deref()
+        .map(|s| id::parse_position(s).map_err(|e| flag_error("--from", e)))
+        .transpose()?;
+    let until = match args.until.as_deref() {
+        None => None,
+        Some("now") => Some(EventId::at_ms(crate::clock::now_ms())),
+        Some(s) => Some(id::parse_position(s).map_err(|e| flag_error("--until", e))?),
+    };
+    if let (Some(f), Some(u)) = (from, until) {
+        if u <= f {
+            return Err(flag_error(
+                "--until",
+                format!("`{u}` is not after `--from` `{f}`: the window is empty"),
+            )
+            .into());
+        }
+    }
+    Ok((from, until))
+}
+
+/// Refuses a saved state that `--from` would override or that belongs to another stream.
+fn check_saved(
+    cfg: &Config,
+    saved: Option<&State>,
+    from: Option<EventId>,
+    stream: &StreamSettings,
+) -> Result<()> {
+    let Some(s) = saved else { return Ok(()) };
+    if from.is_some() {
+        return Err(from_with_state(cfg).into());
+    }
+    if let Some(sid) = &s.stream_id {
+        if sid != &stream.live_stream_id {
+            return Err(flag_error(
+                "connector.live_stream_id",
+                format!(
+                    "the state at `{}` belongs to stream `{sid}`, not `{}`: use another `--state`, or `state reset` to start over (it keeps the file numbering)",
+                    cfg.state_path.display(),
+                    stream.live_stream_id
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Sets the cursor gauge from the settled state, serves the metrics when
+/// `connector.metrics_port` is set, and logs an active export policy.
+fn start_metrics(cfg: &Config, metrics: &Arc<Metrics>, state: &State) -> Result<()> {
+    if let Some(c) = state.cursor().ok().flatten() {
         metrics.set_cursor_ms(c.ms);
     }
     if let Some(port) = cfg.metrics_port {
@@ -209,9 +272,12 @@ pub(crate) fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             cfg.policy.describe().replace('\n', "; ")
         );
     }
-    // The start position is read after settling: a stored pending file moves the cursor.
-    let state = committer.state();
-    let start = Start {
+    Ok(())
+}
+
+/// Where the stream starts; read after settling, as a stored pending file moves the cursor.
+fn start_position(cfg: &Config, state: &State, from: Option<EventId>) -> Result<Start> {
+    Ok(Start {
         after: state
             .cursor()
             .map_err(anyhow::Error::msg)?
@@ -224,48 +290,56 @@ pub(crate) fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             .recover_until
             .as_deref()
             .and_then(|d| id::parse_iso_ms(d).ok()),
-    };
-    committer.update_state(|s| {
-        s.last_run = Some(RunSummary {
-            started_at: started_at.clone(),
-            outcome: "running".into(),
-            ..RunSummary::default()
-        });
-    })?;
+    })
+}
 
+/// SIGINT and SIGTERM set `stop`; a second one exits at once.
+fn install_signal_handlers(stop: &Arc<AtomicBool>) -> Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(sig, exit::INTERRUPTED, stop.clone())
             .context("installing signal handlers")?;
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
+    Ok(())
+}
 
-    let pinger = match &cfg.connector {
-        Some(c) => {
-            let info = PingInfo {
-                run_and_terminate: args.once || args.until.is_some(),
-            };
-            Some(Pinger::start(
-                opencti,
-                c,
-                &cfg.state_path,
-                PING_PERIOD,
-                info,
-            )?)
-        }
-        None => None,
+/// Starts pinging OpenCTI as a connector when one is configured.
+fn start_pinger(cfg: &Config, args: &RunArgs, opencti: &OpenCti) -> Result<Option<Pinger>> {
+    let Some(c) = &cfg.connector else {
+        return Ok(None);
     };
-    let client = StreamClient::new(opencti, stream, stop.clone())?;
-    let files = if cfg.fetch_files {
-        Some(Fetcher::start(
-            http::files_agent(opencti, cfg.files.concurrency)?,
-            &opencti.url,
-            opencti.token.expose(),
-            cfg.files,
-            metrics.clone(),
-        ))
-    } else {
-        None
+    let info = PingInfo {
+        run_and_terminate: args.once || args.until.is_some(),
     };
+    Ok(Some(Pinger::start(
+        opencti,
+        c,
+        &cfg.state_path,
+        PING_PERIOD,
+        info,
+    )?))
+}
+
+/// Starts fetching the files of events when `fetch_files` is on.
+fn start_fetcher(
+    cfg: &Config,
+    opencti: &OpenCti,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Fetcher>> {
+    if !cfg.fetch_files {
+        return Ok(None);
+    }
+    Ok(Some(Fetcher::start(
+        http::files_agent(opencti, cfg.files.concurrency)?,
+        &opencti.url,
+        opencti.token.expose(),
+        cfg.files,
+        metrics.clone(),
+    )))
+}
+
+/// Logs what is exported, where to, and from which position.
+fn log_start(cfg: &Config, client: &StreamClient, start: &Start) {
     log::info!(
         "exporting `{}` to {} under `{}/` starting after `{}`{}",
         client.url(),
@@ -280,7 +354,17 @@ pub(crate) fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             .map(|ms| format!(" with a snapshot up to {}", id::ms_to_iso(ms)))
             .unwrap_or_default()
     );
-    let settings = PipelineSettings {
+}
+
+/// The pipeline's settings for this run.
+fn pipeline_settings(
+    cfg: &Config,
+    args: &RunArgs,
+    start: Start,
+    until: Option<EventId>,
+    first_cut_after: Option<EventId>,
+) -> PipelineSettings {
+    PipelineSettings {
         start,
         stop_rule: StopRule {
             once: args.once,
@@ -293,49 +377,57 @@ pub(crate) fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         first_cut_after,
         policy: cfg.policy.clone(),
         max_line_bytes: cfg.max_line_bytes,
-    };
-    let progress = (!quiet).then(|| Progress::start(metrics.clone(), stop.clone(), cfg.log_every));
-    let (mut committer, result) =
-        pipeline::run(client, settings, committer, files, stop, metrics.clone());
-    if let Some(p) = progress {
-        p.finish();
     }
-    drop(watch_done);
-    let gave_up = gave_up_error();
-    let ended_at = id::ms_to_iso(crate::clock::now_ms());
-    let totals = metrics.snapshot();
-    let (outcome_text, result) = match result {
-        Ok(o) => {
-            let text = match &o.stream_error {
-                Some(e) => format!("failed: {e}"),
-                None if o.interrupted => "interrupted".to_string(),
-                None => "completed".to_string(),
-            };
-            (text, Ok(o))
-        }
-        Err(e) => (format!("failed: {e:#}"), Err(e)),
+}
+
+/// The run's outcome as saved in the state, secrets scrubbed; giving up overrides the rest.
+fn outcome_text(result: &Result<Outcome>, gave_up: Option<&GaveUp>) -> String {
+    let text = match result {
+        Ok(o) => match &o.stream_error {
+            Some(e) => format!("failed: {e}"),
+            None if o.interrupted => "interrupted".to_string(),
+            None => "completed".to_string(),
+        },
+        Err(e) => format!("failed: {e:#}"),
     };
-    let outcome_text = match &gave_up {
+    let text = match gave_up {
         Some(g) => format!("failed: {g}"),
-        None => outcome_text,
+        None => text,
     };
-    let outcome_text = crate::secret::scrub_all(&outcome_text);
-    let _ = committer.update_state(|s| {
-        s.last_run = Some(RunSummary {
-            started_at,
-            ended_at,
-            outcome: outcome_text,
-            events: totals.events_written,
-            files: totals.files_written,
-            bytes: totals.bytes_written,
-            dead_letters: totals.dead_letters,
-        });
-    });
-    if let Some(p) = pinger {
-        p.stop();
+    crate::secret::scrub_all(&text)
+}
+
+/// The summary saved in the state while the run goes on.
+fn running(started_at: &str) -> RunSummary {
+    RunSummary {
+        started_at: started_at.to_string(),
+        outcome: "running".into(),
+        ..RunSummary::default()
     }
+}
+
+/// The summary of the finished run saved in the state.
+fn last_run(
+    started_at: String,
+    ended_at: String,
+    outcome: String,
+    totals: &Snapshot,
+) -> RunSummary {
+    RunSummary {
+        started_at,
+        ended_at,
+        outcome,
+        events: totals.events_written,
+        files: totals.files_written,
+        bytes: totals.bytes_written,
+        dead_letters: totals.dead_letters,
+    }
+}
+
+/// Writes the metrics textfile when `connector.metrics_textfile` is set; a failure is only logged.
+fn write_metrics_textfile(cfg: &Config, metrics: &Metrics) {
     if let Some(path) = &cfg.metrics_textfile {
-        match metrics::write_textfile(path, &metrics, &cfg.connector_name) {
+        match metrics::write_textfile(path, metrics, &cfg.connector_name) {
             Ok(()) => log::info!("metrics written to `{}`", path.display()),
             Err(e) => log::warn!(
                 "cannot write the metrics textfile `{}`: {e}",
@@ -343,12 +435,11 @@ pub(crate) fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
             ),
         }
     }
-    if let Some(g) = gave_up {
-        return Err(g.into());
-    }
-    let outcome = result?;
-    let cursor = committer.state().start_from.clone();
-    let summary = format!(
+}
+
+/// The summary printed at the end of a run.
+fn summary(totals: &Snapshot, outcome: &Outcome, state: &State) -> String {
+    format!(
         "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects\n{}; next file {}",
         totals.events_written,
         totals.files_written,
@@ -359,16 +450,9 @@ pub(crate) fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
         totals.dead_letters,
         totals.file_fetch_failures,
         totals.reconnects,
-        explain_cursor(cursor.as_deref(), outcome.last_id),
-        committer.state().file_count + 1,
-    );
-    if !quiet {
-        println!("{summary}");
-    }
-    if let Some(e) = outcome.stream_error {
-        return Err(e.into());
-    }
-    Ok(exit::OK)
+        explain_cursor(state.start_from.as_deref(), outcome.last_id),
+        state.file_count + 1,
+    )
 }
 
 /// Ends the outage watch when dropped, whichever way `run` returns.
