@@ -330,6 +330,34 @@ pub(crate) enum Output {
     },
 }
 
+/// What the fetch stage of attached files is allowed to do (`files.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileSettings {
+    /// Requests in flight at most (threads of the pool).
+    pub(crate) concurrency: usize,
+    /// Largest file, in bytes as served, that is exported with its content.
+    pub(crate) max_bytes: u64,
+    /// Longest time for one file, from the first request to the last byte,
+    /// retries included.
+    pub(crate) deadline: Duration,
+    /// Attempts per file for retryable failures.
+    pub(crate) retries: u32,
+    /// Content (base64) held by fetches not yet taken by a worker, in bytes.
+    pub(crate) buffer_bytes: usize,
+}
+
+impl Default for FileSettings {
+    fn default() -> Self {
+        FileSettings {
+            concurrency: 32,
+            max_bytes: 4 << 20,
+            deadline: Duration::from_secs(120),
+            retries: 3,
+            buffer_bytes: 8 << 20,
+        }
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
@@ -358,7 +386,7 @@ pub(crate) struct Config {
     pub(crate) fetch_files: bool,
     /// How attached files are fetched: concurrency, size cap, deadline,
     /// attempts, memory for files fetched ahead.
-    pub(crate) files: crate::fetch::FileSettings,
+    pub(crate) files: FileSettings,
     /// Longest output line, in bytes (`output.max_line_bytes`): what the
     /// importer can publish to its broker.
     pub(crate) max_line_bytes: usize,
@@ -956,8 +984,8 @@ fn state_path(src: &Sources, file: Option<&Path>, ov: &Overrides) -> PathBuf {
 }
 
 /// The `files.*` settings of fetching the files of events.
-fn file_settings(src: &Sources) -> Result<crate::fetch::FileSettings, ConfigError> {
-    Ok(crate::fetch::FileSettings {
+fn file_settings(src: &Sources) -> Result<FileSettings, ConfigError> {
+    Ok(FileSettings {
         retries: src.number("files.retries", 3, 1, 100, "attempts")? as u32,
         concurrency: src.number("files.concurrency", 32, 1, 256, "requests")? as usize,
         max_bytes: src.number("files.max_bytes", 4 << 20, 1, 4 << 30, "bytes")?,

@@ -10,10 +10,19 @@
 //! | 5 | `run --once` gave up: OpenCTI or the storage failed for longer than `run.once_max_outage_sec` (cursor and files intact) |
 //! | 130 | interrupted by a second signal |
 
-use crate::cmd::run::GaveUp;
 use crate::config::ConfigError;
 use crate::state::StateError;
 use crate::stream::client::StreamError;
+
+/// `run --once` ended because OpenCTI or the storage kept failing.
+#[derive(Debug, thiserror::Error)]
+#[error("gave up after {} of failures with nothing getting through ({what}): `run --once` ends after `run.once_max_outage_sec`; nothing was lost, the cursor and the files are as the last commit left them, and the next run resumes there", crate::text::secs(*.limit_secs))]
+pub(crate) struct GaveUp {
+    /// How long it failed.
+    pub(crate) limit_secs: u64,
+    /// What failed: `OpenCTI`, `the storage` or both.
+    pub(crate) what: String,
+}
 
 /// Success.
 pub(crate) const OK: i32 = 0;

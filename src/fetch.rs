@@ -36,36 +36,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
+use crate::config::FileSettings;
 use crate::metrics::{Metrics, RetryCause};
 use crate::retry::Backoff;
-
-/// What the fetch stage is allowed to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileSettings {
-    /// Requests in flight at most (threads of the pool).
-    pub(crate) concurrency: usize,
-    /// Largest file, in bytes as served, that is exported with its content.
-    pub(crate) max_bytes: u64,
-    /// Longest time for one file, from the first request to the last byte,
-    /// retries included.
-    pub(crate) deadline: Duration,
-    /// Attempts per file for retryable failures.
-    pub(crate) retries: u32,
-    /// Content (base64) held by fetches not yet taken by a worker, in bytes.
-    pub(crate) buffer_bytes: usize,
-}
-
-impl Default for FileSettings {
-    fn default() -> Self {
-        FileSettings {
-            concurrency: 32,
-            max_bytes: 4 << 20,
-            deadline: Duration::from_secs(120),
-            retries: 3,
-            buffer_bytes: 8 << 20,
-        }
-    }
-}
 
 /// The content of an attached file as standard padded base64.
 pub(crate) struct FileContent {
@@ -647,7 +620,7 @@ impl Inner {
                 }
                 Err(Attempt::Retry(format!(
                     "`{url}`: {}",
-                    crate::stream::client::transport_message(&t)
+                    crate::http::transport_message(&t)
                 )))
             }
         }

@@ -209,6 +209,22 @@ pub(crate) fn encode_path(path: &str) -> String {
     out
 }
 
+/// A transport error as one line, with its cause chain.
+pub(crate) fn transport_message(t: &ureq::Transport) -> String {
+    let mut msg = format!("{}", t.kind());
+    if let Some(m) = t.message() {
+        msg.push_str(": ");
+        msg.push_str(m);
+    }
+    let mut src = std::error::Error::source(t);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,8 +35,10 @@ mod serve;
 use exposition::Exposition;
 pub(crate) use serve::{serve, write_textfile};
 
-/// Actions of `processed_messages_total`, the SSE names of data events.
-pub(crate) const ACTIONS: [&str; 4] = crate::transform::DATA_EVENTS;
+/// Actions of `processed_messages_total`, the SSE names of data events
+/// (the same list as `transform::DATA_EVENTS`, checked by a test; written
+/// here so that the counters depend on no stage of the pipeline).
+pub(crate) const ACTIONS: [&str; 4] = ["create", "update", "delete", "merge"];
 
 /// Upper bounds of the `events_per_file` buckets (events); `+Inf` follows.
 pub(crate) const EVENTS_PER_FILE_BOUNDS: [u64; 6] = [1, 10, 100, 1_000, 10_000, 100_000];
@@ -335,6 +337,11 @@ mod tests {
     use std::sync::Arc;
 
     pub(super) const NOW: u64 = 1_700_000_100_000;
+
+    #[test]
+    fn the_actions_are_the_data_events_of_the_transform() {
+        assert_eq!(super::ACTIONS, crate::transform::DATA_EVENTS);
+    }
 
     /// Labels in order.
     type Labels = Vec<(String, String)>;

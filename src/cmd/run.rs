@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use crate::cli::RunArgs;
 use crate::commit::Committer;
 use crate::config::{Config, ConfigError, OpenCti, StreamSettings};
+use crate::exit::{self, GaveUp};
 use crate::fetch::Fetcher;
+use crate::http;
 use crate::id::{self, EventId};
 use crate::metrics::{self, Metrics, RetryCause, Snapshot};
 use crate::opencti::connector::{Pinger, PING_PERIOD};
@@ -18,17 +20,6 @@ use crate::pipeline::{self, Outcome, PipelineSettings, StopRule};
 use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
 use crate::stream::client::{Start, StreamClient};
-use crate::{exit, http};
-
-/// `run --once` ended because OpenCTI or the storage kept failing.
-#[derive(Debug, thiserror::Error)]
-#[error("gave up after {} of failures with nothing getting through ({what}): `run --once` ends after `run.once_max_outage_sec`; nothing was lost, the cursor and the files are as the last commit left them, and the next run resumes there", crate::text::secs(*.limit_secs))]
-pub(crate) struct GaveUp {
-    /// How long it failed.
-    pub(crate) limit_secs: u64,
-    /// What failed: `OpenCTI`, `the storage` or both.
-    pub(crate) what: String,
-}
 
 /// Under `--once`, watches the figures of the run: once OpenCTI or the
 /// storage has been failing (retries counted) for `limit` with nothing

@@ -225,7 +225,7 @@ impl StreamClient {
                 Err(ConnectError::Retry(format!("HTTP {code} {text}")))
             }
             Err(ureq::Error::Transport(t)) => Err(ConnectError::Retry(
-                crate::secret::clean_external(&transport_message(&t), 500),
+                crate::secret::clean_external(&crate::http::transport_message(&t), 500),
             )),
         }
     }
@@ -333,22 +333,6 @@ pub(crate) enum ConnectError {
     NotAStream(String),
     /// Worth another try.
     Retry(String),
-}
-
-/// A transport error as one line, with its cause chain.
-pub(crate) fn transport_message(t: &ureq::Transport) -> String {
-    let mut msg = format!("{}", t.kind());
-    if let Some(m) = t.message() {
-        msg.push_str(": ");
-        msg.push_str(m);
-    }
-    let mut src = std::error::Error::source(t);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]
