@@ -14,9 +14,9 @@ use crate::config::{Config, OpenCti, Output};
 use crate::dest::{Destination, ObjectMeta};
 use crate::exit;
 use crate::id::EventId;
-use crate::pipeline::Connected;
 use crate::state::{self, State, StateError};
 use crate::stream::client::{ConnectError, StreamClient, StreamError};
+use crate::stream::reader::Connected;
 use crate::stream::sse::SseParser;
 
 /// One checked item.

@@ -16,10 +16,11 @@ use crate::id::{self, EventId};
 use crate::metrics::{self, Metrics, RetryCause, Snapshot};
 use crate::opencti::connector::{Pinger, PING_PERIOD};
 use crate::opencti::graphql::PingInfo;
-use crate::pipeline::{self, Outcome, PipelineSettings, StopRule};
+use crate::pipeline::{self, Outcome, PipelineSettings};
 use crate::progress::Progress;
 use crate::state::{self, RunSummary, State};
 use crate::stream::client::{Start, StreamClient};
+use crate::stream::reader::StopRule;
 
 /// Under `--once`, watches the figures of the run: once OpenCTI or the
 /// storage has been failing (retries counted) for `limit` with nothing
