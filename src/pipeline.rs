@@ -366,38 +366,21 @@ fn spawn_reader(
     committer: &Committer,
     stream_error: Arc<Mutex<Option<StreamError>>>,
 ) {
-    let connected = Arc::new(Mutex::new(None));
-    let mut reader = Reader {
-        senders: work_tx,
-        next: 0,
-        pending: Vec::with_capacity(CHUNK),
-        metrics: metrics.clone(),
-        last_seen: None,
-        complete: None,
-        heartbeat: None,
-        stop_rule: settings.stop_rule,
-        recover_until_ms: settings.start.recover_until_ms,
-        once_target: None,
-        connected: connected.clone(),
-        start_after: settings.start.after,
-        accept_gap: settings.accept_gap,
-        gap: None,
-        accepted_gaps: committer.accepted_gaps(),
-        unknown_frames: Default::default(),
-        open: Vec::new(),
-        open_bytes: 0,
-        open_handed: 0,
-        resend_skip: None,
-        open_stale: false,
-    };
+    let mut reader = Reader::new(
+        work_tx,
+        metrics.clone(),
+        settings.stop_rule,
+        settings.start.after,
+        settings.start.recover_until_ms,
+        settings.accept_gap,
+        committer.accepted_gaps(),
+    );
     let start = settings.start;
     std::thread::Builder::new()
         .name("reader".into())
         .spawn(move || {
             let result = client.run(start, &mut reader);
-            reader.metrics.set_stream_connected(false);
-            reader.finish();
-            if let Some(e) = reader.gap.take().map(Err).unwrap_or(result).err() {
+            if let Some(e) = reader.end(result) {
                 *stream_error.lock().expect("not poisoned") = Some(e);
             }
             // Dropping the reader closes the work channels: the end of input.

@@ -99,45 +99,90 @@ const OPEN_GROUP_MAX_EVENTS: usize = 4 * CHUNK;
 const OPEN_GROUP_MAX_BYTES: usize = 8 << 20;
 
 pub(crate) struct Reader {
-    pub(crate) senders: Vec<Sender<Vec<Work>>>,
-    pub(crate) next: usize,
-    pub(crate) pending: Vec<Work>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) last_seen: Option<EventId>,
-    pub(crate) complete: Option<EventId>,
+    senders: Vec<Sender<Vec<Work>>>,
+    next: usize,
+    pending: Vec<Work>,
+    metrics: Arc<Metrics>,
+    last_seen: Option<EventId>,
+    complete: Option<EventId>,
     /// The last heartbeat id greater than every data id seen.
-    pub(crate) heartbeat: Option<EventId>,
-    pub(crate) stop_rule: StopRule,
-    pub(crate) recover_until_ms: Option<u64>,
-    pub(crate) once_target: Option<EventId>,
-    pub(crate) connected: Arc<Mutex<Option<Connected>>>,
-    pub(crate) start_after: Option<EventId>,
-    pub(crate) accept_gap: bool,
+    heartbeat: Option<EventId>,
+    stop_rule: StopRule,
+    recover_until_ms: Option<u64>,
+    once_target: Option<EventId>,
+    connected: Arc<Mutex<Option<Connected>>>,
+    start_after: Option<EventId>,
+    accept_gap: bool,
     /// A gap found and refused: the reason the run stops.
-    pub(crate) gap: Option<StreamError>,
+    gap: Option<StreamError>,
     /// Gaps found and accepted, for the committer to record in the state.
-    pub(crate) accepted_gaps: Arc<Mutex<Vec<String>>>,
+    accepted_gaps: Arc<Mutex<Vec<String>>>,
     /// Names of unknown control frames already logged (a few at most).
-    pub(crate) unknown_frames: std::collections::HashSet<String>,
+    unknown_frames: std::collections::HashSet<String>,
     /// The events of the open id group (`last_seen`, above `complete`),
     /// held back: after a dropped connection the server sends the whole
     /// group again, so what was not handed on is dropped and taken from
     /// the resend, and no line is written twice.
-    pub(crate) open: Vec<Work>,
+    open: Vec<Work>,
     /// Data bytes in `open`.
-    pub(crate) open_bytes: usize,
+    open_bytes: usize,
     /// Events of the open group already handed on (it outgrew the bounds).
-    pub(crate) open_handed: u64,
+    open_handed: u64,
     /// After a reconnect inside a group: that group's id, and how many of
     /// its resent events were handed on before and are skipped.
-    pub(crate) resend_skip: Option<(EventId, u64)>,
+    resend_skip: Option<(EventId, u64)>,
     /// The events held in `open` came before the connection dropped: the
     /// server's resend replaces them. Should the run end before it comes
     /// (a 401, a 410, a stop), they are handed on as received.
-    pub(crate) open_stale: bool,
+    open_stale: bool,
 }
 
 impl Reader {
+    /// A reader that hands chunks of work to `senders` in turn, starting
+    /// after `start_after` (with a snapshot up to `recover_until_ms`), and
+    /// records the gaps it is told to accept in `accepted_gaps`.
+    pub(crate) fn new(
+        senders: Vec<Sender<Vec<Work>>>,
+        metrics: Arc<Metrics>,
+        stop_rule: StopRule,
+        start_after: Option<EventId>,
+        recover_until_ms: Option<u64>,
+        accept_gap: bool,
+        accepted_gaps: Arc<Mutex<Vec<String>>>,
+    ) -> Reader {
+        Reader {
+            senders,
+            next: 0,
+            pending: Vec::with_capacity(CHUNK),
+            metrics,
+            last_seen: None,
+            complete: None,
+            heartbeat: None,
+            stop_rule,
+            recover_until_ms,
+            once_target: None,
+            connected: Arc::default(),
+            start_after,
+            accept_gap,
+            gap: None,
+            accepted_gaps,
+            unknown_frames: Default::default(),
+            open: Vec::new(),
+            open_bytes: 0,
+            open_handed: 0,
+            resend_skip: None,
+            open_stale: false,
+        }
+    }
+
+    /// Ends the input after the client returned `result`: hands on what is
+    /// held, and gives the error the run ends with (a refused gap first).
+    pub(crate) fn end(&mut self, result: Result<(), StreamError>) -> Option<StreamError> {
+        self.metrics.set_stream_connected(false);
+        self.finish();
+        self.gap.take().map(Err).unwrap_or(result).err()
+    }
+
     /// Compares where this connection resumes with what the server retains.
     fn check_gap(&mut self, c: &Connected) -> Flow {
         let Some(resume) = self.complete.or(self.start_after) else {
@@ -540,29 +585,15 @@ mod tests {
     }
 
     fn reader(tx: Sender<Vec<Work>>) -> Reader {
-        Reader {
-            senders: vec![tx],
-            next: 0,
-            pending: Vec::new(),
-            metrics: Arc::default(),
-            last_seen: None,
-            complete: None,
-            heartbeat: None,
-            stop_rule: StopRule::default(),
-            recover_until_ms: None,
-            once_target: None,
-            connected: Arc::default(),
-            start_after: None,
-            accept_gap: false,
-            gap: None,
-            accepted_gaps: Arc::default(),
-            unknown_frames: Default::default(),
-            open: Vec::new(),
-            open_bytes: 0,
-            open_handed: 0,
-            resend_skip: None,
-            open_stale: false,
-        }
+        Reader::new(
+            vec![tx],
+            Arc::default(),
+            StopRule::default(),
+            None,
+            None,
+            false,
+            Arc::default(),
+        )
     }
 
     fn msg(event: &str, id: &str, data: &str) -> SseMessage {
