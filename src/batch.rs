@@ -134,26 +134,13 @@ pub(crate) struct Batcher {
     backwards: u64,
     /// Cut as soon as this id is complete (see [`Batcher::cut_after`]).
     cut_after: Option<EventId>,
-    /// A body buffer given back after its batch was stored.
-    spare: Option<Vec<u8>>,
 }
 
 impl Batcher {
-    /// Takes back the body of a stored batch, so that memory is reused
-    /// rather than allocated anew for every batch.
-    pub(crate) fn recycle(&mut self, mut body: Vec<u8>) {
-        body.clear();
-        if body.capacity() >= self.limits.max_bytes.min(FRESH_CAPACITY_MAX) {
-            self.spare = Some(body);
-        }
-    }
-
-    /// An empty body: the spare one, else a new one sized for a full batch
-    /// (growing a buffer by doubling would leave it up to twice too big).
-    fn fresh_body(&mut self) -> Vec<u8> {
-        self.spare
-            .take()
-            .unwrap_or_else(|| Vec::with_capacity(self.limits.max_bytes.min(FRESH_CAPACITY_MAX)))
+    /// An empty body sized for a full batch (growing a buffer by doubling
+    /// would leave it up to twice too big).
+    fn fresh_body(&self) -> Vec<u8> {
+        Vec::with_capacity(self.limits.max_bytes.min(FRESH_CAPACITY_MAX))
     }
 
     /// Makes the next batch end as soon as `id` is complete: after a kill,
@@ -187,7 +174,6 @@ impl Batcher {
             tail_oldest: None,
             backwards: 0,
             cut_after: None,
-            spare: None,
         }
     }
 

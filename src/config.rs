@@ -349,7 +349,7 @@ pub(crate) struct FileSettings {
 impl Default for FileSettings {
     fn default() -> Self {
         FileSettings {
-            concurrency: 32,
+            concurrency: 64,
             max_bytes: 4 << 20,
             deadline: Duration::from_secs(120),
             retries: 3,
@@ -835,7 +835,7 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
 
     let log_level = log_level(src)?;
     let consumer_count = consumer_count(src, ov)?;
-    let queue_size = src.number("queue.size", 1000, 1, 1_000_000, "events")? as usize;
+    let queue_size = src.number("queue.size", 2048, 1, 1_000_000, "events")? as usize;
     let batch = BatchLimits {
         max_age: Duration::from_secs(src.number("write.every_sec", 900, 1, 86_400, "seconds")?),
         max_events: src.number("write.max_events", 20_000, 1, 10_000_000, "events")? as usize,
@@ -987,7 +987,7 @@ fn state_path(src: &Sources, file: Option<&Path>, ov: &Overrides) -> PathBuf {
 fn file_settings(src: &Sources) -> Result<FileSettings, ConfigError> {
     Ok(FileSettings {
         retries: src.number("files.retries", 3, 1, 100, "attempts")? as u32,
-        concurrency: src.number("files.concurrency", 32, 1, 256, "requests")? as usize,
+        concurrency: src.number("files.concurrency", 64, 1, 256, "requests")? as usize,
         max_bytes: src.number("files.max_bytes", 4 << 20, 1, 4 << 30, "bytes")?,
         deadline: Duration::from_secs(src.number(
             "files.deadline_sec",
@@ -1586,7 +1586,7 @@ mod tests {
         assert_eq!(c.stream().unwrap().recover, Recover::UntilNow);
         assert!(c.stream().unwrap().listen_delete);
         assert_eq!(c.batch.max_age, Duration::from_secs(900));
-        assert_eq!(c.queue_size, 1000);
+        assert_eq!(c.queue_size, 2048);
         assert!(matches!(c.output().unwrap(), Output::Directory { .. }));
         assert_eq!(c.folder, "opencti");
     }

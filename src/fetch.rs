@@ -357,7 +357,7 @@ pub(crate) struct Fetcher {
 const BUDGET_WAIT: Duration = Duration::from_millis(100);
 const BUDGET_RETRY: Duration = Duration::from_millis(50);
 /// Bytes read from the socket at a time (a multiple of 3: no padding inside).
-const READ_CHUNK: usize = 48 * 1024;
+const READ_CHUNK: usize = 15 * 1024;
 
 impl Fetcher {
     /// Starts `settings.concurrency` threads fetching from `base_url` (the
@@ -548,11 +548,11 @@ impl Inner {
             *p.first_start.get_or_insert_with(Instant::now)
         };
         let deadline = started + self.settings.deadline;
-        let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
+        if Instant::now() >= deadline {
             return Attempt::Done(FileOutcome::failed(self.past_deadline()));
-        };
+        }
         let url = format!("{}/{}", self.base, job.path);
-        let resp = match self.request(&url, remaining, deadline) {
+        let resp = match self.request(&url, deadline) {
             Ok(r) => r,
             Err(attempt) => return attempt,
         };
@@ -588,19 +588,12 @@ impl Inner {
 
     /// Sends the GET for `url`; a status outside 2xx or a transport error is
     /// the attempt's end (`Err`), retried only where it may pass.
-    fn request(
-        &self,
-        url: &str,
-        remaining: Duration,
-        deadline: Instant,
-    ) -> Result<ureq::Response, Attempt> {
-        match self
-            .agent
-            .get(url)
-            .set("Authorization", &self.auth)
-            .timeout(remaining)
-            .call()
-        {
+    fn request(&self, url: &str, deadline: Instant) -> Result<ureq::Response, Attempt> {
+        // No per-request timeout: ureq would then set the socket's timeouts
+        // before every buffered read (a dozen system calls per file). The
+        // agent's read timeout (the deadline, at most 30 s) bounds a silent
+        // server, and the deadline is checked after every read.
+        match self.agent.get(url).set("Authorization", &self.auth).call() {
             Ok(r) if (200..300).contains(&r.status()) => Ok(r),
             Ok(r) => Err(Attempt::Done(FileOutcome::failed(format!(
                 "`{url}` answered HTTP {} (redirects are not followed)",

@@ -23,9 +23,14 @@ pub(crate) fn agent(opencti: &OpenCti, read_timeout: Duration) -> Result<ureq::A
 
 /// The agent for attached files: keeps up to `connections` connections to
 /// OpenCTI alive, one per request in flight, so that a file costs one round
-/// trip rather than a TCP (and TLS) handshake too.
-pub(crate) fn files_agent(opencti: &OpenCti, connections: usize) -> Result<ureq::Agent> {
-    Ok(agent_builder(opencti, Duration::from_secs(30))?
+/// trip rather than a TCP (and TLS) handshake too. A read waits at most
+/// `read_timeout` for a byte.
+pub(crate) fn files_agent(
+    opencti: &OpenCti,
+    connections: usize,
+    read_timeout: Duration,
+) -> Result<ureq::Agent> {
+    Ok(agent_builder(opencti, read_timeout)?
         .max_idle_connections(connections)
         .max_idle_connections_per_host(connections)
         .build())

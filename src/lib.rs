@@ -33,9 +33,11 @@ mod state;
 mod stream;
 mod text;
 mod transform;
+mod window;
 
 /// Sets up logging, runs the command, and returns the exit status.
 pub fn main_with(cli: cli::Cli) -> i32 {
+    return_large_buffers_at_once();
     logging::init(cli.quiet, cli.verbose);
     match cmd::dispatch(cli) {
         Ok(code) => code,
@@ -43,5 +45,19 @@ pub fn main_with(cli: cli::Cli) -> i32 {
             log::error!("{e:#}");
             exit::code_for(&e)
         }
+    }
+}
+
+/// Buffers of 1 MiB and more (batch bodies, lines with attached files,
+/// fetched contents) get pages of their own, given back to the system when
+/// freed. glibc's default raises that threshold to the largest buffer freed
+/// so far, after which such buffers come from the threads' heaps, where the
+/// holes they leave keep memory long after the buffers are gone.
+fn return_large_buffers_at_once() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before
+    // this program starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }

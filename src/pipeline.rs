@@ -40,6 +40,7 @@ use crate::policy::Policy;
 use crate::stream::client::{Start, StreamClient, StreamError};
 use crate::stream::reader::{Reader, StopRule, Work, CHUNK};
 use crate::transform::{self, FileFetcher, NoFiles, Transformed};
+use crate::window::{Admitted, Window, WINDOW_BYTES};
 
 /// What a pipeline run needs besides the committer.
 pub(crate) struct PipelineSettings {
@@ -78,15 +79,16 @@ pub(crate) struct Outcome {
     pub(crate) elapsed: Duration,
 }
 
-/// Chunks of work a worker may have waiting, counted over all workers: the
-/// attached files of that many events are fetched ahead (2,048 events; at
-/// 15,000 events/s that hides up to ~130 ms per file request).
-const FETCH_AHEAD_CHUNKS: usize = 16;
-
 /// A unit of work with the attached files fetched ahead for it.
 struct Task {
     work: Work,
     files: Vec<Ticket>,
+}
+
+/// Work handed to a worker, with its room in the window.
+struct Chunk {
+    tasks: Vec<Task>,
+    admitted: Admitted,
 }
 
 /// The fetch stage's front: submits the attached files of each data event,
@@ -94,12 +96,15 @@ struct Task {
 /// batcher takes results back in the same turn).
 fn prefetch(
     rx: Receiver<Vec<Work>>,
-    txs: Vec<Sender<Vec<Task>>>,
+    txs: Vec<Sender<Chunk>>,
     fetcher: Option<Fetcher>,
     policy: Arc<Policy>,
+    window: Arc<Window>,
 ) {
     let mut next = 0;
-    for chunk in rx {
+    while let Some(chunk) = gather(&rx) {
+        let bytes = chunk.iter().map(work_bytes).sum();
+        let admitted = window.admit(chunk.len(), bytes);
         let tasks: Vec<Task> = chunk
             .into_iter()
             .map(|work| {
@@ -115,11 +120,40 @@ fn prefetch(
                 Task { work, files }
             })
             .collect();
-        if txs[next].send(tasks).is_err() {
+        if txs[next].send(Chunk { tasks, admitted }).is_err() {
             return;
         }
         next = (next + 1) % txs.len();
     }
+}
+
+/// Bytes of a unit of work charged to the window.
+fn work_bytes(work: &Work) -> usize {
+    match work {
+        Work::Data { event, data, .. } => event.len() + data.len(),
+        Work::Dead { letter, .. } => letter.raw.len(),
+        Work::Mark(_) => 0,
+    }
+}
+
+/// How long the prefetch stage waits for more of the stream to fill a
+/// chunk: the reader hands on what each socket read gave (a few events, or
+/// one when the server sends a chunk per event), and the fetch-ahead window
+/// is counted in chunks, so small chunks would shrink it to a few files.
+const GATHER: Duration = Duration::from_millis(2);
+
+/// The next chunk of up to `CHUNK` units of work: what the reader handed on,
+/// with what it hands on within [`GATHER`]; `None` at the end of input.
+fn gather(rx: &Receiver<Vec<Work>>) -> Option<Vec<Work>> {
+    let mut chunk = rx.recv().ok()?;
+    let until = Instant::now() + GATHER;
+    while chunk.len() < CHUNK {
+        match rx.recv_deadline(until) {
+            Ok(more) => chunk.extend(more),
+            Err(_) => break,
+        }
+    }
+    Some(chunk)
 }
 
 /// Gives an event's prefetched files to the transform, in list order.
@@ -148,10 +182,15 @@ impl FileFetcher for Prefetched {
 struct Done {
     items: Vec<Item>,
     _holds: Vec<Hold>,
+    _admitted: Admitted,
 }
 
-fn worker(rx: Receiver<Vec<Task>>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
-    for chunk in rx {
+fn worker(rx: Receiver<Chunk>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
+    for Chunk {
+        tasks: chunk,
+        admitted,
+    } in rx
+    {
         let mut items = Vec::with_capacity(chunk.len());
         let mut holds = Vec::new();
         for task in chunk {
@@ -160,6 +199,7 @@ fn worker(rx: Receiver<Vec<Task>>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
         let done = Done {
             items,
             _holds: holds,
+            _admitted: admitted,
         };
         if tx.send(done).is_err() {
             return;
@@ -284,17 +324,15 @@ pub(crate) fn run(
     );
 
     // A rendezvous: the batcher fills batch N+1 while N is stored, and at
-    // most those two bodies exist; stored bodies go back to the batcher.
+    // most those two bodies exist.
     let (batch_tx, batch_rx) = bounded::<Batch>(0);
-    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
     let limits = settings.limits;
     let first_cut = settings.first_cut_after;
     let batch_stop = stop.clone();
     let result = std::thread::scope(|scope| {
-        let batcher = scope.spawn(move || {
-            batcher_loop(item_rx, batch_tx, spare_rx, limits, first_cut, &batch_stop)
-        });
-        let stored = store_batches(&mut committer, &batch_rx, &spare_tx);
+        let batcher =
+            scope.spawn(move || batcher_loop(item_rx, batch_tx, limits, first_cut, &batch_stop));
+        let stored = store_batches(&mut committer, &batch_rx);
         drop(batch_rx);
         let _ = batcher.join();
         stored
@@ -321,11 +359,10 @@ fn spawn_workers(
     metrics: &Arc<Metrics>,
 ) -> (Sender<Vec<Work>>, Vec<Receiver<Done>>) {
     let n = settings.workers.max(1);
-    // Capacities count chunks of up to CHUNK events: queue.size events in
-    // flight between the reader and the batcher, at least two chunks a side,
-    // and enough waiting for the workers to fetch files ahead.
-    let per_worker = (settings.queue_size / (2 * n * CHUNK)).max(2);
-    let ahead = per_worker.max(FETCH_AHEAD_CHUNKS.div_ceil(n));
+    // The window bounds the events between the prefetch stage and the
+    // batcher; the channels only need to hold what it admits.
+    let window = Window::new(settings.queue_size, WINDOW_BYTES);
+    let capacity = settings.queue_size.div_ceil(CHUNK) + 1;
     let ctx = Arc::new(WorkerContext {
         fetching: files.is_some(),
         policy: settings.policy.clone(),
@@ -335,8 +372,8 @@ fn spawn_workers(
     let mut task_tx = Vec::with_capacity(n);
     let mut item_rx = Vec::with_capacity(n);
     for _ in 0..n {
-        let (ttx, trx) = bounded::<Vec<Task>>(ahead);
-        let (itx, irx) = bounded::<Done>(per_worker);
+        let (ttx, trx) = bounded::<Chunk>(capacity);
+        let (itx, irx) = bounded::<Done>(capacity);
         let ctx = ctx.clone();
         std::thread::Builder::new()
             .name("worker".into())
@@ -350,7 +387,7 @@ fn spawn_workers(
         let policy = settings.policy.clone();
         std::thread::Builder::new()
             .name("prefetch".into())
-            .spawn(move || prefetch(work_rx, task_tx, files, policy))
+            .spawn(move || prefetch(work_rx, task_tx, files, policy, window))
             .expect("spawn prefetch");
     }
     (work_tx, item_rx)
@@ -393,7 +430,6 @@ fn spawn_reader(
 fn store_batches(
     committer: &mut Committer,
     batch_rx: &Receiver<Batch>,
-    spare_tx: &Sender<Vec<u8>>,
 ) -> (Option<EventId>, Option<EventId>, Option<anyhow::Error>) {
     let mut first_id = None;
     let mut last_id = None;
@@ -401,11 +437,8 @@ fn store_batches(
     for batch in batch_rx.iter() {
         let (f, l) = (batch.first_id, batch.last_id);
         match committer.store(batch) {
-            Ok((None, body)) => {
-                let _ = spare_tx.try_send(body);
-            }
-            Ok((Some(_), body)) => {
-                let _ = spare_tx.try_send(body);
+            Ok(None) => {}
+            Ok(Some(_)) => {
                 first_id = first_id.or(f);
                 last_id = l.or(last_id);
             }
@@ -421,7 +454,6 @@ fn store_batches(
 fn batcher_loop(
     inputs: Vec<Receiver<Done>>,
     out: Sender<Batch>,
-    spares: Receiver<Vec<u8>>,
     limits: BatchLimits,
     first_cut: Option<EventId>,
     stop: &AtomicBool,
@@ -441,9 +473,6 @@ fn batcher_loop(
             .deadline()
             .map(|d| d.saturating_duration_since(now).min(tick))
             .unwrap_or(tick);
-        if let Ok(body) = spares.try_recv() {
-            batcher.recycle(body);
-        }
         match inputs[next].recv_timeout(wait) {
             Ok(done) => {
                 next = (next + 1) % inputs.len();

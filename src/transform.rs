@@ -340,6 +340,9 @@ fn build_line(
             out.len()
         )));
     }
+    // The line waits in the pipeline's window with many others: give the
+    // unused slack back (shrinking in place costs no copy).
+    out.shrink_to_fit();
     Ok(Line {
         bytes: out,
         files_failed,

@@ -169,6 +169,10 @@ struct Shared {
     streams: AtomicU64,
     /// Authorized file requests so far (for `--file-fail-every`).
     file_requests: AtomicU64,
+    /// File requests being answered now, and the most at once so far
+    /// (`/_sim/stats`): how many fetches a client really keeps in flight.
+    files_in_flight: AtomicU64,
+    files_in_flight_max: AtomicU64,
     /// The GraphQL side: connectors, and the headers seen.
     platform: graphql::Platform,
     /// `--request-log`, opened for appending.
@@ -207,6 +211,8 @@ impl Shared {
             stream_requests: AtomicU64::new(0),
             streams: AtomicU64::new(0),
             file_requests: AtomicU64::new(0),
+            files_in_flight: AtomicU64::new(0),
+            files_in_flight_max: AtomicU64::new(0),
             request_log: None,
         }
     }
@@ -363,6 +369,15 @@ fn route(sh: &Shared, req: &Request, stream: TcpStream) -> io::Result<()> {
     if req.path == "/_sim/health" {
         return answer(sh, req, stream, 200, "OK", "ok");
     }
+    if req.path == "/_sim/stats" {
+        let mut stream = stream;
+        let body = format!(
+            "{{\"file_requests\":{},\"files_in_flight_max\":{}}}",
+            sh.file_requests.load(Ordering::SeqCst),
+            sh.files_in_flight_max.load(Ordering::SeqCst)
+        );
+        return http::respond(&mut stream, 200, "OK", "application/json", body.as_bytes());
+    }
     if req.path == "/_sim/connectors" {
         let mut stream = stream;
         let body = sh.platform.record();
@@ -401,6 +416,23 @@ fn file_endpoint(
     serve_file(sh, req, raw_key, &mut stream, true)
 }
 
+/// A file request being answered, counted in `files_in_flight` while it lives.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(sh: &'a Shared) -> Self {
+        let now = sh.files_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        sh.files_in_flight_max.fetch_max(now, Ordering::SeqCst);
+        InFlight(sh)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.files_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Answers an authorized file request: after `--file-latency-ms`, an
 /// injected 500, a redirect for `redirect/` keys, 404 for unknown keys, else
 /// the file, streamed (trickled for every `--trickle-every`-th request).
@@ -413,6 +445,7 @@ fn serve_file(
 ) -> io::Result<()> {
     use std::io::Write;
     let n = sh.file_requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let _in_flight = InFlight::enter(sh);
     if !sh.cfg.file_latency.is_zero() {
         thread::sleep(sh.cfg.file_latency);
     }

@@ -322,7 +322,11 @@ fn start_fetcher(
         return Ok(None);
     }
     Ok(Some(Fetcher::start(
-        http::files_agent(opencti, cfg.files.concurrency)?,
+        http::files_agent(
+            opencti,
+            cfg.files.concurrency,
+            cfg.files.deadline.min(Duration::from_secs(30)),
+        )?,
         &opencti.url,
         opencti.token.expose(),
         cfg.files,

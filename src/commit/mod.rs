@@ -403,9 +403,10 @@ impl Committer {
         })
     }
 
-    /// Stores one batch and commits it. Returns the key written, if any, and
-    /// the batch's body buffer for reuse.
-    pub(crate) fn store(&mut self, batch: Batch) -> Result<(Option<String>, Vec<u8>)> {
+    /// Stores one batch and commits it. Returns the key written, if any.
+    /// The body is freed once stored: at most two bodies exist, the one
+    /// stored and the one the batcher fills.
+    pub(crate) fn store(&mut self, batch: Batch) -> Result<Option<String>> {
         self.take_gaps();
         for letter in &batch.dead {
             self.keep_dead_letter(letter)?;
@@ -426,7 +427,7 @@ impl Committer {
             }
             self.save("")?;
             self.record_commit();
-            return Ok((None, batch.body));
+            return Ok(None);
         }
         let (pending, ms) = core::plan_file(
             &self.state,
@@ -474,7 +475,7 @@ impl Committer {
             body.len(),
             meta.last_id
         );
-        Ok((Some(key), body))
+        Ok(Some(key))
     }
 
     fn record_commit(&self) {

@@ -52,6 +52,8 @@ pub(crate) struct SseParser {
 
 /// The UTF-8 byte-order mark, dropped at the start of a stream.
 const BOM: &[u8] = b"\xef\xbb\xbf";
+/// Capacity of the data buffer the parser keeps between events.
+const KEEP_DATA_CAPACITY: usize = 1 << 20;
 
 impl SseParser {
     /// A parser that keeps at most `max_message_bytes` of one message's data.
@@ -217,7 +219,13 @@ impl SseParser {
             return;
         }
         let oversized = (self.data_len > self.max_message_bytes).then_some(self.data_len);
-        let data = std::mem::replace(&mut self.data, Vec::with_capacity(2048));
+        // The event gets a buffer of its own size (it may wait in the
+        // pipeline's window with thousands of others); the parser keeps its
+        // buffer unless one huge event grew it.
+        let data = self.data.clone();
+        if self.data.capacity() > KEEP_DATA_CAPACITY {
+            self.data = Vec::with_capacity(KEEP_DATA_CAPACITY);
+        }
         out(SseMessage {
             id: self.id.take(),
             event: self.event.take().unwrap_or_else(|| "message".to_string()),
