@@ -199,16 +199,22 @@ impl Batcher {
             Item::Line { id, bytes } => {
                 self.see(id);
                 let mut out = self.forced_cut();
-                let full = self.cur.body.len() + bytes.len() > self.limits.max_bytes
+                let full = self.held_bytes() + bytes.len() > self.limits.max_bytes
                     || self.cur.events as usize >= self.limits.max_events;
-                if out.is_none() && self.cur.events > 0 && full {
+                if out.is_none() && (self.cur.events > 0 || !self.cur.dead.is_empty()) && full {
                     out = self.cut(false);
                 }
                 self.note_arrival(now);
                 self.cur.first_id.get_or_insert(id);
                 self.tail_first.get_or_insert(id);
                 self.cur.last_id = Some(id);
-                self.cur.body.extend_from_slice(&bytes);
+                if self.cur.body.is_empty() && bytes.len() >= self.limits.max_bytes {
+                    // A line that fills a file by itself becomes the body:
+                    // no second copy of a line that may carry large files.
+                    self.cur.body = bytes;
+                } else {
+                    self.cur.body.extend_from_slice(&bytes);
+                }
                 self.cur.events += 1;
                 out
             }
@@ -216,12 +222,24 @@ impl Batcher {
                 if let Some(id) = id {
                     self.see(id);
                 }
-                let out = self.forced_cut();
+                let mut out = self.forced_cut();
+                // Records kept aside (the received bytes of attached files
+                // among them) count toward the batch's size: they are held
+                // until it is stored.
+                let full = self.held_bytes() + letter.raw.len() > self.limits.max_bytes;
+                if out.is_none() && !self.cur.is_empty() && full {
+                    out = self.cut(false);
+                }
                 self.note_arrival(now);
                 self.cur.dead.push(letter);
                 out
             }
         }
+    }
+
+    /// Bytes the batch being filled holds: its body and its records kept aside.
+    fn held_bytes(&self) -> usize {
+        self.cur.body.len() + self.cur.dead.iter().map(|d| d.raw.len()).sum::<usize>()
     }
 
     /// Cuts at the last complete group if the oldest event reached the age limit.
@@ -377,6 +395,54 @@ mod tests {
                     .to_string()
             })
             .collect()
+    }
+
+    #[test]
+    fn records_kept_aside_count_toward_the_batch_size() {
+        let t = Instant::now();
+        let mut b = Batcher::new(limits(1000));
+        let kept = |ms: u64| Item::Dead {
+            id: Some(id(ms, 0)),
+            letter: DeadLetter {
+                id: Some(format!("{ms}-0")),
+                event: "create".into(),
+                reason: "attached file kept aside".into(),
+                raw: vec![b'A'; 600 << 10],
+                size: 450 << 10,
+                base64: true,
+            },
+        };
+        assert!(b.push(line(1, 0), t).is_none());
+        assert!(b.push(kept(2), t).is_none());
+        // 1.2 MiB kept aside would pass the 1 MiB limit: the batch is cut
+        // before the second record, with the first one in it.
+        let first = b.push(kept(3), t).expect("cut on the bytes kept aside");
+        assert_eq!(ids(&first), ["1-0"]);
+        assert_eq!(first.dead.len(), 1);
+        assert_eq!(first.cursor, Some(id(2, 0)));
+        let rest = b.finish().expect("the second record");
+        assert_eq!(rest.dead.len(), 1);
+        assert_eq!(rest.events, 0);
+    }
+
+    #[test]
+    fn a_line_that_fills_a_file_becomes_its_body_without_a_copy() {
+        let t = Instant::now();
+        let mut b = Batcher::new(limits(1000));
+        let big = vec![b'x'; 2 << 20];
+        let at = big.as_ptr();
+        assert!(b
+            .push(
+                Item::Line {
+                    id: id(1, 0),
+                    bytes: big
+                },
+                t
+            )
+            .is_none());
+        let batch = b.push(line(2, 0), t).expect("cut before the next line");
+        assert_eq!(batch.body.as_ptr(), at, "the line was copied");
+        assert_eq!(batch.events, 1);
     }
 
     #[test]

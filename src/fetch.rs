@@ -28,7 +28,7 @@
 //! to keep aside. A 4xx answer (404, 403, ...) is final. Redirects are never
 //! followed: the token only goes to the configured OpenCTI's `/storage/get/`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -82,6 +82,36 @@ impl FileContent {
 
 /// Bytes charged to the fetch budget, given back when dropped.
 pub(crate) struct Hold(Charge);
+
+impl Hold {
+    /// The batcher has taken what these bytes were charged for: they stay
+    /// charged (until the batch is stored), but no longer keep their file
+    /// among those not yet batched, so the next file may pass as the oldest.
+    pub(crate) fn batched(&mut self) {
+        if let (Some(b), Some(seq)) = (&self.0.budget, self.0.seq.take()) {
+            b.leave(seq);
+        }
+    }
+}
+
+/// The right to charge more bytes for the event of a fetched file: the
+/// line built from its contents.
+pub(crate) struct Reserver {
+    budget: Arc<Budget>,
+    seq: u64,
+}
+
+impl Reserver {
+    /// Charges `bytes`, waiting for room in the budget unless this is the
+    /// oldest file not yet batched (which always passes: the batcher waits
+    /// for it).
+    pub(crate) fn reserve(&self, bytes: usize) -> Hold {
+        let mut charge = Charge::new(self.budget.clone(), self.seq);
+        while !self.budget.charge(self.seq, bytes, BUDGET_WAIT) {}
+        charge.bytes = bytes;
+        Hold(charge)
+    }
+}
 
 impl std::fmt::Debug for Hold {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,18 +213,24 @@ struct Budget {
 #[derive(Default)]
 struct BudgetState {
     used: usize,
-    /// Files submitted and not yet taken (or dropped) by a worker.
-    outstanding: BTreeSet<u64>,
+    /// Events not yet batched, by number: an event stays here while a
+    /// ticket for one of its files or a charge made for it (a content, the
+    /// line made from them) lives and has not been taken by the batcher.
+    /// Counts per event.
+    outstanding: BTreeMap<u64, usize>,
 }
 
 impl Budget {
-    /// Charges `n` bytes for file `seq`, waiting up to `wait` for room.
-    /// The oldest outstanding file is always granted.
+    /// Charges `n` bytes for event `seq`, waiting up to `wait` for room.
+    /// The oldest event not yet batched is always granted.
     fn charge(&self, seq: u64, n: usize, wait: Duration) -> bool {
         let until = Instant::now() + wait;
         let mut st = self.state.lock().expect("not poisoned");
         loop {
-            let oldest = st.outstanding.first().is_none_or(|&s| s >= seq);
+            let oldest = st
+                .outstanding
+                .first_key_value()
+                .is_none_or(|(&s, _)| s >= seq);
             if oldest || st.used + n <= self.limit {
                 st.used += n;
                 return true;
@@ -221,18 +257,37 @@ impl Budget {
         self.cv.notify_all();
     }
 
-    fn forget(&self, seq: u64) {
+    /// Event `seq` is outstanding once more (a ticket or a charge for it).
+    fn enter(&self, seq: u64) {
+        *self
+            .state
+            .lock()
+            .expect("not poisoned")
+            .outstanding
+            .entry(seq)
+            .or_default() += 1;
+    }
+
+    /// One ticket or charge for event `seq` is gone or batched.
+    fn leave(&self, seq: u64) {
         let mut st = self.state.lock().expect("not poisoned");
-        st.outstanding.remove(&seq);
+        if let Some(n) = st.outstanding.get_mut(&seq) {
+            *n -= 1;
+            if *n == 0 {
+                st.outstanding.remove(&seq);
+            }
+        }
         drop(st);
         self.cv.notify_all();
     }
 }
 
-/// Bytes charged to the budget, given back on drop.
+/// Bytes charged to the budget for event `seq`, given back on drop.
 struct Charge {
     budget: Option<Arc<Budget>>,
     bytes: usize,
+    /// The file, while it is not yet batched.
+    seq: Option<u64>,
 }
 
 impl Charge {
@@ -240,6 +295,17 @@ impl Charge {
         Charge {
             budget: None,
             bytes: 0,
+            seq: None,
+        }
+    }
+
+    /// No bytes yet, for event `seq` (outstanding while this lives).
+    fn new(budget: Arc<Budget>, seq: u64) -> Self {
+        budget.enter(seq);
+        Charge {
+            budget: Some(budget),
+            bytes: 0,
+            seq: Some(seq),
         }
     }
 }
@@ -248,12 +314,18 @@ impl Drop for Charge {
     fn drop(&mut self) {
         if let Some(b) = &self.budget {
             b.release(self.bytes);
+            if let Some(seq) = self.seq {
+                b.leave(seq);
+            }
         }
     }
 }
 
 struct Job {
+    /// Submission number: jobs start in this order.
     seq: u64,
+    /// The event's number for the budget (every file of an event shares it).
+    event: u64,
     uri: String,
     /// `storage/get/<key>`, normalised and percent-encoded.
     path: String,
@@ -287,6 +359,7 @@ impl Ticket {
     fn settled(uri: &str, outcome: FileOutcome) -> Self {
         let job = Arc::new(Job {
             seq: 0,
+            event: 0,
             uri: uri.to_string(),
             path: String::new(),
             cancelled: AtomicBool::new(false),
@@ -306,6 +379,15 @@ impl Ticket {
         &self.job.uri
     }
 
+    /// What charges the line built with this file's content, when the file
+    /// was requested at all.
+    pub(crate) fn reserver(&self) -> Option<Reserver> {
+        self.budget.as_ref().map(|budget| Reserver {
+            budget: budget.clone(),
+            seq: self.job.event,
+        })
+    }
+
     /// Blocks until the file is fetched or given up.
     pub(crate) fn wait(self) -> FileOutcome {
         let mut slot = self.job.result.lock().expect("not poisoned");
@@ -322,7 +404,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         self.job.cancelled.store(true, Ordering::Relaxed);
         if let Some(b) = &self.budget {
-            b.forget(self.job.seq);
+            b.leave(self.job.event);
         }
     }
 }
@@ -343,6 +425,7 @@ struct Inner {
     cv: Condvar,
     budget: Arc<Budget>,
     next_seq: AtomicU64,
+    next_event: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -382,6 +465,7 @@ impl Fetcher {
                 cv: Condvar::new(),
             }),
             next_seq: AtomicU64::new(1),
+            next_event: AtomicU64::new(1),
             metrics,
         });
         for _ in 0..settings.concurrency.max(1) {
@@ -395,9 +479,16 @@ impl Fetcher {
         Fetcher { inner }
     }
 
-    /// Queues the attached file `uri` (as written in the event); a uri that
-    /// must not be requested gives a ticket already failed.
-    pub(crate) fn submit(&self, uri: &str) -> Ticket {
+    /// Queues the attached files `uris` of one event (as written in it), in
+    /// order; a uri that must not be requested gives a ticket already
+    /// failed. The files of an event share one number in the budget: the
+    /// event the batcher waits for gets all its files, whatever the room.
+    pub(crate) fn submit_event(&self, uris: &[String]) -> Vec<Ticket> {
+        let event = self.inner.next_event.fetch_add(1, Ordering::Relaxed);
+        uris.iter().map(|uri| self.submit(uri, event)).collect()
+    }
+
+    fn submit(&self, uri: &str, event: u64) -> Ticket {
         let path = match storage_path(uri) {
             Ok(p) => crate::http::encode_path(&p),
             Err(reason) => return Ticket::settled(uri, FileOutcome::failed(reason)),
@@ -405,6 +496,7 @@ impl Fetcher {
         let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
         let job = Arc::new(Job {
             seq,
+            event,
             uri: uri.to_string(),
             path,
             cancelled: AtomicBool::new(false),
@@ -416,13 +508,7 @@ impl Fetcher {
             result: Mutex::new(None),
             done: Condvar::new(),
         });
-        self.inner
-            .budget
-            .state
-            .lock()
-            .expect("not poisoned")
-            .outstanding
-            .insert(seq);
+        self.inner.budget.enter(event);
         self.inner
             .queue
             .lock()
@@ -565,10 +651,7 @@ impl Inner {
                 announced.unwrap_or(0).min(cap.saturating_add(3)) as usize,
             )),
             size: 0,
-            _charge: Charge {
-                budget: Some(self.budget.clone()),
-                bytes: 0,
-            },
+            _charge: Charge::new(self.budget.clone(), job.event),
         };
         let (content, carry, over) =
             match self.receive(job, resp.into_reader(), content, buf, deadline, &url) {
@@ -662,7 +745,7 @@ impl Inner {
             let whole = have / 3 * 3;
             let add = b64_len(whole);
             if add > 0 {
-                if !self.budget.charge(job.seq, add, BUDGET_WAIT) {
+                if !self.budget.charge(job.event, add, BUDGET_WAIT) {
                     return Err(Attempt::Requeue);
                 }
                 content._charge.bytes += add;
@@ -801,12 +884,49 @@ mod tests {
             state: Mutex::new(BudgetState::default()),
             cv: Condvar::new(),
         };
-        budget.state.lock().unwrap().outstanding.extend([1, 2]);
+        budget.enter(1);
+        budget.enter(2);
         assert!(budget.charge(2, 80, Duration::ZERO));
         assert!(!budget.charge(2, 80, Duration::ZERO), "over the limit");
         assert!(budget.charge(1, 500, Duration::ZERO), "the oldest passes");
         budget.release(580);
-        budget.forget(1);
+        budget.leave(1);
         assert!(budget.charge(2, 500, Duration::ZERO), "now the oldest");
+    }
+
+    #[test]
+    fn a_file_stays_the_oldest_until_what_was_charged_for_it_is_batched() {
+        let budget = Arc::new(Budget {
+            limit: 100,
+            state: Mutex::new(BudgetState::default()),
+            cv: Condvar::new(),
+        });
+        // File 1's ticket, then its content and its line: the ticket goes
+        // once the worker has the content, the charges stay.
+        budget.enter(1);
+        budget.enter(2);
+        let content = Charge::new(budget.clone(), 1);
+        let line = Reserver {
+            budget: budget.clone(),
+            seq: 1,
+        }
+        .reserve(300);
+        budget.leave(1);
+        drop(content);
+        assert!(
+            !budget.charge(2, 10, Duration::ZERO),
+            "file 2 passed while file 1's line, over the budget, is not batched"
+        );
+        let mut line = line;
+        line.batched();
+        assert!(
+            budget.charge(2, 10, Duration::ZERO),
+            "file 2 is the oldest once file 1's line is batched"
+        );
+        budget.release(10);
+        drop(line);
+        assert_eq!(budget.state.lock().unwrap().used, 0);
+        budget.leave(2);
+        assert!(budget.state.lock().unwrap().outstanding.is_empty());
     }
 }

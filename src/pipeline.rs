@@ -33,7 +33,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use crate::batch::{Batch, Batcher, DeadLetter, Item};
 use crate::commit::Committer;
 use crate::config::BatchLimits;
-use crate::fetch::{Fetcher, FileOutcome, Hold, Ticket};
+use crate::fetch::{Fetcher, FileOutcome, Hold, Reserver, Ticket};
 use crate::id::EventId;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -110,10 +110,12 @@ fn prefetch(
             .map(|work| {
                 let files = match (&fetcher, &work) {
                     (Some(f), Work::Data { event, data, .. }) => {
-                        transform::files_to_fetch(event, data, &policy)
-                            .iter()
-                            .map(|uri| f.submit(uri))
-                            .collect()
+                        let uris = transform::files_to_fetch(event, data, &policy);
+                        if uris.is_empty() {
+                            Vec::new()
+                        } else {
+                            f.submit_event(&uris)
+                        }
                     }
                     _ => Vec::new(),
                 };
@@ -160,6 +162,8 @@ fn gather(rx: &Receiver<Vec<Work>>) -> Option<Vec<Work>> {
 struct Prefetched {
     tickets: std::cell::RefCell<std::collections::VecDeque<Ticket>>,
     enabled: bool,
+    /// Charges the event's line to the fetch budget, for its first file.
+    reserver: Option<Reserver>,
 }
 
 impl FileFetcher for Prefetched {
@@ -175,15 +179,26 @@ impl FileFetcher for Prefetched {
             },
         }
     }
+
+    fn reserve(&self, bytes: usize) -> Option<Hold> {
+        self.reserver.as_ref().map(|r| r.reserve(bytes))
+    }
 }
 
-/// A worker's results for one chunk, with the fetch budget their file
-/// contents were charged to: given back once the batcher has taken them.
+/// A worker's results for one chunk, with their room in the window (given
+/// back once the batcher has taken them) and what their lines and kept
+/// files were charged to the fetch budget (given back once their batch is
+/// stored).
 struct Done {
     items: Vec<Item>,
-    _holds: Vec<Hold>,
-    _admitted: Admitted,
+    holds: Vec<Hold>,
+    /// The end of the chunk (the batcher then turns to the next worker).
+    last: bool,
+    _admitted: Option<Admitted>,
 }
+
+/// A batch to store, with the fetch budget its bytes are charged to.
+type ToStore = (Batch, Vec<Hold>);
 
 fn worker(rx: Receiver<Chunk>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
     for Chunk {
@@ -195,11 +210,27 @@ fn worker(rx: Receiver<Chunk>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
         let mut holds = Vec::new();
         for task in chunk {
             work_item(task, &ctx, &mut items, &mut holds);
+            if !holds.is_empty() {
+                // Bytes charged to the fetch budget (a line with files, a
+                // file kept aside) go on at once: once the batcher has
+                // them, the next file may pass as the oldest, so the rest
+                // of this chunk never waits for room these bytes hold.
+                let part = Done {
+                    items: std::mem::take(&mut items),
+                    holds: std::mem::take(&mut holds),
+                    last: false,
+                    _admitted: None,
+                };
+                if tx.send(part).is_err() {
+                    return;
+                }
+            }
         }
         let done = Done {
             items,
-            _holds: holds,
-            _admitted: admitted,
+            holds,
+            last: true,
+            _admitted: Some(admitted),
         };
         if tx.send(done).is_err() {
             return;
@@ -222,6 +253,7 @@ fn work_item(task: Task, ctx: &WorkerContext, items: &mut Vec<Item>, holds: &mut
         Work::Dead { id, letter } => Item::Dead { id, letter },
         Work::Data { id, event, data } => {
             let files = Prefetched {
+                reserver: files.iter().find_map(Ticket::reserver),
                 tickets: std::cell::RefCell::new(files.into()),
                 enabled: ctx.fetching,
             };
@@ -325,7 +357,7 @@ pub(crate) fn run(
 
     // A rendezvous: the batcher fills batch N+1 while N is stored, and at
     // most those two bodies exist.
-    let (batch_tx, batch_rx) = bounded::<Batch>(0);
+    let (batch_tx, batch_rx) = bounded::<ToStore>(0);
     let limits = settings.limits;
     let first_cut = settings.first_cut_after;
     let batch_stop = stop.clone();
@@ -429,14 +461,16 @@ fn spawn_reader(
 /// store fails; returns the first and last ids stored and the failure.
 fn store_batches(
     committer: &mut Committer,
-    batch_rx: &Receiver<Batch>,
+    batch_rx: &Receiver<ToStore>,
 ) -> (Option<EventId>, Option<EventId>, Option<anyhow::Error>) {
     let mut first_id = None;
     let mut last_id = None;
     let mut failure = None;
-    for batch in batch_rx.iter() {
+    for (batch, holds) in batch_rx.iter() {
         let (f, l) = (batch.first_id, batch.last_id);
-        match committer.store(batch) {
+        let stored = committer.store(batch);
+        drop(holds);
+        match stored {
             Ok(None) => {}
             Ok(Some(_)) => {
                 first_id = first_id.or(f);
@@ -453,7 +487,7 @@ fn store_batches(
 
 fn batcher_loop(
     inputs: Vec<Receiver<Done>>,
-    out: Sender<Batch>,
+    out: Sender<ToStore>,
     limits: BatchLimits,
     first_cut: Option<EventId>,
     stop: &AtomicBool,
@@ -464,6 +498,11 @@ fn batcher_loop(
     }
     let mut next = 0;
     let tick = Duration::from_millis(200);
+    // The fetch budget charged for what the batch being filled holds: it
+    // goes with the batch and is given back once the batch is stored (a
+    // batch cut in the middle of a chunk leaves that chunk's charges to
+    // the next batch: given back later, never earlier).
+    let mut holds: Vec<Hold> = Vec::new();
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -475,23 +514,34 @@ fn batcher_loop(
             .unwrap_or(tick);
         match inputs[next].recv_timeout(wait) {
             Ok(done) => {
-                next = (next + 1) % inputs.len();
                 let now = Instant::now();
-                // The lines are copied into the batch body; their holds on
-                // the fetch budget go with `done` at the end of this arm.
-                for item in done.items {
+                let Done {
+                    items,
+                    holds: taken,
+                    last,
+                    _admitted,
+                } = done;
+                if last {
+                    next = (next + 1) % inputs.len();
+                }
+                for item in items {
                     if let Some(b) = batcher.push(item, now) {
-                        if out.send(b).is_err() {
+                        if out.send((b, std::mem::take(&mut holds))).is_err() {
                             return;
                         }
                     }
                 }
+                for mut h in taken {
+                    h.batched();
+                    holds.push(h);
+                }
+                // `_admitted` goes here: the chunk's room in the window.
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
         if let Some(b) = batcher.tick(Instant::now()) {
-            if out.send(b).is_err() {
+            if out.send((b, std::mem::take(&mut holds))).is_err() {
                 return;
             }
         }
@@ -500,6 +550,6 @@ fn batcher_loop(
         log::warn!("{} events arrived with an id lower than an earlier one; they were exported in stream order", batcher.backwards());
     }
     if let Some(b) = batcher.finish() {
-        let _ = out.send(b);
+        let _ = out.send((b, holds));
     }
 }

@@ -44,6 +44,13 @@ pub(crate) trait FileFetcher {
     /// The file at `uri`, exactly as the event writes it (the fetcher only
     /// ever asks the configured OpenCTI, see [`crate::fetch::storage_path`]).
     fn fetch(&self, uri: &str) -> FileOutcome;
+
+    /// Charges `bytes` (a line about to be built from fetched contents) to
+    /// the memory budget the contents were charged to, waiting for room;
+    /// `None` when there is no budget.
+    fn reserve(&self, _bytes: usize) -> Option<Hold> {
+        None
+    }
 }
 
 /// A fetcher for deployments and tests without files: always fails.
@@ -283,9 +290,15 @@ fn build_line(
         .map(|(_, c)| c.iter().map(|c| 2 * (c.base64().len() + 2)).sum())
         .unwrap_or(0);
 
-    // One buffer, sized once: the contents are copied into it and nowhere else.
-    let mut out = Vec::with_capacity(data_len + contents_len + LINE_SLACK);
+    // One buffer, sized once: the contents are copied into it and nowhere
+    // else. With contents, it is charged to their budget first (each
+    // content's own charge goes once it is copied for the last time).
+    let capacity = data_len + contents_len + LINE_SLACK;
     let mut holds = Vec::new();
+    if contents_len > 0 {
+        holds.extend(files.reserve(capacity));
+    }
+    let mut out = Vec::with_capacity(capacity);
     out.push(b'{');
     let mut first = true;
     let mut wrote_type = false;
@@ -305,7 +318,7 @@ fn build_line(
                 push_key(&mut out, &mut first, key);
                 match &mut filled {
                     Some((value, contents)) => {
-                        write_with_contents(&mut out, value, std::mem::take(contents), &mut holds)
+                        write_with_contents(&mut out, value, std::mem::take(contents))
                     }
                     None => out.extend_from_slice(value.get().as_bytes()),
                 }
@@ -417,13 +430,8 @@ fn content_mark(n: usize) -> String {
 /// its mark stands: base64 needs no escaping, so the contents (the bulk of
 /// such an event) are copied once, straight into the line, instead of being
 /// scanned by the serialiser. Each content is dropped (and its memory given
-/// back to the fetch budget) as soon as it is written.
-fn write_with_contents(
-    out: &mut Vec<u8>,
-    data: &Value,
-    contents: Vec<FileContent>,
-    holds: &mut Vec<Hold>,
-) {
+/// back to the fetch budget) as soon as it is written for the last time.
+fn write_with_contents(out: &mut Vec<u8>, data: &Value, contents: Vec<FileContent>) {
     let text = serde_json::to_string(data).expect("a JSON value serialises");
     if contents.is_empty() {
         out.extend_from_slice(text.as_bytes());
@@ -438,14 +446,7 @@ fn write_with_contents(
         .iter()
         .map(|m| text.matches(m.as_str()).count())
         .collect();
-    let mut contents: Vec<Option<String>> = contents
-        .into_iter()
-        .map(|c| {
-            let (text, hold) = c.into_parts();
-            holds.push(hold);
-            Some(text)
-        })
-        .collect();
+    let mut contents: Vec<Option<FileContent>> = contents.into_iter().map(Some).collect();
     let mut rest = text.as_str();
     loop {
         let next = marks
@@ -457,7 +458,7 @@ fn write_with_contents(
         out.extend_from_slice(&rest.as_bytes()[..pos]);
         out.push(b'"');
         if let Some(c) = &contents[n] {
-            out.extend_from_slice(c.as_bytes());
+            out.extend_from_slice(c.base64().as_bytes());
         }
         out.push(b'"');
         left[n] -= 1;
