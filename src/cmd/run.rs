@@ -436,7 +436,7 @@ fn write_metrics_textfile(cfg: &Config, metrics: &Metrics) {
 /// The summary printed at the end of a run.
 fn summary(totals: &Snapshot, outcome: &Outcome, state: &State) -> String {
     format!(
-        "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects\n{}; next file {}",
+        "exported {} events in {} files ({} bytes) in {:.1} s; first `{}`, last `{}`; {} dead letters, {} files not fetched, {} reconnects; peak memory {}\n{}; next file {}",
         totals.events_written,
         totals.files_written,
         totals.bytes_written,
@@ -446,6 +446,9 @@ fn summary(totals: &Snapshot, outcome: &Outcome, state: &State) -> String {
         totals.dead_letters,
         totals.file_fetch_failures,
         totals.reconnects,
+        crate::metrics::process::peak_resident_bytes()
+            .map(|b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64))
+            .unwrap_or_else(|| "unknown".into()),
         explain_cursor(state.start_from.as_deref(), outcome.last_id),
         state.file_count + 1,
     )

@@ -618,20 +618,20 @@ pub(crate) fn dead_letter_record(letter: &DeadLetter) -> Vec<u8> {
         received_at: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         data: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        data_base64: Option<std::borrow::Cow<'a, str>>,
     }
     let text = if letter.base64 {
         None
     } else {
         std::str::from_utf8(&letter.raw).ok()
     };
-    let data_base64 = match (text, letter.base64) {
+    let data_base64: Option<std::borrow::Cow<'_, [u8]>> = match (text, letter.base64) {
         (Some(_), _) => None,
         // Already base64 (an attached file's bytes): written as is.
-        (None, true) => Some(String::from_utf8_lossy(&letter.raw)),
+        (None, true) => Some(std::borrow::Cow::Borrowed(&letter.raw)),
         (None, false) => Some(std::borrow::Cow::Owned(
-            base64::engine::general_purpose::STANDARD.encode(&letter.raw),
+            base64::engine::general_purpose::STANDARD
+                .encode(&letter.raw)
+                .into_bytes(),
         )),
     };
     let received = if letter.base64 {
@@ -648,10 +648,16 @@ pub(crate) fn dead_letter_record(letter: &DeadLetter) -> Vec<u8> {
         truncated: received < letter.size,
         received_at: crate::id::ms_to_iso(now_ms()),
         data: text,
-        data_base64,
     };
     let mut out = Vec::with_capacity(letter.raw.len() * 11 / 10 + 256);
     serde_json::to_writer(&mut out, &record).expect("serialises");
+    if let Some(b64) = data_base64 {
+        // Base64 needs no escaping: copied in as is, last member.
+        out.pop();
+        out.extend_from_slice(b",\"data_base64\":\"");
+        out.extend_from_slice(&b64);
+        out.extend_from_slice(b"\"}");
+    }
     out.push(b'\n');
     out
 }

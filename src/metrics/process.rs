@@ -24,6 +24,26 @@ pub(crate) struct ProcessFigures {
     pub(crate) max_fds: Option<u64>,
 }
 
+/// The most memory this process has had resident so far, in bytes
+/// (`VmHWM`; `getrusage` would count the memory of the process that started
+/// this one, which the kernel carries across `exec`).
+pub(crate) fn peak_resident_bytes() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    peak_from_status(&status)
+}
+
+fn peak_from_status(status: &str) -> Option<u64> {
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// Reads the figures of this process, `None` without `/proc`.
 pub(crate) fn read() -> Option<ProcessFigures> {
     let stat = fs::read_to_string("/proc/self/stat").ok()?;
@@ -129,6 +149,14 @@ pub(super) fn render(out: &mut Exposition, p: &ProcessFigures) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peak_is_read_from_vmhwm() {
+        let status = "Name:\tx\nVmPeak:\t  900 kB\nVmHWM:\t   20480 kB\nVmRSS:\t 1024 kB\n";
+        assert_eq!(super::peak_from_status(status), Some(20 << 20));
+        assert_eq!(super::peak_from_status("Name:\tx\n"), None);
+        assert!(super::peak_resident_bytes().is_some_and(|b| b > 0));
+    }
 
     const STAT: &str = "4242 (a (strange) name) S 1 4242 4242 0 -1 4194560 500 0 0 0 \
         250 50 0 0 20 0 3 0 12345 104857600 2560 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
