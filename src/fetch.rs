@@ -2,25 +2,27 @@
 //! workers, many at a time, in bounded memory.
 //!
 //! ```text
-//! [prefetch] --submit(uri)--> [fetch pool: files.concurrency threads] --outcome--> Ticket
-//!  stream order                keep-alive agent, retries with backoff           waited for by
-//!                              content base64-encoded as it arrives             the worker
+//! [prefetch] --submit_event(uris)--> [fetch pool: files.concurrency threads] --outcome--> Ticket
+//!  stream order                       keep-alive agent, retries with backoff           waited for by
+//!                                     content base64-encoded as it arrives             the worker
 //! ```
 //! A [`Fetcher`] owns `files.concurrency` threads sharing one keep-alive
-//! agent. [`Fetcher::submit`] queues a file and returns a [`Ticket`]; the
-//! worker that builds the event's line waits on it. Jobs are started in
+//! agent. [`Fetcher::submit_event`] queues the files of an event and returns
+//! a [`Ticket`] for each; the worker that builds the event's line waits on
+//! them. Jobs are started in
 //! submission (stream) order; a job to retry (5xx, timeout, dropped
 //! connection) waits out its backoff in a side list, so it holds neither a
 //! thread nor the files behind it.
 //!
 //! Memory: every byte of content held by a fetch is charged to one global
-//! budget (`files.buffer_bytes`), and stays charged until the line (or the
-//! record kept aside) made from it has been taken by the batcher, whatever
-//! the number of workers. A fetch that would exceed it waits a little,
-//! then gives its thread back and is tried again later, except the oldest
-//! file not yet taken by a worker, which may always proceed: the worker the
-//! batcher waits for is never starved, and memory stays within the budget
-//! plus that one file.
+//! budget (`files.buffer_bytes`); so is the line a worker builds from the
+//! contents, before it is allocated, and the record of a file kept aside.
+//! The charges last until the batch that holds those bytes is stored,
+//! whatever the number of workers. A fetch or a line that would exceed the
+//! budget waits (a fetch waits a little, then gives its thread back and is
+//! tried again later), except for the oldest event whose files or line the
+//! batcher has not taken yet: the event the batcher waits for always
+//! passes, so memory stays within the budget plus that one event.
 //!
 //! Limits: a file larger than `files.max_bytes`, or not received within
 //! `files.deadline_sec` (the whole download, retries included), is given up;

@@ -1,22 +1,24 @@
 //! The run: threads wired with bounded channels.
 //!
 //! ```text
-//! [reader] --Work--> [prefetch] --Task, round robin--> [worker 1..n: transform] --Item--> [batcher] --Batch--> [committer]
-//!  socket              submits      bounded per worker    (consumer_count)          bounded   limits,    bounded   store, then
-//!  SSE parse           files to     (the fetch-ahead      waits for its files       per worker id groups  (1)      save state
-//!                      the fetch    window)
-//!                      pool (crate::fetch)
+//! [reader] --Work--> [prefetch] --Chunk, round robin--> [worker 1..n: transform] --Done--> [batcher] --Batch--> [committer]
+//!  socket              gathers      (the window:           (consumer_count)          per       limits,    rendez-   store, then
+//!  SSE parse           chunks,      queue.size events,      waits for its files      worker    id groups  vous      save state
+//!                      submits      8 MiB of data)
+//!                      files to the fetch pool (crate::fetch)
 //! ```
 //! The reader is `stream::reader::Reader` (the stream protocol: complete ids,
 //! id groups across reconnects, the gap check); this module wires the threads.
-//! The prefetch stage submits each event's attached files to the fetch pool
-//! in stream order, then hands work to the workers in turn; the batcher takes
-//! the results back in the same turn, so output order equals stream order
-//! with no reorder buffer. Files are fetched while the events wait in the
-//! workers' queues, so the workers seldom wait for one. Every data channel is bounded: when storage is slow the
-//! committer blocks the batcher, the workers, then the reader, which stops
-//! reading the socket. The committer is the only writer of the state, and
-//! stores file N while the batcher fills N+1.
+//! The prefetch stage gathers what the reader hands on into chunks of up to
+//! `CHUNK` events, admits them into the window (`crate::window`), submits
+//! each event's attached files to the fetch pool in stream order, then hands
+//! the chunk to the workers in turn; the batcher takes the results back in
+//! the same turn, so output order equals stream order with no reorder
+//! buffer. Files are fetched while the events wait in the window, so the
+//! workers seldom wait for one. Every data channel is bounded: when storage
+//! is slow the committer blocks the batcher, the workers, then the reader,
+//! which stops reading the socket. The committer is the only writer of the
+//! state, and stores file N while the batcher fills N+1.
 //!
 //! A first SIGINT/SIGTERM stops reading: what was received is flushed,
 //! stored and committed, then the run ends. The reader and the workers are
