@@ -87,8 +87,8 @@ pub(crate) struct Hold(Charge);
 
 impl Hold {
     /// The batcher has taken what these bytes were charged for: they stay
-    /// charged (until the batch is stored), but no longer keep their file
-    /// among those not yet batched, so the next file may pass as the oldest.
+    /// charged (until the batch is stored), but no longer keep their event
+    /// among those not yet batched, so the next event may pass as the oldest.
     pub(crate) fn batched(&mut self) {
         if let (Some(b), Some(seq)) = (&self.0.budget, self.0.seq.take()) {
             b.leave(seq);
@@ -96,8 +96,8 @@ impl Hold {
     }
 }
 
-/// The right to charge more bytes for the event of a fetched file: the
-/// line built from its contents.
+/// The right to charge more bytes for an event with fetched files: the
+/// line built from their contents.
 pub(crate) struct Reserver {
     budget: Arc<Budget>,
     seq: u64,
@@ -105,7 +105,7 @@ pub(crate) struct Reserver {
 
 impl Reserver {
     /// Charges `bytes`, waiting for room in the budget unless this is the
-    /// oldest file not yet batched (which always passes: the batcher waits
+    /// oldest event not yet batched (which always passes: the batcher waits
     /// for it).
     pub(crate) fn reserve(&self, bytes: usize) -> Hold {
         let mut charge = Charge::new(self.budget.clone(), self.seq);
@@ -897,13 +897,13 @@ mod tests {
     }
 
     #[test]
-    fn a_file_stays_the_oldest_until_what_was_charged_for_it_is_batched() {
+    fn an_event_stays_the_oldest_until_what_was_charged_for_it_is_batched() {
         let budget = Arc::new(Budget {
             limit: 100,
             state: Mutex::new(BudgetState::default()),
             cv: Condvar::new(),
         });
-        // File 1's ticket, then its content and its line: the ticket goes
+        // Event 1's ticket, then its content and its line: the ticket goes
         // once the worker has the content, the charges stay.
         budget.enter(1);
         budget.enter(2);
@@ -917,13 +917,13 @@ mod tests {
         drop(content);
         assert!(
             !budget.charge(2, 10, Duration::ZERO),
-            "file 2 passed while file 1's line, over the budget, is not batched"
+            "event 2 passed while event 1's line, over the budget, is not batched"
         );
         let mut line = line;
         line.batched();
         assert!(
             budget.charge(2, 10, Duration::ZERO),
-            "file 2 is the oldest once file 1's line is batched"
+            "event 2 is the oldest once event 1's line is batched"
         );
         budget.release(10);
         drop(line);

@@ -112,12 +112,7 @@ fn prefetch(
             .map(|work| {
                 let files = match (&fetcher, &work) {
                     (Some(f), Work::Data { event, data, .. }) => {
-                        let uris = transform::files_to_fetch(event, data, &policy);
-                        if uris.is_empty() {
-                            Vec::new()
-                        } else {
-                            f.submit_event(&uris)
-                        }
+                        f.submit_event(&transform::files_to_fetch(event, data, &policy))
                     }
                     _ => Vec::new(),
                 };
@@ -164,7 +159,8 @@ fn gather(rx: &Receiver<Vec<Work>>) -> Option<Vec<Work>> {
 struct Prefetched {
     tickets: std::cell::RefCell<std::collections::VecDeque<Ticket>>,
     enabled: bool,
-    /// Charges the event's line to the fetch budget, for its first file.
+    /// Charges the event's line to the fetch budget (`None`: no file of
+    /// the event was requested).
     reserver: Option<Reserver>,
 }
 
@@ -215,7 +211,7 @@ fn worker(rx: Receiver<Chunk>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
             if !holds.is_empty() {
                 // Bytes charged to the fetch budget (a line with files, a
                 // file kept aside) go on at once: once the batcher has
-                // them, the next file may pass as the oldest, so the rest
+                // them, the next event may pass as the oldest, so the rest
                 // of this chunk never waits for room these bytes hold.
                 let part = Done {
                     items: std::mem::take(&mut items),
