@@ -134,6 +134,8 @@ pub(crate) struct Batcher {
     backwards: u64,
     /// Cut as soon as this id is complete (see [`Batcher::cut_after`]).
     cut_after: Option<EventId>,
+    /// Bytes of the records kept aside in the batch being filled.
+    dead_bytes: usize,
 }
 
 impl Batcher {
@@ -174,6 +176,7 @@ impl Batcher {
             tail_oldest: None,
             backwards: 0,
             cut_after: None,
+            dead_bytes: 0,
         }
     }
 
@@ -231,6 +234,7 @@ impl Batcher {
                     out = self.cut(false);
                 }
                 self.note_arrival(now);
+                self.dead_bytes += letter.raw.len();
                 self.cur.dead.push(letter);
                 out
             }
@@ -239,7 +243,7 @@ impl Batcher {
 
     /// Bytes the batch being filled holds: its body and its records kept aside.
     fn held_bytes(&self) -> usize {
-        self.cur.body.len() + self.cur.dead.iter().map(|d| d.raw.len()).sum::<usize>()
+        self.cur.body.len() + self.dead_bytes
     }
 
     /// Cuts at the last complete group if the oldest event reached the age limit.
@@ -273,6 +277,7 @@ impl Batcher {
         self.tail_first = None;
         self.oldest = None;
         self.tail_oldest = None;
+        self.dead_bytes = 0;
         (!batch.is_empty()).then_some(batch)
     }
 
@@ -356,6 +361,7 @@ impl Batcher {
         } else {
             self.tail_oldest
         };
+        self.dead_bytes = tail.dead.iter().map(|d| d.raw.len()).sum();
         self.cur = tail;
         Some(batch)
     }

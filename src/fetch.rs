@@ -288,7 +288,7 @@ impl Budget {
 struct Charge {
     budget: Option<Arc<Budget>>,
     bytes: usize,
-    /// The file, while it is not yet batched.
+    /// The event, while it is not yet batched.
     seq: Option<u64>,
 }
 

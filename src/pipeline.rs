@@ -190,9 +190,9 @@ impl FileFetcher for Prefetched {
 struct Done {
     items: Vec<Item>,
     holds: Vec<Hold>,
-    /// The end of the chunk (the batcher then turns to the next worker).
-    last: bool,
-    _admitted: Option<Admitted>,
+    /// The chunk's room, with its last results only: the end of the chunk
+    /// (the batcher then turns to the next worker).
+    admitted: Option<Admitted>,
 }
 
 /// A batch to store, with the fetch budget its bytes are charged to.
@@ -216,8 +216,7 @@ fn worker(rx: Receiver<Chunk>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
                 let part = Done {
                     items: std::mem::take(&mut items),
                     holds: std::mem::take(&mut holds),
-                    last: false,
-                    _admitted: None,
+                    admitted: None,
                 };
                 if tx.send(part).is_err() {
                     return;
@@ -227,8 +226,7 @@ fn worker(rx: Receiver<Chunk>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
         let done = Done {
             items,
             holds,
-            last: true,
-            _admitted: Some(admitted),
+            admitted: Some(admitted),
         };
         if tx.send(done).is_err() {
             return;
@@ -516,10 +514,9 @@ fn batcher_loop(
                 let Done {
                     items,
                     holds: taken,
-                    last,
-                    _admitted,
+                    admitted,
                 } = done;
-                if last {
+                if admitted.is_some() {
                     next = (next + 1) % inputs.len();
                 }
                 for item in items {
@@ -533,7 +530,8 @@ fn batcher_loop(
                     h.batched();
                     holds.push(h);
                 }
-                // `_admitted` goes here: the chunk's room in the window.
+                // The chunk's room in the window is given back here.
+                drop(admitted);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
