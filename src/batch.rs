@@ -139,10 +139,38 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    /// An empty body sized for a full batch (growing a buffer by doubling
-    /// would leave it up to twice too big).
-    fn fresh_body(&self) -> Vec<u8> {
-        Vec::with_capacity(self.limits.max_bytes.min(FRESH_CAPACITY_MAX))
+    /// The capacity of a body sized for a full batch (growing a buffer by
+    /// doubling would leave it up to twice too big).
+    fn body_capacity(&self) -> usize {
+        self.limits.max_bytes.min(FRESH_CAPACITY_MAX)
+    }
+
+    /// Readies the batch being filled for more lines once a cut batch has
+    /// been handed on: its contents (what a cut left over, usually a few
+    /// lines) move into `spare`, the body of a batch already stored, or it
+    /// is given a full batch's capacity. A recycled body costs no page
+    /// faults, where a fresh one faults in every page it is written to;
+    /// and since the leftover waits in a buffer of its own size until the
+    /// stored body comes back, no more than two full bodies ever exist.
+    pub(crate) fn refill(&mut self, spare: Option<Vec<u8>>) {
+        let want = self.body_capacity();
+        match spare {
+            Some(mut spare)
+                if spare.capacity() >= want
+                    && spare.capacity() <= 2 * want
+                    && self.cur.body.capacity() < want =>
+            {
+                spare.clear();
+                spare.extend_from_slice(&self.cur.body);
+                self.cur.body = spare;
+            }
+            _ => {
+                let len = self.cur.body.len();
+                if self.cur.body.capacity() < want {
+                    self.cur.body.reserve_exact(want - len);
+                }
+            }
+        }
     }
 
     /// Makes the next batch end as soon as `id` is complete: after a kill,
@@ -267,11 +295,7 @@ impl Batcher {
     /// Everything buffered, open group included (end of run). The cursor
     /// stays before an open group.
     pub(crate) fn finish(&mut self) -> Option<Batch> {
-        let fresh = Batch {
-            body: self.fresh_body(),
-            ..Batch::default()
-        };
-        let mut batch = std::mem::replace(&mut self.cur, fresh);
+        let mut batch = std::mem::take(&mut self.cur);
         batch.cursor = self.boundary.cursor;
         self.boundary = Boundary::default();
         self.tail_first = None;
@@ -333,8 +357,9 @@ impl Batcher {
             return self.finish();
         }
         let mut batch = std::mem::take(&mut self.cur);
-        let mut body = self.fresh_body();
-        body.extend_from_slice(&batch.body[b.bytes..]);
+        // What follows the boundary waits in a buffer of its own size until
+        // `refill` gives it a full batch's room.
+        let body = batch.body[b.bytes..].to_vec();
         batch.body.truncate(b.bytes);
         let tail = Batch {
             body,
@@ -429,6 +454,42 @@ mod tests {
         let rest = b.finish().expect("the second record");
         assert_eq!(rest.dead.len(), 1);
         assert_eq!(rest.events, 0);
+    }
+
+    #[test]
+    fn a_stored_body_is_filled_again_with_what_the_cut_left_over() {
+        let t = Instant::now();
+        let mut b = Batcher::new(limits(2));
+        assert!(b.push(line(1, 0), t).is_none());
+        assert!(b.push(line(2, 0), t).is_none());
+        // The third line goes after the cut, with the fourth (same ms).
+        let first = b.push(line(3, 0), t).expect("cut at two events");
+        assert!(b.push(line(3, 1), t).is_none());
+        let full = 1 << 20;
+        // What the cut left waits in a buffer of its own size...
+        assert!(b.cur.body.capacity() < full);
+        let spare = first.body;
+        let at = spare.as_ptr();
+        assert_eq!(spare.capacity(), full);
+        // ...and moves into the stored body when it comes back.
+        b.refill(Some(spare));
+        assert_eq!(b.cur.body.as_ptr(), at, "the stored body is reused");
+        assert_eq!(b.cur.body.capacity(), full);
+        let rest = b.finish().expect("the rest");
+        assert_eq!(ids(&rest), ["3-0", "3-1"]);
+        // Without a body to reuse, the batch gets a full batch's room once
+        // (growing by doubling could leave it twice too big).
+        assert!(b.push(line(4, 0), t).is_none());
+        b.refill(None);
+        assert_eq!(b.cur.body.capacity(), full);
+        // A body of another size (a line that filled a file by itself) is
+        // not kept.
+        let mut b = Batcher::new(limits(2));
+        assert!(b.push(line(5, 0), t).is_none());
+        b.cur.body.shrink_to_fit();
+        b.refill(Some(Vec::with_capacity(8 * full)));
+        assert_eq!(b.cur.body.capacity(), full);
+        assert_eq!(ids(&b.finish().unwrap()), ["5-0"]);
     }
 
     #[test]

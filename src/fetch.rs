@@ -44,7 +44,8 @@ use crate::retry::Backoff;
 
 /// The content of an attached file as standard padded base64.
 pub(crate) struct FileContent {
-    base64: String,
+    /// ASCII only: encoded in place as the bytes arrive.
+    base64: Vec<u8>,
     size: u64,
     _charge: Charge,
 }
@@ -54,14 +55,16 @@ impl FileContent {
     #[cfg(test)]
     pub(crate) fn from_bytes(bytes: &[u8]) -> Self {
         FileContent {
-            base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+            base64: base64::engine::general_purpose::STANDARD
+                .encode(bytes)
+                .into_bytes(),
             size: bytes.len() as u64,
             _charge: Charge::none(),
         }
     }
 
     /// The base64 text.
-    pub(crate) fn base64(&self) -> &str {
+    pub(crate) fn base64(&self) -> &[u8] {
         &self.base64
     }
 
@@ -74,7 +77,7 @@ impl FileContent {
     /// the hold until the bytes made from the text (the line, the record
     /// kept aside) have left the pipeline's queues, so that memory stays
     /// bounded whatever the number of workers.
-    pub(crate) fn into_parts(self) -> (String, Hold) {
+    pub(crate) fn into_parts(self) -> (Vec<u8>, Hold) {
         let FileContent {
             base64, _charge, ..
         } = self;
@@ -201,6 +204,17 @@ pub(crate) fn storage_path(uri: &str) -> Result<String, String> {
 }
 
 /// Bytes of base64 for `n` bytes of content.
+/// Appends the standard padded base64 of `bytes` to `out`, encoding straight
+/// into its spare room (no temporary, no UTF-8 check of the result).
+fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
+    let at = out.len();
+    out.resize(at + b64_len(bytes.len()), 0);
+    let n = base64::engine::general_purpose::STANDARD
+        .encode_slice(bytes, &mut out[at..])
+        .expect("room for the whole encoding");
+    out.truncate(at + n);
+}
+
 fn b64_len(n: usize) -> usize {
     n.div_ceil(3) * 4
 }
@@ -649,8 +663,8 @@ impl Inner {
             .and_then(|v| v.trim().parse().ok());
         let cap = self.settings.max_bytes;
         let content = FileContent {
-            base64: String::with_capacity(b64_len(
-                announced.unwrap_or(0).min(cap.saturating_add(3)) as usize,
+            base64: Vec::with_capacity(b64_len(
+                announced.unwrap_or(0).min(cap.saturating_add(3)) as usize
             )),
             size: 0,
             _charge: Charge::new(self.budget.clone(), job.event),
@@ -718,7 +732,6 @@ impl Inner {
     ) -> Result<(FileContent, usize, bool), Attempt> {
         let cap = self.settings.max_bytes;
         let mut carry = 0usize;
-        let engine = &base64::engine::general_purpose::STANDARD;
         let mut over = false;
         loop {
             if job.cancelled.load(Ordering::Relaxed) {
@@ -751,7 +764,7 @@ impl Inner {
                     return Err(Attempt::Requeue);
                 }
                 content._charge.bytes += add;
-                engine.encode_string(&buf[..whole], &mut content.base64);
+                encode_into(&buf[..whole], &mut content.base64);
                 content.size += whole as u64;
             }
             buf.copy_within(whole..have, 0);
@@ -813,7 +826,7 @@ impl Inner {
             }
         }
         let content = self.keep(content, tail).unwrap_or(FileContent {
-            base64: String::new(),
+            base64: Vec::new(),
             size: 0,
             _charge: Charge::none(),
         });
@@ -827,7 +840,7 @@ impl Inner {
             let add = b64_len(tail.len());
             self.budget.state.lock().expect("not poisoned").used += add;
             content._charge.bytes += add;
-            base64::engine::general_purpose::STANDARD.encode_string(tail, &mut content.base64);
+            encode_into(tail, &mut content.base64);
             content.size += tail.len() as u64;
         }
         (content.size > 0).then_some(content)

@@ -321,7 +321,7 @@ fn kept_file_letter(
                 "attached file `{}` exported without content: {}",
                 kept.uri, kept.reason
             ),
-            raw: base64.into_bytes(),
+            raw: base64,
             size,
             base64: true,
         },
@@ -354,13 +354,20 @@ pub(crate) fn run(
     // A rendezvous: the batcher fills batch N+1 while N is stored, and at
     // most those two bodies exist.
     let (batch_tx, batch_rx) = bounded::<ToStore>(0);
+    // Stored bodies go back to the batcher to be filled again.
+    let (spare_tx, spare_rx) = bounded::<Vec<u8>>(1);
     let limits = settings.limits;
     let first_cut = settings.first_cut_after;
     let batch_stop = stop.clone();
     let result = std::thread::scope(|scope| {
-        let batcher =
-            scope.spawn(move || batcher_loop(item_rx, batch_tx, limits, first_cut, &batch_stop));
-        let stored = store_batches(&mut committer, &batch_rx);
+        let batcher = scope.spawn(move || {
+            let out = Handoff {
+                batches: batch_tx,
+                spares: spare_rx,
+            };
+            batcher_loop(item_rx, out, limits, first_cut, &batch_stop)
+        });
+        let stored = store_batches(&mut committer, &batch_rx, &spare_tx);
         drop(batch_rx);
         let _ = batcher.join();
         stored
@@ -458,14 +465,18 @@ fn spawn_reader(
 fn store_batches(
     committer: &mut Committer,
     batch_rx: &Receiver<ToStore>,
+    spare_tx: &Sender<Vec<u8>>,
 ) -> (Option<EventId>, Option<EventId>, Option<anyhow::Error>) {
     let mut first_id = None;
     let mut last_id = None;
     let mut failure = None;
     for (batch, holds) in batch_rx.iter() {
         let (f, l) = (batch.first_id, batch.last_id);
-        let stored = committer.store(batch);
+        let stored = committer.store(&batch);
         drop(holds);
+        // Before the next batch is taken: the batcher finds the body as
+        // soon as it has handed that batch on.
+        let _ = spare_tx.try_send(batch.body);
         match stored {
             Ok(None) => {}
             Ok(Some(_)) => {
@@ -481,9 +492,27 @@ fn store_batches(
     (first_id, last_id, failure)
 }
 
+/// The batcher's way to the committer, and the stored bodies coming back.
+struct Handoff {
+    batches: Sender<ToStore>,
+    spares: Receiver<Vec<u8>>,
+}
+
+impl Handoff {
+    /// Hands `batch` on (waiting while the one before is stored) and readies
+    /// the batcher for more; false once the committer is gone.
+    fn send(&self, batcher: &mut Batcher, batch: Batch, holds: Vec<Hold>) -> bool {
+        if self.batches.send((batch, holds)).is_err() {
+            return false;
+        }
+        batcher.refill(self.spares.try_recv().ok());
+        true
+    }
+}
+
 fn batcher_loop(
     inputs: Vec<Receiver<Done>>,
-    out: Sender<ToStore>,
+    out: Handoff,
     limits: BatchLimits,
     first_cut: Option<EventId>,
     stop: &AtomicBool,
@@ -521,7 +550,7 @@ fn batcher_loop(
                 }
                 for item in items {
                     if let Some(b) = batcher.push(item, now) {
-                        if out.send((b, std::mem::take(&mut holds))).is_err() {
+                        if !out.send(&mut batcher, b, std::mem::take(&mut holds)) {
                             return;
                         }
                     }
@@ -537,7 +566,7 @@ fn batcher_loop(
             Err(RecvTimeoutError::Disconnected) => break,
         }
         if let Some(b) = batcher.tick(Instant::now()) {
-            if out.send((b, std::mem::take(&mut holds))).is_err() {
+            if !out.send(&mut batcher, b, std::mem::take(&mut holds)) {
                 return;
             }
         }
@@ -546,6 +575,6 @@ fn batcher_loop(
         log::warn!("{} events arrived with an id lower than an earlier one; they were exported in stream order", batcher.backwards());
     }
     if let Some(b) = batcher.finish() {
-        let _ = out.send((b, holds));
+        let _ = out.batches.send((b, holds));
     }
 }

@@ -458,7 +458,7 @@ fn write_with_contents(out: &mut Vec<u8>, data: &Value, contents: Vec<FileConten
         out.extend_from_slice(&rest.as_bytes()[..pos]);
         out.push(b'"');
         if let Some(c) = &contents[n] {
-            out.extend_from_slice(c.base64().as_bytes());
+            out.extend_from_slice(c.base64());
         }
         out.push(b'"');
         left[n] -= 1;

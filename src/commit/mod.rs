@@ -404,9 +404,9 @@ impl Committer {
     }
 
     /// Stores one batch and commits it. Returns the key written, if any.
-    /// The body is freed once stored: at most two bodies exist, the one
-    /// stored and the one the batcher fills.
-    pub(crate) fn store(&mut self, batch: Batch) -> Result<Option<String>> {
+    /// The caller keeps the body: the pipeline hands it back to the batcher
+    /// to fill again.
+    pub(crate) fn store(&mut self, batch: &Batch) -> Result<Option<String>> {
         self.take_gaps();
         for letter in &batch.dead {
             self.keep_dead_letter(letter)?;
@@ -453,14 +453,14 @@ impl Committer {
                 String::new()
             },
         };
-        let body = batch.body;
+        let body = &batch.body;
         if self.lease_lost.load(Ordering::Relaxed) {
             return Err(anyhow!(
                 "another exporter took over this folder's lease: file {number} was not stored, and this run stops"
             ));
         }
         let upload_started = std::time::Instant::now();
-        self.retry(&format!("store `{key}`"), |d| d.put(&key, &body, &meta))?;
+        self.retry(&format!("store `{key}`"), |d| d.put(&key, body, &meta))?;
 
         let upload_time = upload_started.elapsed();
         core::apply_commit(&mut self.state, &pending);

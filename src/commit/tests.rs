@@ -195,7 +195,7 @@ impl World {
         }
         batches.extend(batcher.finish());
         for b in batches {
-            match c.store(b) {
+            match c.store(&b) {
                 Ok(_) => {}
                 Err(_) if dead() => return Ok(false),
                 Err(e) => return Err(format!("store failed: {e:#}")),
@@ -370,7 +370,7 @@ fn a_crash_after_the_upload_commits_the_file_at_the_next_start() {
         cursor: Some(EventId::at_ms(10)),
         ..Batch::default()
     };
-    assert!(c.store(batch).is_err());
+    assert!(c.store(&batch).is_err());
     let saved = w.state.saved.lock().unwrap().clone().unwrap();
     assert_eq!(saved.pending.as_ref().map(|p| p.file_number), Some(1));
     w.crash.lock().unwrap().dead = false;
