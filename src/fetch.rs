@@ -234,6 +234,9 @@ struct BudgetState {
     /// line made from them) lives and has not been taken by the batcher.
     /// Counts per event.
     outstanding: BTreeMap<u64, usize>,
+    /// Fetches waiting for room: a change wakes them only when there are
+    /// any (a wake-up is a system call even with nobody to wake).
+    waiting: usize,
 }
 
 impl Budget {
@@ -255,11 +258,13 @@ impl Budget {
             if now >= until {
                 return false;
             }
+            st.waiting += 1;
             st = self
                 .cv
                 .wait_timeout(st, until - now)
                 .expect("not poisoned")
                 .0;
+            st.waiting -= 1;
         }
     }
 
@@ -269,8 +274,11 @@ impl Budget {
         }
         let mut st = self.state.lock().expect("not poisoned");
         st.used = st.used.saturating_sub(n);
+        let wake = st.waiting > 0;
         drop(st);
-        self.cv.notify_all();
+        if wake {
+            self.cv.notify_all();
+        }
     }
 
     /// Event `seq` is outstanding once more (a ticket or a charge for it).
@@ -293,8 +301,11 @@ impl Budget {
                 st.outstanding.remove(&seq);
             }
         }
+        let wake = st.waiting > 0;
         drop(st);
-        self.cv.notify_all();
+        if wake {
+            self.cv.notify_all();
+        }
     }
 }
 
@@ -347,8 +358,16 @@ struct Job {
     path: String,
     cancelled: AtomicBool,
     progress: Mutex<Progress>,
-    result: Mutex<Option<FileOutcome>>,
+    result: Mutex<Slot>,
     done: Condvar,
+}
+
+/// Where a job's outcome waits for its ticket.
+#[derive(Default)]
+struct Slot {
+    outcome: Option<FileOutcome>,
+    /// The ticket is waiting: only then is it woken.
+    waiting: bool,
 }
 
 struct Progress {
@@ -359,8 +378,13 @@ struct Progress {
 
 impl Job {
     fn finish(&self, outcome: FileOutcome) {
-        *self.result.lock().expect("not poisoned") = Some(outcome);
-        self.done.notify_all();
+        let mut slot = self.result.lock().expect("not poisoned");
+        slot.outcome = Some(outcome);
+        let wake = slot.waiting;
+        drop(slot);
+        if wake {
+            self.done.notify_all();
+        }
     }
 }
 
@@ -384,7 +408,10 @@ impl Ticket {
                 first_start: None,
                 backoff: Backoff::new(Duration::ZERO, Duration::ZERO),
             }),
-            result: Mutex::new(Some(outcome)),
+            result: Mutex::new(Slot {
+                outcome: Some(outcome),
+                waiting: false,
+            }),
             done: Condvar::new(),
         });
         Ticket { job, budget: None }
@@ -408,9 +435,10 @@ impl Ticket {
     pub(crate) fn wait(self) -> FileOutcome {
         let mut slot = self.job.result.lock().expect("not poisoned");
         loop {
-            if let Some(outcome) = slot.take() {
+            if let Some(outcome) = slot.outcome.take() {
                 return outcome;
             }
+            slot.waiting = true;
             slot = self.job.done.wait(slot).expect("not poisoned");
         }
     }
@@ -521,7 +549,7 @@ impl Fetcher {
                 first_start: None,
                 backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
             }),
-            result: Mutex::new(None),
+            result: Mutex::new(Slot::default()),
             done: Condvar::new(),
         });
         self.inner.budget.enter(event);

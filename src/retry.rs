@@ -20,7 +20,13 @@ pub(crate) struct Backoff {
 impl Backoff {
     /// Starts at `base`, doubles up to `max`.
     pub(crate) fn new(base: Duration, max: Duration) -> Self {
-        let seed = std::process::id() as u64 ^ crate::clock::now_ms();
+        // The process id once per process (a system call), the clock and a
+        // count: backoffs started together still jitter apart.
+        static PID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let pid = *PID.get_or_init(|| u64::from(std::process::id()));
+        let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seed = (pid ^ crate::clock::now_ms() ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1;
         Backoff {
             base,
             max,
