@@ -37,6 +37,47 @@ pub(crate) fn unique_name(kind: &str) -> String {
     crate::text::hex(&Sha256::digest(seed.as_bytes())[..8])
 }
 
+/// A flag set once that wakes the threads sleeping on it: a thread that
+/// wakes up now and then to work until the run ends (the lease keeper, the
+/// progress reports) sees the end at once instead of at its next tick, and
+/// the run does not wait for it to finish a sleep.
+#[derive(Default)]
+pub(crate) struct WakeFlag {
+    set: std::sync::Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl WakeFlag {
+    /// Sets the flag and wakes every sleeper.
+    pub(crate) fn set(&self) {
+        *self.set.lock().expect("not poisoned") = true;
+        self.cv.notify_all();
+    }
+
+    /// Whether the flag is set.
+    pub(crate) fn is_set(&self) -> bool {
+        *self.set.lock().expect("not poisoned")
+    }
+
+    /// Sleeps for `d`, or less if the flag is set meanwhile; true when set.
+    pub(crate) fn sleep(&self, d: std::time::Duration) -> bool {
+        let until = std::time::Instant::now() + d;
+        let mut set = self.set.lock().expect("not poisoned");
+        while !*set {
+            let now = std::time::Instant::now();
+            if now >= until {
+                return false;
+            }
+            set = self
+                .cv
+                .wait_timeout(set, until - now)
+                .expect("not poisoned")
+                .0;
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +88,26 @@ mod tests {
         // After 2020-01-01 and well before the year 2200 in milliseconds.
         assert!(a > 1_577_836_800_000 && a < 7_258_118_400_000, "{a}");
         assert!(now_ms() >= a);
+    }
+
+    #[test]
+    fn a_sleeper_wakes_as_soon_as_the_flag_is_set() {
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+        let flag = Arc::new(WakeFlag::default());
+        assert!(!flag.sleep(Duration::from_millis(1)));
+        let sleeper = {
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                (flag.sleep(Duration::from_secs(60)), t.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        flag.set();
+        let (woken, slept) = sleeper.join().unwrap();
+        assert!(woken && flag.is_set());
+        assert!(slept < Duration::from_secs(30), "{slept:?}");
+        assert!(flag.sleep(Duration::from_secs(60)), "set stays set");
     }
 }

@@ -220,13 +220,13 @@ impl Lease {
 
 /// Renews a lease in its own thread until dropped, then gives it up.
 pub(crate) struct Keeper {
-    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<crate::clock::WakeFlag>,
     handle: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Keeper {
     fn drop(&mut self) {
-        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.done.set();
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -244,17 +244,12 @@ pub(crate) fn keep(
     lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Keeper {
     use std::sync::atomic::Ordering;
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(crate::clock::WakeFlag::default());
     let flag = done.clone();
     let handle = std::thread::Builder::new()
         .name("lease".into())
         .spawn(move || loop {
-            let until =
-                std::time::Instant::now() + std::time::Duration::from_millis(RENEW_EVERY_MS);
-            while std::time::Instant::now() < until && !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            if flag.load(Ordering::Relaxed) {
+            if flag.sleep(std::time::Duration::from_millis(RENEW_EVERY_MS)) {
                 lease.release(d.as_mut());
                 return;
             }

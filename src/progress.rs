@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::clock::WakeFlag;
 use crate::metrics::Metrics;
 
 struct Line {
@@ -140,7 +141,7 @@ pub(crate) fn stop_text(terminal: bool) -> &'static str {
 /// The running reporter. [`Progress::finish`] (or dropping it) stops it and
 /// clears the status line.
 pub(crate) struct Progress {
-    done: Arc<AtomicBool>,
+    done: Arc<WakeFlag>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -153,7 +154,7 @@ impl Progress {
         stop: Arc<AtomicBool>,
         interval: Duration,
     ) -> Progress {
-        let done = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(WakeFlag::default());
         let tty = std::io::stderr().is_terminal();
         let thread = {
             let done = done.clone();
@@ -171,7 +172,7 @@ impl Progress {
     }
 
     fn stop_now(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
+        self.done.set();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -187,7 +188,7 @@ impl Drop for Progress {
 fn report(
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
+    done: Arc<WakeFlag>,
     interval: Duration,
     tty: bool,
 ) {
@@ -200,8 +201,7 @@ fn report(
     let mut last_print = Instant::now();
     let mut last_events = 0u64;
     let mut acknowledged = false;
-    while !done.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+    while !done.sleep(Duration::from_millis(100)) {
         if !acknowledged && stop.load(Ordering::Relaxed) {
             acknowledged = true;
             log::info!("{}", stop_text(tty));
@@ -226,7 +226,7 @@ fn report(
                     .then(|| crate::clock::now_ms().saturating_sub(cursor_ms) / 1000),
                 elapsed: started.elapsed().as_secs(),
             };
-            if !done.load(Ordering::Relaxed) {
+            if !done.is_set() {
                 draw(Some(fit(&status_text(&figures), terminal_width())));
             }
         } else {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::cli::RunArgs;
+use crate::clock::WakeFlag;
 use crate::commit::Committer;
 use crate::config::{Config, ConfigError, OpenCti, StreamSettings};
 use crate::exit::{self, GaveUp};
@@ -32,7 +33,7 @@ fn watch_outage(
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
     abort: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
+    done: Arc<WakeFlag>,
 ) -> Arc<Mutex<Option<GaveUp>>> {
     let verdict = Arc::new(Mutex::new(None));
     let out = verdict.clone();
@@ -51,8 +52,7 @@ fn watch_outage(
         .spawn(move || {
             let (mut last_progress, mut last_failures) = (progress(&metrics), failures(&metrics));
             let mut since: Option<(Instant, (u64, u64))> = None;
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(100));
+            while !done.sleep(Duration::from_millis(100)) {
                 let (p, f) = (progress(&metrics), failures(&metrics));
                 if p != last_progress {
                     since = None;
@@ -119,7 +119,7 @@ pub(crate) fn run(cfg: &Config, args: &RunArgs, quiet: bool) -> Result<i32> {
     let started_at = id::ms_to_iso(crate::clock::now_ms());
     committer.set_explicit_start(from.is_some());
     let stop = Arc::new(AtomicBool::new(false));
-    let watch_done = WatchDone(Arc::new(AtomicBool::new(false)));
+    let watch_done = WatchDone(Arc::new(WakeFlag::default()));
     let gave_up = args.once.then(|| {
         watch_outage(
             cfg.once_max_outage,
@@ -455,11 +455,11 @@ fn summary(totals: &Snapshot, outcome: &Outcome, state: &State) -> String {
 }
 
 /// Ends the outage watch when dropped, whichever way `run` returns.
-struct WatchDone(Arc<AtomicBool>);
+struct WatchDone(Arc<WakeFlag>);
 
 impl Drop for WatchDone {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.0.set();
     }
 }
 
