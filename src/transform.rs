@@ -167,6 +167,11 @@ pub(crate) fn files_to_fetch(event: &str, data: &[u8], policy: &Policy) -> Vec<S
     if memchr::memmem::find(data_raw.get().as_bytes(), b"\"files\"").is_none() {
         return Vec::new();
     }
+    if let Some(uris) = fetchable_uris(data_raw.get()) {
+        return uris;
+    }
+    // Not in the usual shape (a duplicate key, a list that is not one):
+    // the whole object decides, as it does for the line.
     let Ok(mut value) = serde_json::from_str::<Value>(data_raw.get()) else {
         return Vec::new();
     };
@@ -183,6 +188,85 @@ pub(crate) fn files_to_fetch(event: &str, data: &[u8], policy: &Policy) -> Vec<S
                 .to_string()
         })
         .collect()
+}
+
+/// The uris of the files to fetch in `data` (a STIX object), read without
+/// building it: the list [`files_list_mut`] picks, and in it the objects
+/// without inline content. `None` when the object is not in the usual
+/// shape (a duplicate key, an extension or a list entry that is not an
+/// object, a list that is not one): the caller then builds it.
+fn fetchable_uris(data: &str) -> Option<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Data<'a> {
+        #[serde(borrow, default, deserialize_with = "present")]
+        extensions: Option<&'a RawValue>,
+        #[serde(borrow, default, deserialize_with = "present")]
+        files: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Extensions<'a> {
+        #[serde(
+            borrow,
+            default,
+            deserialize_with = "present",
+            rename = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba"
+        )]
+        opencti: Option<&'a RawValue>,
+        #[serde(
+            borrow,
+            default,
+            deserialize_with = "present",
+            rename = "extension-definition--f93e2c80-4231-4f9a-af8b-95c9bd566a82"
+        )]
+        sdo: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Extension<'a> {
+        #[serde(borrow, default, deserialize_with = "present")]
+        files: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry<'a> {
+        #[serde(borrow, default, deserialize_with = "present")]
+        data: Option<&'a RawValue>,
+        #[serde(borrow, default, deserialize_with = "present")]
+        uri: Option<&'a RawValue>,
+    }
+    let data: Data = serde_json::from_str(data).ok()?;
+    let mut list = None;
+    if let Some(ext) = data.extensions {
+        let ext: Extensions = serde_json::from_str(ext.get()).ok()?;
+        for one in [ext.opencti, ext.sdo].into_iter().flatten() {
+            let one: Extension = serde_json::from_str(one.get()).ok()?;
+            if one.files.is_some() {
+                list = one.files;
+                break;
+            }
+        }
+    }
+    let Some(list) = list.or(data.files) else {
+        return Some(Vec::new());
+    };
+    let entries: Vec<&RawValue> = serde_json::from_str(list.get()).ok()?;
+    let mut uris = Vec::new();
+    for entry in entries {
+        let entry: Entry = serde_json::from_str(entry.get()).ok()?;
+        if entry.data.is_some_and(|d| d.get() != "null") {
+            continue; // newer servers send the content inline
+        }
+        let uri = entry
+            .uri
+            .and_then(|u| serde_json::from_str::<String>(u.get()).ok())
+            .unwrap_or_default();
+        uris.push(uri);
+    }
+    Some(uris)
+}
+
+/// A member that is there, whatever its value (`null` included): what
+/// `Value::get` finds.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// The entry as an object whose content is to be fetched: not inline.
@@ -216,7 +300,10 @@ pub(crate) fn transform_with_policy(
     if let Some(reason) = judge(event, &fields, policy) {
         return Ok(Transformed::Held(reason));
     }
-    build_line(id, event, data.len(), fields, files, max_line).map(Transformed::Line)
+    // Only what is copied raw from the event can hold a line break (what
+    // the line adds is escaped or base64): one look at the event will do.
+    let breaks = memchr::memchr2(b'\n', b'\r', data).is_some();
+    build_line(id, event, data.len(), breaks, fields, files, max_line).map(Transformed::Line)
 }
 
 #[derive(serde::Deserialize)]
@@ -239,14 +326,21 @@ pub(crate) fn transform(
     }
 }
 
-/// Bytes a line may need beyond its payload and file contents: the `id`,
-/// `type` and `previous_standard` members and the newline, with room to spare.
+/// Bytes a line with files may need beyond its payload and file contents:
+/// the `id`, `type` and `previous_standard` members, the second copy of the
+/// file list and the newline, with room to spare.
 const LINE_SLACK: usize = 1024;
+
+/// Bytes a line without files may need beyond the event's length: the `id`
+/// (up to 41 characters) and `type` members with their punctuation, and the
+/// newline; `previous_standard` is counted apart.
+const MEMBERS_SLACK: usize = 96;
 
 fn build_line(
     id: &EventId,
     event: &str,
     data_len: usize,
+    breaks: bool,
     fields: Vec<(Cow<'_, str>, &RawValue)>,
     files: &dyn FileFetcher,
     max_line: usize,
@@ -293,7 +387,11 @@ fn build_line(
     // One buffer, sized once: the contents are copied into it and nowhere
     // else. With contents, it is charged to their budget first (each
     // content's own charge goes once it is copied for the last time).
-    let capacity = data_len + contents_len + LINE_SLACK;
+    let capacity = if filled.is_some() {
+        data_len + contents_len + LINE_SLACK
+    } else {
+        data_len + MEMBERS_SLACK + event.len() + previous_standard.as_ref().map_or(0, String::len)
+    };
     let mut holds = Vec::new();
     if contents_len > 0 {
         holds.extend(files.reserve(capacity));
@@ -340,7 +438,7 @@ fn build_line(
         out.extend_from_slice(prev.as_bytes());
     }
     out.push(b'}');
-    if memchr::memchr2(b'\n', b'\r', &out).is_some() {
+    if breaks && memchr::memchr2(b'\n', b'\r', &out).is_some() {
         // Raw line breaks can only be insignificant whitespace between JSON
         // tokens; they would split the line, so re-serialise compactly.
         let value: Value = serde_json::from_slice(&out).expect("spliced line is valid JSON");
@@ -353,9 +451,12 @@ fn build_line(
             out.len()
         )));
     }
-    // The line waits in the pipeline's window with many others: give the
-    // unused slack back (shrinking in place costs no copy).
-    out.shrink_to_fit();
+    // The line waits in the pipeline's window with many others: give back
+    // the slack of a line with files (shrinking in place costs no copy);
+    // the others were sized within a few bytes.
+    if filled.is_some() {
+        out.shrink_to_fit();
+    }
     Ok(Line {
         bytes: out,
         files_failed,
@@ -680,6 +781,68 @@ mod tests {
                 Ok(c) => FileOutcome::Fetched(c),
                 Err(reason) => FileOutcome::Failed { reason, kept: None },
             }
+        }
+    }
+
+    /// The uris the whole object gives (what the line is built from).
+    fn uris_from_value(data: &str) -> Vec<String> {
+        let mut value: Value = serde_json::from_str(data).unwrap();
+        files_list_mut(&mut value)
+            .and_then(Value::as_array_mut)
+            .map(|entries| {
+                entries
+                    .iter_mut()
+                    .filter_map(fetchable)
+                    .map(|o| {
+                        o.get("uri")
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_file_uris_read_ahead_are_the_ones_the_line_asks_for() {
+        let ext = EXT_OPENCTI;
+        let sdo = EXT_OPENCTI_SDO;
+        let usual = [
+            format!(r#"{{"extensions":{{"{ext}":{{"files":[{{"uri":"/storage/get/a"}},{{"uri":"/storage/get/b","data":null}}]}}}}}}"#),
+            format!(r#"{{"extensions":{{"{sdo}":{{"files":[{{"uri":"/storage/get/c"}}]}}}},"files":[{{"uri":"x"}}]}}"#),
+            format!(r#"{{"extensions":{{"{ext}":{{"id":"e"}},"{sdo}":{{"files":[{{"uri":"/storage/get/d"}}]}}}}}}"#),
+            r#"{"name":"r","files":[{"uri":"/storage/get/e","data":"aW5saW5l"},{"uri":7},{"name":"no uri"}]}"#.to_string(),
+            r#"{"files":[{"uri":"/storage/get/café"}],"other":{"files":[{"uri":"nested"}]}}"#.to_string(),
+            r#"{"name":"no files here"}"#.to_string(),
+        ];
+        for data in &usual {
+            let fast = fetchable_uris(data).unwrap_or_else(|| panic!("usual shape: {data}"));
+            assert_eq!(fast, uris_from_value(data), "{data}");
+        }
+        assert_eq!(
+            fetchable_uris(&usual[0]).unwrap(),
+            ["/storage/get/a", "/storage/get/b"]
+        );
+        // Unusual shapes are left to the whole object.
+        for data in [
+            r#"{"files":[{"uri":"a"}],"files":[{"uri":"b"}]}"#.to_string(),
+            r#"{"files":["not an object",{"uri":"a"}]}"#.to_string(),
+            r#"{"extensions":null,"files":[{"uri":"a"}]}"#.to_string(),
+            format!(r#"{{"extensions":{{"{ext}":"text"}},"files":[{{"uri":"a"}}]}}"#),
+            r#"{"files":{"uri":"a"}}"#.to_string(),
+            format!(
+                r#"{{"extensions":{{"{ext}":{{"files":null}},"{sdo}":{{"files":[{{"uri":"s"}}]}}}}}}"#
+            ),
+        ] {
+            assert_eq!(fetchable_uris(&data), None, "{data}");
+            let policy = Policy::export_all();
+            let event = format!(r#"{{"data":{data}}}"#);
+            assert_eq!(
+                files_to_fetch("create", event.as_bytes(), &policy),
+                uris_from_value(&data),
+                "{data}"
+            );
         }
     }
 
