@@ -138,11 +138,17 @@ pub(crate) struct Batcher {
     dead_bytes: usize,
 }
 
+/// The capacity of a body sized for a full batch under `limits` (growing a
+/// buffer by doubling would leave it up to twice too big): the only bodies
+/// worth filling again. Another body (a line that filled a file by itself)
+/// is freed once stored, not kept resident until the batcher turns it down.
+pub(crate) fn body_capacity(limits: &BatchLimits) -> usize {
+    limits.max_bytes.min(FRESH_CAPACITY_MAX)
+}
+
 impl Batcher {
-    /// The capacity of a body sized for a full batch (growing a buffer by
-    /// doubling would leave it up to twice too big).
     fn body_capacity(&self) -> usize {
-        self.limits.max_bytes.min(FRESH_CAPACITY_MAX)
+        body_capacity(&self.limits)
     }
 
     /// Readies the batch being filled for more lines once a cut batch has
@@ -155,11 +161,7 @@ impl Batcher {
     pub(crate) fn refill(&mut self, spare: Option<Vec<u8>>) {
         let want = self.body_capacity();
         match spare {
-            Some(mut spare)
-                if spare.capacity() >= want
-                    && spare.capacity() <= 2 * want
-                    && self.cur.body.capacity() < want =>
-            {
+            Some(mut spare) if spare.capacity() == want && self.cur.body.capacity() < want => {
                 spare.clear();
                 spare.extend_from_slice(&self.cur.body);
                 self.cur.body = spare;

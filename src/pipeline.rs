@@ -367,7 +367,11 @@ pub(crate) fn run(
             };
             batcher_loop(item_rx, out, limits, first_cut, &batch_stop)
         });
-        let stored = store_batches(&mut committer, &batch_rx, &spare_tx);
+        let spares = Spares {
+            tx: spare_tx,
+            capacity: crate::batch::body_capacity(&limits),
+        };
+        let stored = store_batches(&mut committer, &batch_rx, &spares);
         drop(batch_rx);
         let _ = batcher.join();
         stored
@@ -465,7 +469,7 @@ fn spawn_reader(
 fn store_batches(
     committer: &mut Committer,
     batch_rx: &Receiver<ToStore>,
-    spare_tx: &Sender<Vec<u8>>,
+    spares: &Spares,
 ) -> (Option<EventId>, Option<EventId>, Option<anyhow::Error>) {
     let mut first_id = None;
     let mut last_id = None;
@@ -476,7 +480,9 @@ fn store_batches(
         drop(holds);
         // Before the next batch is taken: the batcher finds the body as
         // soon as it has handed that batch on.
-        let _ = spare_tx.try_send(batch.body);
+        if batch.body.capacity() == spares.capacity {
+            let _ = spares.tx.try_send(batch.body);
+        }
         match stored {
             Ok(None) => {}
             Ok(Some(_)) => {
@@ -490,6 +496,12 @@ fn store_batches(
         }
     }
     (first_id, last_id, failure)
+}
+
+/// Where stored bodies of a full batch's capacity go back to the batcher.
+struct Spares {
+    tx: Sender<Vec<u8>>,
+    capacity: usize,
 }
 
 /// The batcher's way to the committer, and the stored bodies coming back.
