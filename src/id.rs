@@ -38,6 +38,19 @@ impl fmt::Display for EventId {
     }
 }
 
+impl EventId {
+    /// Appends the id as a JSON string (`"<ms>-<seq>"`) to `out`, without
+    /// the formatting machinery: it is written into every line.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) {
+        let mut digits = itoa::Buffer::new();
+        out.push(b'"');
+        out.extend_from_slice(digits.format(self.ms).as_bytes());
+        out.push(b'-');
+        out.extend_from_slice(digits.format(self.seq).as_bytes());
+        out.push(b'"');
+    }
+}
+
 impl FromStr for EventId {
     type Err = String;
 

@@ -428,7 +428,7 @@ fn build_line(
         }
     }
     push_key(&mut out, &mut first, "id");
-    push_json_str(&mut out, &id.to_string());
+    id.write_json(&mut out);
     if !wrote_type {
         push_key(&mut out, &mut first, "type");
         push_json_str(&mut out, event);
@@ -475,7 +475,14 @@ fn push_key(out: &mut Vec<u8>, first: &mut bool, key: &str) {
 }
 
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        // Nothing to escape (the usual key): as it is, between quotes.
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+    }
 }
 
 /// The raw JSON of the single `/id` op's value in `context.reverse_patch`.
@@ -802,6 +809,33 @@ mod tests {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn strings_and_ids_are_written_as_the_serialiser_writes_them() {
+        for s in [
+            "type",
+            "",
+            "x_opencti_id",
+            "caf\u{e9}",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "\u{7f}\u{1f}",
+        ] {
+            let mut out = Vec::new();
+            push_json_str(&mut out, s);
+            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+        for i in [
+            id("0-0"),
+            id("1700000000000-42"),
+            id("18446744073709551615-18446744073709551615"),
+        ] {
+            let mut out = Vec::new();
+            i.write_json(&mut out);
+            assert_eq!(out, serde_json::to_vec(&i.to_string()).unwrap());
+        }
     }
 
     #[test]
