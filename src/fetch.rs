@@ -6,8 +6,8 @@
 //!  stream order                       keep-alive agent, retries with backoff           waited for by
 //!                                     content base64-encoded as it arrives             the worker
 //! ```
-//! A [`Fetcher`] owns `files.concurrency` threads sharing one keep-alive
-//! agent. [`Fetcher::submit_event`] queues the files of an event and returns
+//! A [`Fetcher`] owns up to `files.concurrency` threads sharing one
+//! keep-alive agent (started as files wait for one). [`Fetcher::submit_event`] queues the files of an event and returns
 //! a [`Ticket`] for each; the worker that builds the event's line waits on
 //! them. Jobs are started in
 //! submission (stream) order; a job to retry (5xx, timeout, dropped
@@ -458,6 +458,12 @@ struct Queue {
     ready: BTreeMap<u64, Arc<Job>>,
     delayed: Vec<(Instant, Arc<Job>)>,
     closed: bool,
+    /// Threads started (at most `files.concurrency`): one more starts when
+    /// a job is queued and no thread is free to take it, so an OpenCTI
+    /// that answers at once keeps only a few.
+    threads: usize,
+    /// Threads waiting for a job.
+    idle: usize,
 }
 
 struct Inner {
@@ -487,8 +493,9 @@ const BUDGET_RETRY: Duration = Duration::from_millis(50);
 const READ_CHUNK: usize = 15 * 1024;
 
 impl Fetcher {
-    /// Starts `settings.concurrency` threads fetching from `base_url` (the
-    /// configured `opencti.url`) with `agent`, sending `token`.
+    /// Starts fetching from `base_url` (the configured `opencti.url`) with
+    /// `agent`, sending `token`: one thread at first, up to
+    /// `settings.concurrency` as files wait for one.
     pub(crate) fn start(
         agent: ureq::Agent,
         base_url: &str,
@@ -512,15 +519,26 @@ impl Fetcher {
             next_event: AtomicU64::new(1),
             metrics,
         });
-        for _ in 0..settings.concurrency.max(1) {
-            let inner = inner.clone();
-            std::thread::Builder::new()
-                .name("fetch".into())
-                .stack_size(512 << 10)
-                .spawn(move || inner.run())
-                .expect("spawn fetch thread");
-        }
+        inner.queue.lock().expect("not poisoned").threads = 1;
+        spawn_fetch_thread(&inner).expect("spawn fetch thread");
         Fetcher { inner }
+    }
+
+    /// Starts one more thread when the jobs ready outnumber the threads
+    /// free to take them, up to `files.concurrency`.
+    fn grow(&self) {
+        {
+            let mut q = self.inner.queue.lock().expect("not poisoned");
+            if q.ready.len() <= q.idle || q.threads >= self.inner.settings.concurrency.max(1) {
+                return;
+            }
+            q.threads += 1;
+        }
+        if let Err(e) = spawn_fetch_thread(&self.inner) {
+            // The threads already started go on with the queue.
+            self.inner.queue.lock().expect("not poisoned").threads -= 1;
+            log::warn!("cannot start one more thread for attached files ({e})");
+        }
     }
 
     /// Queues the attached files `uris` of one event (as written in it), in
@@ -560,6 +578,7 @@ impl Fetcher {
             .ready
             .insert(seq, job.clone());
         self.inner.cv.notify_one();
+        self.grow();
         Ticket {
             job,
             budget: Some(self.inner.budget.clone()),
@@ -572,6 +591,15 @@ impl Drop for Fetcher {
         self.inner.queue.lock().expect("not poisoned").closed = true;
         self.inner.cv.notify_all();
     }
+}
+
+fn spawn_fetch_thread(inner: &Arc<Inner>) -> std::io::Result<()> {
+    let inner = inner.clone();
+    std::thread::Builder::new()
+        .name("fetch".into())
+        .stack_size(512 << 10)
+        .spawn(move || inner.run())
+        .map(drop)
 }
 
 /// What one attempt came to.
@@ -663,11 +691,13 @@ impl Inner {
                 .map(|(t, _)| t.saturating_duration_since(now))
                 .min()
                 .unwrap_or(Duration::from_secs(1));
+            q.idle += 1;
             q = self
                 .cv
                 .wait_timeout(q, wait.max(Duration::from_millis(1)))
                 .expect("not poisoned")
                 .0;
+            q.idle -= 1;
         }
     }
 
@@ -878,6 +908,83 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file server answering every request after `delay`, on kept-alive
+    /// connections; returns its address.
+    fn slow_server(delay: Duration) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut conn = conn;
+                    loop {
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        std::thread::sleep(delay);
+                        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+                        if conn.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn threads(f: &Fetcher) -> usize {
+        f.inner.queue.lock().unwrap().threads
+    }
+
+    #[test]
+    fn threads_start_as_files_wait_for_one_up_to_the_concurrency() {
+        let settings = FileSettings {
+            concurrency: 4,
+            ..FileSettings::default()
+        };
+        let start = |delay| {
+            Fetcher::start(
+                ureq::AgentBuilder::new().build(),
+                &slow_server(delay),
+                "t",
+                settings,
+                Arc::new(Metrics::default()),
+            )
+        };
+        // Answered at once, one file at a time (the thread back to waiting
+        // before the next): one thread does.
+        let quick = start(Duration::ZERO);
+        for n in 0..5 {
+            std::thread::sleep(Duration::from_millis(50));
+            let ticket = quick
+                .submit_event(&[format!("/storage/get/f{n}")])
+                .pop()
+                .unwrap();
+            assert!(matches!(ticket.wait(), FileOutcome::Fetched(c) if c.base64() == b"YWJj"));
+        }
+        assert_eq!(threads(&quick), 1);
+        // Slow answers, many files at once: up to the concurrency, no more.
+        let slow = start(Duration::from_millis(100));
+        let uris: Vec<String> = (0..12).map(|n| format!("/storage/get/s{n}")).collect();
+        let tickets = slow.submit_event(&uris);
+        assert_eq!(threads(&slow), 4);
+        for t in tickets {
+            assert!(matches!(t.wait(), FileOutcome::Fetched(_)));
+        }
+        assert_eq!(threads(&slow), 4);
+    }
 
     #[test]
     fn storage_paths_are_normalised() {
