@@ -490,14 +490,7 @@ fn previous_standard(id: &EventId, context: Option<&RawValue>) -> Option<String>
     #[derive(serde::Deserialize)]
     struct Context<'a> {
         #[serde(borrow, default)]
-        reverse_patch: Option<Vec<Op<'a>>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Op<'a> {
-        #[serde(borrow, default)]
-        path: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
-        value: Option<&'a RawValue>,
+        reverse_patch: Option<IdOps<'a>>,
     }
     let context = context?;
     let parsed: Context = match serde_json::from_str(context.get()) {
@@ -509,21 +502,56 @@ fn previous_standard(id: &EventId, context: Option<&RawValue>) -> Option<String>
             return None;
         }
     };
-    let ops: Vec<Op> = parsed
-        .reverse_patch
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|op| op.path.as_deref() == Some("/id"))
-        .collect();
-    match ops.len() {
+    let ops = parsed.reverse_patch.unwrap_or_default();
+    match ops.count {
         0 => None,
-        1 => ops[0].value.map(|v| v.get().to_string()),
+        1 => ops.first.map(|v| v.get().to_string()),
         n => {
             log::warn!(
                 "event `{id}`: {n} reverse-patch operations on `/id`; no `previous_standard` set"
             );
             None
         }
+    }
+}
+
+/// The operations on `/id` of a reverse patch, counted as they are read
+/// (no list is built): how many, and the value of the first.
+#[derive(Default)]
+struct IdOps<'a> {
+    count: usize,
+    first: Option<&'a RawValue>,
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for IdOps<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Op<'a> {
+            #[serde(borrow, default)]
+            path: Option<Cow<'a, str>>,
+            #[serde(borrow, default)]
+            value: Option<&'a RawValue>,
+        }
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = IdOps<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of patch operations")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<IdOps<'a>, A::Error> {
+                let mut ops = IdOps::default();
+                while let Some(op) = seq.next_element::<Op<'de>>()? {
+                    if op.path.as_deref() == Some("/id") {
+                        ops.count += 1;
+                        if ops.count == 1 {
+                            ops.first = op.value;
+                        }
+                    }
+                }
+                Ok(ops)
+            }
+        }
+        d.deserialize_seq(V(std::marker::PhantomData))
     }
 }
 
