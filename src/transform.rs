@@ -204,23 +204,6 @@ fn fetchable_uris(data: &str) -> Option<Vec<String>> {
         files: Option<&'a RawValue>,
     }
     #[derive(serde::Deserialize)]
-    struct Extensions<'a> {
-        #[serde(
-            borrow,
-            default,
-            deserialize_with = "present",
-            rename = "extension-definition--ea279b3e-5c71-4632-ac08-831c66a786ba"
-        )]
-        opencti: Option<&'a RawValue>,
-        #[serde(
-            borrow,
-            default,
-            deserialize_with = "present",
-            rename = "extension-definition--f93e2c80-4231-4f9a-af8b-95c9bd566a82"
-        )]
-        sdo: Option<&'a RawValue>,
-    }
-    #[derive(serde::Deserialize)]
     struct Extension<'a> {
         #[serde(borrow, default, deserialize_with = "present")]
         files: Option<&'a RawValue>,
@@ -235,8 +218,12 @@ fn fetchable_uris(data: &str) -> Option<Vec<String>> {
     let data: Data = serde_json::from_str(data).ok()?;
     let mut list = None;
     if let Some(ext) = data.extensions {
-        let ext: Extensions = serde_json::from_str(ext.get()).ok()?;
-        for one in [ext.opencti, ext.sdo].into_iter().flatten() {
+        let ext: std::collections::HashMap<String, &RawValue> =
+            serde_json::from_str(ext.get()).ok()?;
+        for one in [EXT_OPENCTI, EXT_OPENCTI_SDO]
+            .into_iter()
+            .filter_map(|k| ext.get(k))
+        {
             let one: Extension = serde_json::from_str(one.get()).ok()?;
             if one.files.is_some() {
                 list = one.files;
@@ -877,6 +864,8 @@ mod tests {
             r#"{"name":"r","files":[{"uri":"/storage/get/e","data":"aW5saW5l"},{"uri":7},{"name":"no uri"}]}"#.to_string(),
             r#"{"files":[{"uri":"/storage/get/café"}],"other":{"files":[{"uri":"nested"}]}}"#.to_string(),
             r#"{"name":"no files here"}"#.to_string(),
+            // The same extension twice: the last one counts, as in a map.
+            format!(r#"{{"extensions":{{"{ext}":{{"files":[{{"uri":"first"}}]}},"{ext}":{{"files":[{{"uri":"last"}}]}}}}}}"#),
         ];
         for data in &usual {
             let fast = fetchable_uris(data).unwrap_or_else(|| panic!("usual shape: {data}"));
