@@ -201,11 +201,14 @@ fn report(
     let mut last_print = Instant::now();
     let mut last_events = 0u64;
     let mut acknowledged = false;
-    while !done.sleep(Duration::from_millis(100)) {
-        if !acknowledged && stop.load(Ordering::Relaxed) {
-            acknowledged = true;
+    let acknowledge = |acknowledged: &mut bool| {
+        if !*acknowledged && stop.load(Ordering::Relaxed) {
+            *acknowledged = true;
             log::info!("{}", stop_text(tty));
         }
+    };
+    while !done.sleep(Duration::from_millis(100)) {
+        acknowledge(&mut acknowledged);
         if last_print.elapsed() < every {
             continue;
         }
@@ -236,6 +239,8 @@ fn report(
             );
         }
     }
+    // A run that ends within a tick of its signal still says why it stopped.
+    acknowledge(&mut acknowledged);
     if tty {
         draw(None);
     }
