@@ -330,6 +330,13 @@ pub(crate) enum Output {
     },
 }
 
+/// The default `output.max_line_bytes`: 12 MiB less 1 KiB. The importer
+/// publishes each line to RabbitMQ base64-encoded (4/3 of the line plus
+/// about 150 bytes), and RabbitMQ 4 refuses messages over 16 MiB by
+/// default: a line of 12 MiB exactly would make a message 150 bytes too
+/// long, the 1 KiB leaves room for the importer's envelope.
+pub(crate) const DEFAULT_MAX_LINE_BYTES: usize = (12 << 20) - 1024;
+
 /// What the fetch stage of attached files is allowed to do (`files.*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileSettings {
@@ -847,11 +854,13 @@ fn build(src: &Sources, file: Option<&Path>, ov: &Overrides) -> Result<Config, C
     let output = output(src, ov);
     let fetch_files = src.boolean("files.fetch", true)?;
     let files = file_settings(src)?;
-    // The importer publishes each line to RabbitMQ base64-encoded (4/3 of
-    // the line plus about 150 bytes); RabbitMQ 4 refuses messages over
-    // 16 MiB by default: 12 MiB lines fit.
-    let max_line_bytes =
-        src.number("output.max_line_bytes", 12 << 20, 4096, 4 << 30, "bytes")? as usize;
+    let max_line_bytes = src.number(
+        "output.max_line_bytes",
+        DEFAULT_MAX_LINE_BYTES as u64,
+        4096,
+        4 << 30,
+        "bytes",
+    )? as usize;
     let connector_name = src
         .string("connector.name")
         .unwrap_or_else(|| "StreamExporter".to_string());

@@ -172,18 +172,27 @@ fn print_report(r: &Report, all_ok: bool, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// RabbitMQ 4's default `max_message_size`.
+const RABBITMQ_DEFAULT_MAX_MESSAGE: usize = 16 << 20;
+
+/// The largest message the stream-importer publishes for lines of up to
+/// `max_line` bytes: base64 of the line, 4/3 of it, plus about 150 bytes.
+pub(crate) fn importer_message_bytes(max_line: usize) -> usize {
+    max_line.div_ceil(3) * 4 + 150
+}
+
 /// What `output.max_line_bytes` means for the importer's broker, and how
 /// to raise it.
 pub(crate) fn line_size_advice(max_line: usize) -> String {
-    // The importer publishes base64(line): 4/3 of it, plus about 150 bytes.
-    let message = max_line.div_ceil(3) * 4 + 150;
+    let message = importer_message_bytes(max_line);
     format!(
         "lines up to {max_line} bytes (`output.max_line_bytes`): the stream-importer publishes each \
          base64-encoded, messages of up to {message} bytes, which RabbitMQ 4 accepts by default \
-         (`max_message_size` 16 MiB) only up to 12 MiB lines; to carry larger attachments raise \
+         (`max_message_size` 16 MiB) for lines up to {} bytes; to carry larger attachments raise \
          `output.max_line_bytes` and the broker's `max_message_size` together \
          (`max_message_size` >= 4/3 x `output.max_line_bytes` + 1 KiB){}",
-        if message > 16 << 20 {
+        crate::config::DEFAULT_MAX_LINE_BYTES,
+        if message > RABBITMQ_DEFAULT_MAX_MESSAGE {
             "; WARNING: above RabbitMQ's default, make sure the broker was raised"
         } else {
             ""
@@ -579,6 +588,18 @@ pub(crate) fn probe_key(folder: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_line_limit_fits_the_brokers_default_message_size() {
+        let default = crate::config::DEFAULT_MAX_LINE_BYTES;
+        // A line of that size (newline included) makes a message RabbitMQ
+        // takes, with room to spare for the importer's envelope; 12 MiB
+        // exactly would not.
+        assert!(importer_message_bytes(default) + 1000 <= RABBITMQ_DEFAULT_MAX_MESSAGE);
+        assert!(importer_message_bytes(12 << 20) > RABBITMQ_DEFAULT_MAX_MESSAGE);
+        assert!(!line_size_advice(default).contains("WARNING"));
+        assert!(line_size_advice(12 << 20).contains("WARNING"));
+    }
 
     #[test]
     fn file_numbers_must_be_consecutive_and_end_at_the_state_count() {

@@ -496,7 +496,7 @@ fn file_requests_are_kept_in_flight_ahead_of_the_workers() {
 }
 
 /// Large attachments with 16 workers: memory stays within 2 ×
-/// `output.max_line_bytes` (12 MiB) + 32 MiB whatever the number of
+/// `output.max_line_bytes` (12 MiB less 1 KiB) + 32 MiB whatever the number of
 /// workers, for files that fit a line (1.5 MB, a line of about 4 MB each)
 /// and for files over `files.max_bytes` (6 MB: their first 4 MiB are kept
 /// aside). Each run reports its peak memory; nothing is lost. (Before the

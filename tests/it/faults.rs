@@ -405,7 +405,7 @@ fn event(id: &str, name: &str, data: &str) -> String {
 }
 
 /// The line cap is raised to 64 MiB: these tests send a 50 MiB event that
-/// must pass whole (the default cap, 12 MiB, would keep it as a dead letter).
+/// must pass whole (the default cap, 12 MiB less 1 KiB, would keep it as a dead letter).
 fn scripted_config(dir: &Path, url: &str, extra: &str) -> std::path::PathBuf {
     let yaml = format!(
         "opencti:\n  url: {url:?}\n  token: \"t0ken-value-xyz\"\nconnector:\n  live_stream_id: \"s\"\n  live_stream_recover_iso_date: false\n\
