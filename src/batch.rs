@@ -196,7 +196,7 @@ impl Batcher {
         Batcher {
             limits,
             cur: Batch {
-                body: Vec::with_capacity(limits.max_bytes.min(FRESH_CAPACITY_MAX)),
+                body: Vec::with_capacity(body_capacity(&limits)),
                 ..Batch::default()
             },
             boundary: Boundary::default(),

@@ -17,7 +17,6 @@
 //! [`Pinger::stop`], which sends a last ping with the final state.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -54,7 +53,7 @@ pub(crate) fn reference_state(s: &State) -> Value {
 
 /// The registration and ping thread; stop it with [`Pinger::stop`].
 pub(crate) struct Pinger {
-    stop: Arc<AtomicBool>,
+    stop: Arc<crate::clock::WakeFlag>,
     handle: Option<JoinHandle<()>>,
     done: std::sync::mpsc::Receiver<()>,
 }
@@ -71,7 +70,7 @@ impl Pinger {
         info: PingInfo,
     ) -> anyhow::Result<Pinger> {
         let client = GraphQl::new(opencti, REQUEST_DEADLINE)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(crate::clock::WakeFlag::default());
         let mut link = Link {
             client,
             connector: connector.clone(),
@@ -96,7 +95,7 @@ impl Pinger {
                 );
                 loop {
                     link.tick();
-                    if !crate::retry::sleep_unless(period, &thread_stop) {
+                    if thread_stop.sleep(period) {
                         break;
                     }
                 }
@@ -117,7 +116,7 @@ impl Pinger {
     /// Wakes the thread and lets it send a last ping; waits for it at most
     /// a few seconds.
     pub(crate) fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.set();
         match self.done.recv_timeout(STOP_WAIT) {
             Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 if let Some(h) = self.handle.take() {
@@ -136,7 +135,7 @@ impl Pinger {
 
 impl Drop for Pinger {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.set();
     }
 }
 
