@@ -7,7 +7,8 @@
 //!                                     content base64-encoded as it arrives             the worker
 //! ```
 //! A [`Fetcher`] owns up to `files.concurrency` threads sharing one
-//! keep-alive agent (started as files wait for one). [`Fetcher::submit_event`] queues the files of an event and returns
+//! keep-alive agent, started as files wait for one.
+//! [`Fetcher::submit_event`] queues the files of an event and returns
 //! a [`Ticket`] for each; the worker that builds the event's line waits on
 //! them. Jobs are started in
 //! submission (stream) order; a job to retry (5xx, timeout, dropped
@@ -234,8 +235,7 @@ struct BudgetState {
     /// line made from them) lives and has not been taken by the batcher.
     /// Counts per event.
     outstanding: BTreeMap<u64, usize>,
-    /// Fetches waiting for room: a change wakes them only when there are
-    /// any (a wake-up is a system call even with nobody to wake).
+    /// Fetches waiting for room (see [`Budget::changed`]).
     waiting: usize,
 }
 
@@ -274,6 +274,12 @@ impl Budget {
         }
         let mut st = self.state.lock().expect("not poisoned");
         st.used = st.used.saturating_sub(n);
+        self.changed(st);
+    }
+
+    /// Wakes the fetches waiting for room after a change, when there are
+    /// any (a wake-up is a system call even with nobody to wake).
+    fn changed(&self, st: std::sync::MutexGuard<'_, BudgetState>) {
         let wake = st.waiting > 0;
         drop(st);
         if wake {
@@ -301,11 +307,7 @@ impl Budget {
                 st.outstanding.remove(&seq);
             }
         }
-        let wake = st.waiting > 0;
-        drop(st);
-        if wake {
-            self.cv.notify_all();
-        }
+        self.changed(st);
     }
 }
 
@@ -524,16 +526,19 @@ impl Fetcher {
         Fetcher { inner }
     }
 
-    /// Starts one more thread when the jobs ready outnumber the threads
-    /// free to take them, up to `files.concurrency`.
-    fn grow(&self) {
-        {
-            let mut q = self.inner.queue.lock().expect("not poisoned");
-            if q.ready.len() <= q.idle || q.threads >= self.inner.settings.concurrency.max(1) {
-                return;
-            }
-            q.threads += 1;
+    /// Whether one more thread is to start, now that a job was queued in
+    /// `q`: the jobs ready outnumber the threads free to take them, and
+    /// fewer than `files.concurrency` run. Counts it as started.
+    fn one_more_thread(&self, q: &mut Queue) -> bool {
+        if q.ready.len() <= q.idle || q.threads >= self.inner.settings.concurrency.max(1) {
+            return false;
         }
+        q.threads += 1;
+        true
+    }
+
+    /// Starts the thread [`Fetcher::one_more_thread`] counted.
+    fn start_thread(&self) {
         if let Err(e) = spawn_fetch_thread(&self.inner) {
             // The threads already started go on with the queue.
             self.inner.queue.lock().expect("not poisoned").threads -= 1;
@@ -571,14 +576,15 @@ impl Fetcher {
             done: Condvar::new(),
         });
         self.inner.budget.enter(event);
-        self.inner
-            .queue
-            .lock()
-            .expect("not poisoned")
-            .ready
-            .insert(seq, job.clone());
+        let more = {
+            let mut q = self.inner.queue.lock().expect("not poisoned");
+            q.ready.insert(seq, job.clone());
+            self.one_more_thread(&mut q)
+        };
         self.inner.cv.notify_one();
-        self.grow();
+        if more {
+            self.start_thread();
+        }
         Ticket {
             job,
             budget: Some(self.inner.budget.clone()),
