@@ -576,12 +576,15 @@ impl Fetcher {
             done: Condvar::new(),
         });
         self.inner.budget.enter(event);
-        let more = {
+        let (wake, more) = {
             let mut q = self.inner.queue.lock().expect("not poisoned");
             q.ready.insert(seq, job.clone());
-            self.one_more_thread(&mut q)
+            (q.idle > 0, self.one_more_thread(&mut q))
         };
-        self.inner.cv.notify_one();
+        // A wake-up is a system call even with nobody waiting.
+        if wake {
+            self.inner.cv.notify_one();
+        }
         if more {
             self.start_thread();
         }
@@ -661,12 +664,15 @@ impl Inner {
     }
 
     fn delay(&self, job: Arc<Job>, d: Duration) {
-        self.queue
-            .lock()
-            .expect("not poisoned")
-            .delayed
-            .push((Instant::now() + d, job));
-        self.cv.notify_one();
+        let wake = {
+            let mut q = self.queue.lock().expect("not poisoned");
+            q.delayed.push((Instant::now() + d, job));
+            q.idle > 0
+        };
+        // An idle thread may be sleeping past this job's time.
+        if wake {
+            self.cv.notify_one();
+        }
     }
 
     /// The oldest job ready to start; `None` once the pool is closed.

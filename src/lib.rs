@@ -17,6 +17,7 @@ mod dest;
 mod exit;
 mod fetch;
 mod fsutil;
+mod gather;
 mod http;
 mod id;
 mod lease;

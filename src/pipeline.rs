@@ -36,6 +36,7 @@ use crate::batch::{Batch, Batcher, DeadLetter, Item};
 use crate::commit::Committer;
 use crate::config::BatchLimits;
 use crate::fetch::{Fetcher, FileOutcome, Hold, Reserver, Ticket};
+use crate::gather::{gather, Giver, Taker};
 use crate::id::EventId;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -97,14 +98,14 @@ struct Chunk {
 /// in stream order, then hands the chunk to the next worker in turn (the
 /// batcher takes results back in the same turn).
 fn prefetch(
-    rx: Receiver<Vec<Work>>,
+    rx: Taker<Work>,
     txs: Vec<Sender<Chunk>>,
     fetcher: Option<Fetcher>,
     policy: Arc<Policy>,
     window: Arc<Window>,
 ) {
     let mut next = 0;
-    while let Some(chunk) = gather(&rx) {
+    while let Some(chunk) = rx.take() {
         let bytes = chunk.iter().map(work_bytes).sum();
         let admitted = window.admit(chunk.len(), bytes);
         let tasks: Vec<Task> = chunk
@@ -140,20 +141,6 @@ fn work_bytes(work: &Work) -> usize {
 /// one when the server sends a chunk per event), and the fetch-ahead window
 /// is counted in chunks, so small chunks would shrink it to a few files.
 const GATHER: Duration = Duration::from_millis(2);
-
-/// The next chunk of up to `CHUNK` units of work: what the reader handed on,
-/// with what it hands on within [`GATHER`]; `None` at the end of input.
-fn gather(rx: &Receiver<Vec<Work>>) -> Option<Vec<Work>> {
-    let mut chunk = rx.recv().ok()?;
-    let until = Instant::now() + GATHER;
-    while chunk.len() < CHUNK {
-        match rx.recv_deadline(until) {
-            Ok(more) => chunk.extend(more),
-            Err(_) => break,
-        }
-    }
-    Some(chunk)
-}
 
 /// Gives an event's prefetched files to the transform, in list order.
 struct Prefetched {
@@ -344,7 +331,7 @@ pub(crate) fn run(
     let stream_error: Arc<Mutex<Option<StreamError>>> = Arc::new(Mutex::new(None));
     spawn_reader(
         client,
-        vec![work_tx],
+        work_tx,
         &settings,
         &metrics,
         &committer,
@@ -396,7 +383,7 @@ fn spawn_workers(
     settings: &PipelineSettings,
     files: Option<Fetcher>,
     metrics: &Arc<Metrics>,
-) -> (Sender<Vec<Work>>, Vec<Receiver<Done>>) {
+) -> (Giver<Work>, Vec<Receiver<Done>>) {
     let n = settings.workers.max(1);
     // The window bounds the events between the prefetch stage and the
     // batcher; the channels only need to hold what it admits.
@@ -421,7 +408,8 @@ fn spawn_workers(
         task_tx.push(ttx);
         item_rx.push(irx);
     }
-    let (work_tx, work_rx) = bounded::<Vec<Work>>(2);
+    // About two chunks wait for the prefetch stage, as many as it sends on.
+    let (work_tx, work_rx) = gather::<Work>(2 * CHUNK, CHUNK, GATHER);
     {
         let policy = settings.policy.clone();
         std::thread::Builder::new()
@@ -436,7 +424,7 @@ fn spawn_workers(
 /// ends with is left in `stream_error`. Its end closes `work_tx`.
 fn spawn_reader(
     client: StreamClient,
-    work_tx: Vec<Sender<Vec<Work>>>,
+    work_tx: Giver<Work>,
     settings: &PipelineSettings,
     metrics: &Arc<Metrics>,
     committer: &Committer,

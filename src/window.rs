@@ -18,8 +18,16 @@ pub(crate) const WINDOW_BYTES: usize = 8 << 20;
 pub(crate) struct Window {
     max_events: usize,
     max_bytes: usize,
-    used: Mutex<(usize, usize)>,
+    used: Mutex<Used>,
     room: Condvar,
+}
+
+#[derive(Default)]
+struct Used {
+    events: usize,
+    bytes: usize,
+    /// Admissions waiting for room (woken only when there are some).
+    waiting: usize,
 }
 
 /// Events admitted into the window; their room is given back when dropped.
@@ -34,7 +42,7 @@ impl Window {
         Arc::new(Window {
             max_events: max_events.max(1),
             max_bytes: max_bytes.max(1),
-            used: Mutex::new((0, 0)),
+            used: Mutex::new(Used::default()),
             room: Condvar::new(),
         })
     }
@@ -43,11 +51,15 @@ impl Window {
     /// empty (a chunk larger than the window passes alone).
     pub(crate) fn admit(self: &Arc<Self>, events: usize, bytes: usize) -> Admitted {
         let mut used = self.used.lock().expect("not poisoned");
-        while used.0 > 0 && (used.0 + events > self.max_events || used.1 + bytes > self.max_bytes) {
+        while used.events > 0
+            && (used.events + events > self.max_events || used.bytes + bytes > self.max_bytes)
+        {
+            used.waiting += 1;
             used = self.room.wait(used).expect("not poisoned");
+            used.waiting -= 1;
         }
-        used.0 += events;
-        used.1 += bytes;
+        used.events += events;
+        used.bytes += bytes;
         Admitted {
             window: self.clone(),
             events,
@@ -58,17 +70,21 @@ impl Window {
     /// Events and bytes in the window now.
     #[cfg(test)]
     fn used(&self) -> (usize, usize) {
-        *self.used.lock().expect("not poisoned")
+        let used = self.used.lock().expect("not poisoned");
+        (used.events, used.bytes)
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut used = self.window.used.lock().expect("not poisoned");
-        used.0 -= self.events;
-        used.1 -= self.bytes;
+        used.events -= self.events;
+        used.bytes -= self.bytes;
+        let wake = used.waiting > 0;
         drop(used);
-        self.window.room.notify_all();
+        if wake {
+            self.window.room.notify_all();
+        }
     }
 }
 

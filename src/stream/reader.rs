@@ -9,9 +9,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::Sender;
-
 use crate::batch::DeadLetter;
+use crate::gather::Giver;
 use crate::id::EventId;
 use crate::metrics::{Metrics, RetryCause};
 use crate::stream::client::{Flow, Handler, StreamError};
@@ -99,8 +98,7 @@ const OPEN_GROUP_MAX_EVENTS: usize = 4 * CHUNK;
 const OPEN_GROUP_MAX_BYTES: usize = 8 << 20;
 
 pub(crate) struct Reader {
-    senders: Vec<Sender<Vec<Work>>>,
-    next: usize,
+    out: Giver<Work>,
     pending: Vec<Work>,
     metrics: Arc<Metrics>,
     last_seen: Option<EventId>,
@@ -138,11 +136,11 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    /// A reader that hands chunks of work to `senders` in turn, starting
+    /// A reader that hands its work to `out`, starting
     /// after `start_after` (with a snapshot up to `recover_until_ms`), and
     /// records the gaps it is told to accept in `accepted_gaps`.
     pub(crate) fn new(
-        senders: Vec<Sender<Vec<Work>>>,
+        out: Giver<Work>,
         metrics: Arc<Metrics>,
         stop_rule: StopRule,
         start_after: Option<EventId>,
@@ -151,8 +149,7 @@ impl Reader {
         accepted_gaps: Arc<Mutex<Vec<String>>>,
     ) -> Reader {
         Reader {
-            senders,
-            next: 0,
+            out,
             pending: Vec::with_capacity(CHUNK),
             metrics,
             last_seen: None,
@@ -231,15 +228,9 @@ impl Reader {
         Flow::Continue
     }
 
-    /// Hands the pending chunk to the next worker in turn.
+    /// Hands what is pending on.
     fn flush(&mut self) -> Flow {
-        if self.pending.is_empty() {
-            return Flow::Continue;
-        }
-        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK));
-        let i = self.next;
-        self.next = (self.next + 1) % self.senders.len();
-        if self.senders[i].send(chunk).is_err() {
+        if self.out.give(&mut self.pending).is_err() {
             return Flow::Stop;
         }
         Flow::Continue
@@ -554,7 +545,7 @@ impl Handler for Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crossbeam_channel::{bounded, Receiver};
+    use crate::gather::{gather, Taker};
 
     #[test]
     fn a_cursor_older_than_the_oldest_retained_event_is_a_gap() {
@@ -584,9 +575,13 @@ mod tests {
         assert_eq!(odd.gap_after(id("1-0")), None);
     }
 
-    fn reader(tx: Sender<Vec<Work>>) -> Reader {
+    fn hand_over() -> (Giver<Work>, Taker<Work>) {
+        gather(1 << 20, CHUNK, std::time::Duration::ZERO)
+    }
+
+    fn reader(tx: Giver<Work>) -> Reader {
         Reader::new(
-            vec![tx],
+            tx,
             Arc::default(),
             StopRule::default(),
             None,
@@ -606,10 +601,10 @@ mod tests {
     }
 
     /// The data handed on, as `id:data`, once the reader has finished.
-    fn handed_on(mut r: Reader, rx: &Receiver<Vec<Work>>) -> Vec<String> {
+    fn handed_on(mut r: Reader, rx: &Taker<Work>) -> Vec<String> {
         r.finish();
         drop(r);
-        rx.iter()
+        std::iter::from_fn(|| rx.take())
             .flatten()
             .filter_map(|w| match w {
                 Work::Data { id, data, .. } => {
@@ -622,7 +617,7 @@ mod tests {
 
     #[test]
     fn a_group_open_when_the_connection_drops_is_taken_from_the_resend_once() {
-        let (tx, rx) = bounded(1000);
+        let (tx, rx) = hand_over();
         let mut r = reader(tx);
         r.on_message(msg("create", "1-0", "a"));
         r.on_message(msg("create", "2-0", "b"));
@@ -639,7 +634,7 @@ mod tests {
 
     #[test]
     fn a_group_too_large_to_hold_skips_what_was_handed_on_from_the_resend() {
-        let (tx, rx) = bounded(10_000);
+        let (tx, rx) = hand_over();
         let mut r = reader(tx);
         let n = OPEN_GROUP_MAX_EVENTS + 3;
         r.on_message(msg("create", "1-0", "a"));
@@ -665,7 +660,7 @@ mod tests {
 
     #[test]
     fn a_group_held_when_the_run_ends_before_the_resend_is_kept() {
-        let (tx, rx) = bounded(1000);
+        let (tx, rx) = hand_over();
         let mut r = reader(tx);
         r.on_message(msg("create", "1-0", "a"));
         r.on_message(msg("create", "2-0", "b"));
@@ -676,7 +671,7 @@ mod tests {
 
     #[test]
     fn an_id_lower_than_the_open_group_keeps_the_stream_order() {
-        let (tx, rx) = bounded(1000);
+        let (tx, rx) = hand_over();
         let mut r = reader(tx);
         r.on_message(msg("create", "8-0", "a"));
         r.on_message(msg("create", "7-0", "b"));
@@ -686,7 +681,7 @@ mod tests {
 
     #[test]
     fn a_drop_after_a_complete_group_skips_nothing() {
-        let (tx, rx) = bounded(1000);
+        let (tx, rx) = hand_over();
         let mut r = reader(tx);
         r.on_message(msg("create", "1-0", "a"));
         r.on_message(msg("heartbeat", "1-5", "\"now\""));
