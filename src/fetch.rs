@@ -108,6 +108,17 @@ pub(crate) struct Reserver {
 }
 
 impl Reserver {
+    /// Charges `bytes` if there is room now (or this is the oldest event not
+    /// yet batched), without waiting.
+    pub(crate) fn try_reserve(&self, bytes: usize) -> Option<Hold> {
+        let mut charge = Charge::new(self.budget.clone(), self.seq);
+        if !self.budget.charge(self.seq, bytes, Duration::ZERO) {
+            return None;
+        }
+        charge.bytes = bytes;
+        Some(Hold(charge))
+    }
+
     /// Charges `bytes`, waiting for room in the budget unless this is the
     /// oldest event not yet batched (which always passes: the batcher waits
     /// for it).
@@ -431,6 +442,17 @@ impl Ticket {
             budget: budget.clone(),
             seq: self.job.event,
         })
+    }
+
+    /// Whether the file is fetched or given up ([`Ticket::wait`] returns at
+    /// once).
+    pub(crate) fn settled_now(&self) -> bool {
+        self.job
+            .result
+            .lock()
+            .expect("not poisoned")
+            .outcome
+            .is_some()
     }
 
     /// Blocks until the file is fetched or given up.

@@ -54,11 +54,18 @@ pub fn main_with(cli: cli::Cli) -> i32 {
 /// freed. glibc's default raises that threshold to the largest buffer freed
 /// so far, after which such buffers come from the threads' heaps, where the
 /// holes they leave keep memory long after the buffers are gone.
+///
+/// And two heaps (arenas) in all, not one per thread up to 8 per core:
+/// what one thread allocates another frees (a line made by a worker is
+/// freed by the batcher, an event read by the reader by a worker), so every
+/// heap keeps free memory of its own. Two keep about 4 MiB less at peak in
+/// a 50k-event run with attached files, for no CPU measured.
 fn return_large_buffers_at_once() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; it is called before
+    // SAFETY: mallopt only sets allocator parameters; it is called before
     // this program starts any thread.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

@@ -143,21 +143,28 @@ fn work_bytes(work: &Work) -> usize {
 const GATHER: Duration = Duration::from_millis(2);
 
 /// Gives an event's prefetched files to the transform, in list order.
-struct Prefetched {
+struct Prefetched<'a> {
     tickets: std::cell::RefCell<std::collections::VecDeque<Ticket>>,
     enabled: bool,
     /// Charges the event's line to the fetch budget (`None`: no file of
     /// the event was requested).
     reserver: Option<Reserver>,
+    /// What the worker has not handed on yet, handed on before any wait.
+    pending: &'a Pending<'a>,
 }
 
-impl FileFetcher for Prefetched {
+impl FileFetcher for Prefetched<'_> {
     fn fetch(&self, uri: &str) -> FileOutcome {
         if !self.enabled {
             return NoFiles.fetch(uri);
         }
         match self.tickets.borrow_mut().pop_front() {
-            Some(t) if t.uri() == uri => t.wait(),
+            Some(t) if t.uri() == uri => {
+                if !t.settled_now() {
+                    self.pending.hand_on_holds();
+                }
+                t.wait()
+            }
             _ => FileOutcome::Failed {
                 reason: format!("`{uri}` was not fetched ahead (the file list changed)"),
                 kept: None,
@@ -166,7 +173,42 @@ impl FileFetcher for Prefetched {
     }
 
     fn reserve(&self, bytes: usize) -> Option<Hold> {
-        self.reserver.as_ref().map(|r| r.reserve(bytes))
+        let r = self.reserver.as_ref()?;
+        Some(r.try_reserve(bytes).unwrap_or_else(|| {
+            self.pending.hand_on_holds();
+            r.reserve(bytes)
+        }))
+    }
+}
+
+/// A worker's results not yet handed on to the batcher.
+struct Pending<'a> {
+    items: std::cell::RefCell<Vec<Item>>,
+    holds: std::cell::RefCell<Vec<Hold>>,
+    tx: &'a Sender<Done>,
+    /// The batcher is gone.
+    closed: std::cell::Cell<bool>,
+}
+
+impl Pending<'_> {
+    /// Hands on the results that hold bytes of the fetch budget (lines with
+    /// files, files kept aside), before the worker waits for a file or for
+    /// room: once the batcher has them, the next event may pass as the
+    /// oldest, so no wait is ever for room these bytes hold. Results with
+    /// nothing charged wait for the end of the chunk: one message per
+    /// chunk, not per file.
+    fn hand_on_holds(&self) {
+        if self.holds.borrow().is_empty() || self.closed.get() {
+            return;
+        }
+        let part = Done {
+            items: std::mem::take(&mut *self.items.borrow_mut()),
+            holds: std::mem::take(&mut *self.holds.borrow_mut()),
+            admitted: None,
+        };
+        if self.tx.send(part).is_err() {
+            self.closed.set(true);
+        }
     }
 }
 
@@ -191,28 +233,21 @@ fn worker(rx: Receiver<Chunk>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
         admitted,
     } in rx
     {
-        let mut items = Vec::with_capacity(chunk.len());
-        let mut holds = Vec::new();
+        let pending = Pending {
+            items: std::cell::RefCell::new(Vec::with_capacity(chunk.len())),
+            holds: std::cell::RefCell::new(Vec::new()),
+            tx: &tx,
+            closed: std::cell::Cell::new(false),
+        };
         for task in chunk {
-            work_item(task, &ctx, &mut items, &mut holds);
-            if !holds.is_empty() {
-                // Bytes charged to the fetch budget (a line with files, a
-                // file kept aside) go on at once: once the batcher has
-                // them, the next event may pass as the oldest, so the rest
-                // of this chunk never waits for room these bytes hold.
-                let part = Done {
-                    items: std::mem::take(&mut items),
-                    holds: std::mem::take(&mut holds),
-                    admitted: None,
-                };
-                if tx.send(part).is_err() {
-                    return;
-                }
-            }
+            work_item(task, &ctx, &pending);
+        }
+        if pending.closed.get() {
+            return;
         }
         let done = Done {
-            items,
-            holds,
+            items: pending.items.into_inner(),
+            holds: pending.holds.into_inner(),
             admitted: Some(admitted),
         };
         if tx.send(done).is_err() {
@@ -229,7 +264,7 @@ struct WorkerContext {
     max_line: usize,
 }
 
-fn work_item(task: Task, ctx: &WorkerContext, items: &mut Vec<Item>, holds: &mut Vec<Hold>) {
+fn work_item(task: Task, ctx: &WorkerContext, pending: &Pending<'_>) {
     let Task { work, files } = task;
     let item = match work {
         Work::Mark(id) => Item::Mark { id },
@@ -239,6 +274,7 @@ fn work_item(task: Task, ctx: &WorkerContext, items: &mut Vec<Item>, holds: &mut
                 reserver: files.iter().find_map(Ticket::reserver),
                 tickets: std::cell::RefCell::new(files.into()),
                 enabled: ctx.fetching,
+                pending,
             };
             match transform::transform_with_policy(
                 &id,
@@ -256,8 +292,10 @@ fn work_item(task: Task, ctx: &WorkerContext, items: &mut Vec<Item>, holds: &mut
                     }
                     // The received bytes of files left out go first: they
                     // are stored before the cursor passes this event.
+                    let mut items = pending.items.borrow_mut();
+                    let mut holds = pending.holds.borrow_mut();
                     for kept in line.kept {
-                        items.push(kept_file_letter(id, &event, kept, holds));
+                        items.push(kept_file_letter(id, &event, kept, &mut holds));
                     }
                     holds.extend(line.holds);
                     Item::Line {
@@ -284,7 +322,7 @@ fn work_item(task: Task, ctx: &WorkerContext, items: &mut Vec<Item>, holds: &mut
             }
         }
     };
-    items.push(item);
+    pending.items.borrow_mut().push(item);
 }
 
 /// The record kept beside the dead letters for an attached file exported
