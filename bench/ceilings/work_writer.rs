@@ -16,11 +16,21 @@
 //! memchr that `cargo build --release` built for the exporter, so both parse
 //! JSON with the very same code.
 //!
-//! Usage: `work_writer <host:port> <stream-id> <token> <output-file> <events>`.
+//! With `--files` it is the floor of the work with attached files: for each
+//! valid event it also fetches every distinct `/storage/get/` uri the event
+//! names, one after the other on one keep-alive connection (a bare HTTP/1.1
+//! GET, percent-encoded key, bearer token), base64-encodes each body and
+//! writes that encoding twice after the payload, as the exporter's line
+//! carries each content twice (the bytes written cost the same; the line is
+//! not valid JSON, which does not matter here). No threads, no retries, no
+//! caps: the least an exporter that inlines files can do.
+//!
+//! Usage: `work_writer <host:port> <stream-id> <token> <output-file> <events> [--files]`.
 //! It stops after `<events>` data events, at the first heartbeat after the
 //! history, or at the end of the connection, and prints one JSON object to
-//! stdout: `{"bytes_read", "events", "invalid", "bytes_written"}`. Exit
-//! status 0 when `<events>` valid events were written, 1 otherwise.
+//! stdout: `{"bytes_read", "events", "invalid", "bytes_written", "fetches"}`.
+//! Exit status 0 when `<events>` valid events were written (and, with
+//! `--files`, every file answered 200), 1 otherwise.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -42,6 +52,135 @@ struct Counts {
     events: u64,
     invalid: u64,
     bytes_written: u64,
+    fetches: u64,
+}
+
+/// A bare keep-alive HTTP/1.1 client for `/storage/get/` (`--files`).
+struct Files {
+    addr: String,
+    token: String,
+    sock: Option<TcpStream>,
+    /// Response bytes read and not yet used.
+    buf: Vec<u8>,
+    /// The base64 of the last body.
+    encoded: Vec<u8>,
+    /// Uris of the current event, to fetch each once.
+    seen: Vec<String>,
+}
+
+impl Files {
+    /// GETs `uri` (`/storage/get/<key>`) and leaves its body's base64 in
+    /// `self.encoded`.
+    fn fetch(&mut self, uri: &str) -> std::io::Result<()> {
+        let key = &uri["/storage/get/".len()..];
+        let mut path = String::from("/storage/get/");
+        for b in key.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                path.push(b as char);
+            } else {
+                path.push_str(&format!("%{b:02X}"));
+            }
+        }
+        for attempt in 0..2 {
+            if self.sock.is_none() {
+                let s = TcpStream::connect(&self.addr)?;
+                s.set_nodelay(true)?;
+                self.sock = Some(s);
+                self.buf.clear();
+            }
+            let sock = self.sock.as_mut().expect("connected");
+            let sent = write!(
+                sock,
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+                self.addr, self.token
+            );
+            match sent.and_then(|()| self.response()) {
+                Ok(()) => return Ok(()),
+                // A kept-alive connection the server closed: once more, anew.
+                Err(_) if attempt == 0 => self.sock = None,
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    fn response(&mut self) -> std::io::Result<()> {
+        let sock = self.sock.as_mut().expect("connected");
+        let mut chunk = [0u8; 64 * 1024];
+        let head_end = loop {
+            if let Some(p) = memchr::memmem::find(&self.buf, b"\r\n\r\n") {
+                break p;
+            }
+            let n = sock.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::other("closed before the response head"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 200") {
+            return Err(std::io::Error::other(format!(
+                "a file answered `{}`",
+                head.lines().next().unwrap_or_default()
+            )));
+        }
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| std::io::Error::other("a file answered without Content-Length"))?;
+        let close = head.lines().any(|l| l.starts_with("connection:") && l.contains("close"));
+        self.buf.drain(..head_end + 4);
+        while self.buf.len() < len {
+            let n = sock.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::other("closed inside a file body"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        use base64::Engine;
+        self.encoded.resize(len.div_ceil(3) * 4, 0);
+        let n = base64::engine::general_purpose::STANDARD
+            .encode_slice(&self.buf[..len], &mut self.encoded)
+            .map_err(std::io::Error::other)?;
+        self.encoded.truncate(n);
+        self.buf.drain(..len);
+        if close {
+            self.sock = None;
+        }
+        Ok(())
+    }
+
+    /// Fetches the files `data` names and writes each content twice to `out`;
+    /// returns the bytes written.
+    fn inline(&mut self, data: &[u8], out: &mut BufWriter<File>, counts: &mut Counts) -> std::io::Result<u64> {
+        const MARK: &[u8] = b"\"/storage/get/";
+        self.seen.clear();
+        let mut written = 0;
+        let mut from = 0;
+        while let Some(p) = memchr::memmem::find(&data[from..], MARK) {
+            let start = from + p;
+            // The JSON string from its opening quote to its closing one.
+            let mut end = start + 1;
+            while end < data.len() && data[end] != b'"' {
+                end += if data[end] == b'\\' { 2 } else { 1 };
+            }
+            from = end + 1;
+            let Ok(uri) = serde_json::from_slice::<String>(&data[start..=end.min(data.len() - 1)]) else {
+                continue;
+            };
+            if self.seen.contains(&uri) {
+                continue;
+            }
+            self.fetch(&uri)?;
+            counts.fetches += 1;
+            self.seen.push(uri);
+            out.write_all(&self.encoded)?;
+            out.write_all(&self.encoded)?;
+            written += 2 * self.encoded.len() as u64;
+        }
+        Ok(written)
+    }
 }
 
 enum Next {
@@ -51,6 +190,8 @@ enum Next {
 
 struct Writer {
     out: BufWriter<File>,
+    /// `--files`: the attached files are fetched and written too.
+    files: Option<Files>,
     /// A multi-line `data` field, joined by spaces; unused for the usual single line.
     joined: Vec<u8>,
     want: u64,
@@ -111,6 +252,9 @@ impl Writer {
             self.counts.invalid += 1;
         } else {
             self.out.write_all(data)?;
+            if let Some(files) = &mut self.files {
+                self.counts.bytes_written += files.inline(data, &mut self.out, &mut self.counts)?;
+            }
             self.out.write_all(b"\n")?;
             self.counts.bytes_written += data.len() as u64 + 1;
         }
@@ -123,10 +267,18 @@ impl Writer {
     }
 }
 
-fn run(addr: &str, stream_id: &str, token: &str, path: &str, want: u64) -> std::io::Result<Counts> {
+fn run(addr: &str, stream_id: &str, token: &str, path: &str, want: u64, files: bool) -> std::io::Result<Counts> {
     let file = File::create(path)?;
     let mut w = Writer {
         out: BufWriter::with_capacity(WRITE_BUFFER, file),
+        files: files.then(|| Files {
+            addr: addr.to_string(),
+            token: token.to_string(),
+            sock: None,
+            buf: Vec::new(),
+            encoded: Vec::new(),
+            seen: Vec::new(),
+        }),
         joined: Vec::new(),
         want,
         counts: Counts::default(),
@@ -211,15 +363,20 @@ fn finish(mut w: Writer) -> std::io::Result<Counts> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let want = args.get(5).and_then(|s| s.parse::<u64>().ok());
-    let (6, Some(want)) = (args.len(), want) else {
-        eprintln!("usage: work_writer <host:port> <stream-id> <token> <output-file> <events>");
+    let files = args.get(6).map(String::as_str) == Some("--files");
+    let (6 | 7, Some(want)) = (args.len(), want) else {
+        eprintln!("usage: work_writer <host:port> <stream-id> <token> <output-file> <events> [--files]");
         return ExitCode::from(2);
     };
-    match run(&args[1], &args[2], &args[3], &args[4], want) {
+    if args.len() == 7 && !files {
+        eprintln!("work_writer: unknown option `{}`", args[6]);
+        return ExitCode::from(2);
+    }
+    match run(&args[1], &args[2], &args[3], &args[4], want, files) {
         Ok(c) => {
             println!(
-                "{{\"bytes_read\": {}, \"events\": {}, \"invalid\": {}, \"bytes_written\": {}}}",
-                c.bytes_read, c.events, c.invalid, c.bytes_written
+                "{{\"bytes_read\": {}, \"events\": {}, \"invalid\": {}, \"bytes_written\": {}, \"fetches\": {}}}",
+                c.bytes_read, c.events, c.invalid, c.bytes_written, c.fetches
             );
             if c.events == want && c.invalid == 0 {
                 ExitCode::SUCCESS

@@ -121,6 +121,10 @@ pub struct ServeArgs {
     /// Wait this long before answering each file request.
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub file_latency_ms: u64,
+    /// Send the stream in HTTP/1.1 chunks, one per message, as OpenCTI does
+    /// (its Node server writes each event on its own).
+    #[arg(long)]
+    pub chunked: bool,
     /// Every K-th file request trickles: one byte every `--trickle-ms`.
     #[arg(long, value_name = "K")]
     pub trickle_every: Option<u64>,
@@ -246,6 +250,7 @@ impl ServeArgs {
             live_after: self.live_after_ms.map(Duration::from_millis),
             file_fail_every: nonzero("file-fail-every", self.file_fail_every)?,
             file_latency: Duration::from_millis(self.file_latency_ms),
+            chunked: self.chunked,
             trickle: nonzero("trickle-every", self.trickle_every)?
                 .map(|k| (k, Duration::from_millis(self.trickle_ms))),
             request_log: self.request_log.clone(),

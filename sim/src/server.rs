@@ -69,6 +69,9 @@ pub struct Config {
     /// Wait this long before answering each file request (an OpenCTI across
     /// a network).
     pub file_latency: Duration,
+    /// Send the stream with `Transfer-Encoding: chunked`, one HTTP chunk
+    /// per message, as OpenCTI (Node's `res.write` per event) does.
+    pub chunked: bool,
     /// Every K-th file request trickles: one byte every `trickle_every.1`.
     pub trickle: Option<(u64, Duration)>,
     /// Append one line per request (`<method> <path> <token|-> <status>`) to
@@ -104,6 +107,7 @@ impl Config {
             live_after: None,
             file_fail_every: None,
             file_latency: Duration::ZERO,
+            chunked: false,
             trickle: None,
             request_log: None,
             verbose: false,
@@ -604,7 +608,10 @@ fn stream_endpoint(
     });
     sh.record(req, 200);
     let ordinal = sh.streams.fetch_add(1, Ordering::SeqCst);
-    let w = BufWriter::with_capacity(WRITE_BUFFER, stream.try_clone()?);
+    let w = Body {
+        out: BufWriter::with_capacity(WRITE_BUFFER, stream.try_clone()?),
+        chunk: sh.cfg.chunked.then(Vec::new),
+    };
     let mut conn = Conn {
         sh,
         w,
@@ -623,9 +630,50 @@ fn stream_endpoint(
 }
 
 /// One stream connection.
+/// A stream response body: written as it comes, or (`--chunked`) in HTTP/1.1
+/// chunks of one message each.
+struct Body {
+    out: BufWriter<TcpStream>,
+    /// The message being written, in chunked mode.
+    chunk: Option<Vec<u8>>,
+}
+
+impl Body {
+    /// The end of a message: in chunked mode, it goes out as one chunk.
+    fn end_message(&mut self) -> io::Result<()> {
+        match &mut self.chunk {
+            Some(c) if !c.is_empty() => {
+                write!(self.out, "{:x}\r\n", c.len())?;
+                self.out.write_all(c)?;
+                self.out.write_all(b"\r\n")?;
+                c.clear();
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Write for Body {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match &mut self.chunk {
+            Some(c) => {
+                c.extend_from_slice(b);
+                Ok(b.len())
+            }
+            None => self.out.write(b),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.end_message()?;
+        self.out.flush()
+    }
+}
+
 struct Conn<'a> {
     sh: &'a Shared,
-    w: BufWriter<TcpStream>,
+    w: Body,
     sock: TcpStream,
     buf: Vec<u8>,
     /// Id of the last message with an id (data or heartbeat), or the start.
@@ -650,9 +698,13 @@ enum Sent {
 impl Conn<'_> {
     fn run(&mut self, plan: &Plan, ordinal: u64) -> io::Result<()> {
         let cfg = &self.sh.cfg;
-        self.w.write_all(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache, no-transform\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n",
+        self.w.out.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache, no-transform\r\nAccess-Control-Allow-Origin: *\r\nConnection: close\r\n",
         )?;
+        if self.w.chunk.is_some() {
+            self.w.out.write_all(b"Transfer-Encoding: chunked\r\n")?;
+        }
+        self.w.out.write_all(b"\r\n")?;
         let connected = self.connected_json(ordinal);
         self.w.write_all(b"event: connected\ndata: ")?;
         self.w.write_all(connected.as_bytes())?;
@@ -773,7 +825,8 @@ impl Conn<'_> {
         head.extend_from_slice(b"\ndata: ");
         self.w.write_all(&head)?;
         self.w.write_all(&self.buf)?;
-        self.w.write_all(b"\n\n")
+        self.w.write_all(b"\n\n")?;
+        self.w.end_message()
     }
 
     fn send(&mut self, item: Item) -> io::Result<Sent> {
@@ -833,6 +886,7 @@ impl Conn<'_> {
         jsonw::iso(&mut frame, id.ms);
         frame.extend_from_slice(b"\n\n");
         self.w.write_all(&frame)?;
+        self.w.end_message()?;
         self.last_id = Some(id);
         self.hb_due = Instant::now() + self.sh.cfg.heartbeat;
         Ok(())

@@ -247,6 +247,43 @@ fn dropped_connections_resume_without_loss() {
     );
 }
 
+/// OpenCTI's server writes each event as its own HTTP chunk: a read then
+/// gives one event, and a connection dropped mid-message leaves half a
+/// chunk. The export is the same, with every attached file.
+#[test]
+fn a_stream_sent_in_one_http_chunk_per_event_exports_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let sim = Sim::start(&[
+        "--events",
+        "6000",
+        "--heartbeat-ms",
+        "500",
+        "--chunked",
+        "--drop-after",
+        "2500",
+    ]);
+    let yaml = dir_config(&sim, &out_dir, dir.path());
+    let yaml = format!("{yaml}stream:\n  reconnect_max_sec: 1\n");
+    let cfg = write_config(dir.path(), &yaml);
+    let out = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(LONG);
+    out.assert_success();
+    assert!(out.stderr.contains("reconnecting"), "{out}");
+    assert!(out.stdout.contains("0 files not fetched"), "{out}");
+    let files = read_export_lines_dir(&out_dir, "opencti");
+    let lines = all_lines(&files);
+    let replayed = assert_no_loss(&lines, &dump(6000, &[]));
+    assert!(
+        replayed <= 4 * 3,
+        "{replayed} lines repeated over 2 reconnects"
+    );
+    let checked = check_file_contents(&lines, &sim_dump_files(&["--events", "6000"]));
+    assert!(checked > 50, "only {checked} attached files were checked");
+}
+
 #[test]
 fn storage_outage_mid_run_is_waited_out() {
     let mut weed = Seaweed::start();

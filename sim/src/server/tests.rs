@@ -217,6 +217,68 @@ fn dump_equals_what_serve_sends_from_the_start() {
 }
 
 #[test]
+fn chunked_sends_each_message_as_one_http_chunk() {
+    let cfg = config(300);
+    let mut plain = open_stream(
+        start(cfg.clone()),
+        "/stream/live-sim",
+        &[auth(), ("Last-Event-ID", "0-0")],
+    );
+    let (want, _) = plain.until_heartbeat();
+
+    let mut chunked_cfg = cfg;
+    chunked_cfg.chunked = true;
+    let mut c = get(
+        start(chunked_cfg),
+        "/stream/live-sim",
+        &[auth(), ("Last-Event-ID", "0-0")],
+    );
+    assert_eq!(c.status, 200);
+    assert!(
+        c.headers.contains("transfer-encoding: chunked"),
+        "{}",
+        c.headers
+    );
+    // Decode chunks until one holds a heartbeat.
+    let mut raw = std::mem::take(&mut c.buf);
+    let mut decoded = Vec::new();
+    let mut chunks = 0;
+    'read: loop {
+        while let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") {
+            let len = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap(), 16).unwrap();
+            if raw.len() < eol + 2 + len + 2 {
+                break;
+            }
+            let body = raw[eol + 2..eol + 2 + len].to_vec();
+            assert_eq!(&raw[eol + 2 + len..eol + 4 + len], b"\r\n");
+            raw.drain(..eol + 4 + len);
+            // One whole message per chunk.
+            assert!(
+                body.ends_with(b"\n\n"),
+                "{:?}",
+                String::from_utf8_lossy(&body)
+            );
+            assert_eq!(body.windows(2).filter(|w| *w == b"\n\n").count(), 1);
+            chunks += 1;
+            decoded.extend_from_slice(&body);
+            if body.windows(16).any(|w| w == b"event: heartbeat") {
+                break 'read;
+            }
+        }
+        let mut more = [0u8; 65536];
+        let n = c.sock.read(&mut more).unwrap();
+        assert!(n > 0, "the stream ended before a heartbeat");
+        raw.extend_from_slice(&more[..n]);
+    }
+    // Read back as a plain stream: the same messages.
+    c.buf = decoded;
+    assert_eq!(c.next().unwrap().event.as_deref(), Some("connected"));
+    let (got, _) = c.until_heartbeat();
+    assert_eq!(got, want);
+    assert_eq!(chunks, 300 + 2);
+}
+
+#[test]
 fn dump_equals_what_serve_sends_with_recovery_and_no_deletes() {
     let cfg = config(1500);
     let m = &cfg.model;
