@@ -127,6 +127,10 @@ fn prefetch(
     }
 }
 
+/// Bytes a line may take beyond its event's (the `id` and `type` members),
+/// when a chunk's line buffer is sized.
+const LINE_ROOM: usize = 128;
+
 /// Bytes of a unit of work charged to the window.
 fn work_bytes(work: &Work) -> usize {
     match work {
@@ -184,6 +188,8 @@ impl FileFetcher for Prefetched<'_> {
 /// A worker's results not yet handed on to the batcher.
 struct Pending<'a> {
     items: std::cell::RefCell<Vec<Item>>,
+    /// The bytes of the `Item::Packed` lines among `items`, in order.
+    lines: std::cell::RefCell<Vec<u8>>,
     holds: std::cell::RefCell<Vec<Hold>>,
     tx: &'a Sender<Done>,
     /// The batcher is gone.
@@ -203,6 +209,7 @@ impl Pending<'_> {
         }
         let part = Done {
             items: std::mem::take(&mut *self.items.borrow_mut()),
+            lines: std::mem::take(&mut *self.lines.borrow_mut()),
             holds: std::mem::take(&mut *self.holds.borrow_mut()),
             admitted: None,
         };
@@ -218,6 +225,8 @@ impl Pending<'_> {
 /// stored).
 struct Done {
     items: Vec<Item>,
+    /// The bytes of the `Item::Packed` lines among `items`, in order.
+    lines: Vec<u8>,
     holds: Vec<Hold>,
     /// The chunk's room, with its last results only: the end of the chunk
     /// (the batcher then turns to the next worker).
@@ -233,8 +242,16 @@ fn worker(rx: Receiver<Chunk>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
         admitted,
     } in rx
     {
+        // Lines are about as long as their events: one buffer for all but
+        // those with attached files (a buffer of their own each).
+        let room = chunk
+            .iter()
+            .filter(|t| t.files.is_empty())
+            .map(|t| work_bytes(&t.work) + LINE_ROOM)
+            .sum();
         let pending = Pending {
             items: std::cell::RefCell::new(Vec::with_capacity(chunk.len())),
+            lines: std::cell::RefCell::new(Vec::with_capacity(room)),
             holds: std::cell::RefCell::new(Vec::new()),
             tx: &tx,
             closed: std::cell::Cell::new(false),
@@ -247,6 +264,7 @@ fn worker(rx: Receiver<Chunk>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
         }
         let done = Done {
             items: pending.items.into_inner(),
+            lines: pending.lines.into_inner(),
             holds: pending.holds.into_inner(),
             admitted: Some(admitted),
         };
@@ -276,14 +294,16 @@ fn work_item(task: Task, ctx: &WorkerContext, pending: &Pending<'_>) {
                 enabled: ctx.fetching,
                 pending,
             };
-            match transform::transform_with_policy(
+            let result = transform::transform_with_policy(
                 &id,
                 &event,
                 &data,
                 &files,
                 &ctx.policy,
                 ctx.max_line,
-            ) {
+                &pending.lines,
+            );
+            match result {
                 Ok(Transformed::Line(line)) => {
                     ctx.metrics.inc_processed(&event);
                     if line.files_failed > 0 {
@@ -298,9 +318,16 @@ fn work_item(task: Task, ctx: &WorkerContext, pending: &Pending<'_>) {
                         items.push(kept_file_letter(id, &event, kept, &mut holds));
                     }
                     holds.extend(line.holds);
-                    Item::Line {
-                        id,
-                        bytes: line.bytes,
+                    if line.packed > 0 {
+                        Item::Packed {
+                            id,
+                            len: line.packed,
+                        }
+                    } else {
+                        Item::Line {
+                            id,
+                            bytes: line.bytes,
+                        }
                     }
                 }
                 Ok(Transformed::Held(reason)) => {
@@ -365,7 +392,8 @@ pub(crate) fn run(
     metrics: Arc<Metrics>,
 ) -> (Committer, Result<Outcome>) {
     let started = Instant::now();
-    let (work_tx, item_rx) = spawn_workers(&settings, files, &metrics);
+    let crashed = Arc::new(AtomicBool::new(false));
+    let (work_tx, item_rx) = spawn_workers(&settings, files, &metrics, &crashed);
     let stream_error: Arc<Mutex<Option<StreamError>>> = Arc::new(Mutex::new(None));
     spawn_reader(
         client,
@@ -374,6 +402,7 @@ pub(crate) fn run(
         &metrics,
         &committer,
         stream_error.clone(),
+        &crashed,
     );
 
     // A rendezvous: the batcher fills batch N+1 while N is stored, and at
@@ -398,12 +427,25 @@ pub(crate) fn run(
         };
         let stored = store_batches(&mut committer, &batch_rx, &spares);
         drop(batch_rx);
-        let _ = batcher.join();
+        if batcher.join().is_err() {
+            crashed.store(true, Ordering::Relaxed);
+        }
         stored
     });
     let (first_id, last_id, failure) = result;
     if let Some(e) = failure {
         return (committer, Err(e));
+    }
+    if crashed.load(Ordering::Relaxed) {
+        // What was stored is committed; what was not is read again by the
+        // next run. A run that lost a thread must not look finished.
+        return (
+            committer,
+            Err(anyhow::anyhow!(
+                "an exporter thread stopped on an internal error (its message is above): \
+                 what was stored is committed and the next run resumes after it; please report it"
+            )),
+        );
     }
     let outcome = Outcome {
         stream_error: stream_error.lock().expect("not poisoned").take(),
@@ -421,6 +463,7 @@ fn spawn_workers(
     settings: &PipelineSettings,
     files: Option<Fetcher>,
     metrics: &Arc<Metrics>,
+    crashed: &Arc<AtomicBool>,
 ) -> (Giver<Work>, Vec<Receiver<Done>>) {
     let n = settings.workers.max(1);
     // The window bounds the events between the prefetch stage and the
@@ -441,7 +484,13 @@ fn spawn_workers(
         let ctx = ctx.clone();
         std::thread::Builder::new()
             .name("worker".into())
-            .spawn(move || worker(trx, itx, ctx))
+            .spawn({
+                let guard = PanicGuard(crashed.clone());
+                move || {
+                    let _guard = guard;
+                    worker(trx, itx, ctx)
+                }
+            })
             .expect("spawn worker");
         task_tx.push(ttx);
         item_rx.push(irx);
@@ -452,7 +501,13 @@ fn spawn_workers(
         let policy = settings.policy.clone();
         std::thread::Builder::new()
             .name("prefetch".into())
-            .spawn(move || prefetch(work_rx, task_tx, files, policy, window))
+            .spawn({
+                let guard = PanicGuard(crashed.clone());
+                move || {
+                    let _guard = guard;
+                    prefetch(work_rx, task_tx, files, policy, window)
+                }
+            })
             .expect("spawn prefetch");
     }
     (work_tx, item_rx)
@@ -467,6 +522,7 @@ fn spawn_reader(
     metrics: &Arc<Metrics>,
     committer: &Committer,
     stream_error: Arc<Mutex<Option<StreamError>>>,
+    crashed: &Arc<AtomicBool>,
 ) {
     let mut reader = Reader::new(
         work_tx,
@@ -480,14 +536,31 @@ fn spawn_reader(
     let start = settings.start;
     std::thread::Builder::new()
         .name("reader".into())
-        .spawn(move || {
-            let result = client.run(start, &mut reader);
-            if let Some(e) = reader.end(result) {
-                *stream_error.lock().expect("not poisoned") = Some(e);
+        .spawn({
+            let guard = PanicGuard(crashed.clone());
+            move || {
+                let _guard = guard;
+                let result = client.run(start, &mut reader);
+                if let Some(e) = reader.end(result) {
+                    *stream_error.lock().expect("not poisoned") = Some(e);
+                }
+                // Dropping the reader closes the work channels: the end of input.
             }
-            // Dropping the reader closes the work channels: the end of input.
         })
         .expect("spawn reader");
+}
+
+/// Marks the run as failed when the thread that holds it panics (the
+/// panic message is already on stderr): the run then ends with an error
+/// instead of looking finished with part of the stream exported.
+struct PanicGuard(Arc<AtomicBool>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Stores the batches in the order they come until the batcher ends or a
@@ -580,14 +653,16 @@ fn batcher_loop(
                 let now = Instant::now();
                 let Done {
                     items,
+                    lines,
                     holds: taken,
                     admitted,
                 } = done;
                 if admitted.is_some() {
                     next = (next + 1) % inputs.len();
                 }
+                let mut packed = &lines[..];
                 for item in items {
-                    if let Some(b) = batcher.push(item, now) {
+                    if let Some(b) = batcher.push_from(item, &mut packed, now) {
                         if !out.send(&mut batcher, b, std::mem::take(&mut holds)) {
                             return;
                         }
@@ -614,5 +689,30 @@ fn batcher_loop(
     }
     if let Some(b) = batcher.finish() {
         let _ = out.batches.send((b, holds));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_that_panics_marks_the_run_failed_and_one_that_ends_does_not() {
+        let crashed = Arc::new(AtomicBool::new(false));
+        let guard = PanicGuard(crashed.clone());
+        std::thread::spawn(move || {
+            let _guard = guard;
+        })
+        .join()
+        .unwrap();
+        assert!(!crashed.load(Ordering::Relaxed));
+        let guard = PanicGuard(crashed.clone());
+        let ended = std::thread::spawn(move || {
+            let _guard = guard;
+            panic!("a bug");
+        })
+        .join();
+        assert!(ended.is_err());
+        assert!(crashed.load(Ordering::Relaxed));
     }
 }
