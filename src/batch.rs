@@ -49,15 +49,6 @@ pub(crate) enum Item {
         /// The JSON line, ending with `\n`.
         bytes: Vec<u8>,
     },
-    /// A line of `len` bytes packed with others in one buffer that comes
-    /// with the items (see [`Batcher::push_from`]): one allocation per
-    /// chunk of events instead of one per line.
-    Packed {
-        /// Its SSE id.
-        id: EventId,
-        /// Its length, `\n` included.
-        len: usize,
-    },
     /// A refused event; `id` is its position when it had a valid one.
     Dead {
         /// Its position in the stream, when known.
@@ -78,21 +69,6 @@ pub(crate) enum Item {
         /// The frame's id.
         id: EventId,
     },
-}
-
-/// The bytes of a line handed to the batcher.
-enum LineBytes<'a> {
-    Owned(Vec<u8>),
-    Borrowed(&'a [u8]),
-}
-
-impl LineBytes<'_> {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            LineBytes::Owned(v) => v,
-            LineBytes::Borrowed(s) => s,
-        }
-    }
 }
 
 /// A batch ready to be stored and committed.
@@ -239,30 +215,9 @@ impl Batcher {
         self.backwards
     }
 
-    /// Adds one item (not a packed line); returns a batch when a size limit
-    /// was reached.
-    #[cfg(test)]
+    /// Adds one item; returns a batch when a size limit was reached.
     pub(crate) fn push(&mut self, item: Item, now: Instant) -> Option<Batch> {
-        self.push_from(item, &mut &[][..], now)
-    }
-
-    /// Adds one item whose packed line, if it is one, is at the front of
-    /// `packed` (which then moves past it); returns a batch when a size
-    /// limit was reached.
-    pub(crate) fn push_from(
-        &mut self,
-        item: Item,
-        packed: &mut &[u8],
-        now: Instant,
-    ) -> Option<Batch> {
         match item {
-            Item::Packed { id, len } => {
-                assert!(len <= packed.len(), "a packed line comes with its bytes");
-                let (line, rest) = packed.split_at(len);
-                *packed = rest;
-                self.line(id, LineBytes::Borrowed(line), now)
-            }
-            Item::Line { id, bytes } => self.line(id, LineBytes::Owned(bytes), now),
             Item::Mark { id } => {
                 self.see_mark(id);
                 self.forced_cut()
@@ -272,6 +227,28 @@ impl Batcher {
                 let out = self.forced_cut();
                 self.note_arrival(now);
                 self.cur.held[reason.index()] += 1;
+                out
+            }
+            Item::Line { id, bytes } => {
+                self.see(id);
+                let mut out = self.forced_cut();
+                let full = self.held_bytes() + bytes.len() > self.limits.max_bytes
+                    || self.cur.events as usize >= self.limits.max_events;
+                if out.is_none() && (self.cur.events > 0 || !self.cur.dead.is_empty()) && full {
+                    out = self.cut(false);
+                }
+                self.note_arrival(now);
+                self.cur.first_id.get_or_insert(id);
+                self.tail_first.get_or_insert(id);
+                self.cur.last_id = Some(id);
+                if self.cur.body.is_empty() && bytes.len() >= self.limits.max_bytes {
+                    // A line that fills a file by itself becomes the body:
+                    // no second copy of a line that may carry large files.
+                    self.cur.body = bytes;
+                } else {
+                    self.cur.body.extend_from_slice(&bytes);
+                }
+                self.cur.events += 1;
                 out
             }
             Item::Dead { id, letter } => {
@@ -292,31 +269,6 @@ impl Batcher {
                 out
             }
         }
-    }
-
-    fn line(&mut self, id: EventId, bytes: LineBytes<'_>, now: Instant) -> Option<Batch> {
-        self.see(id);
-        let mut out = self.forced_cut();
-        let len = bytes.as_slice().len();
-        let full = self.held_bytes() + len > self.limits.max_bytes
-            || self.cur.events as usize >= self.limits.max_events;
-        if out.is_none() && (self.cur.events > 0 || !self.cur.dead.is_empty()) && full {
-            out = self.cut(false);
-        }
-        self.note_arrival(now);
-        self.cur.first_id.get_or_insert(id);
-        self.tail_first.get_or_insert(id);
-        self.cur.last_id = Some(id);
-        match bytes {
-            LineBytes::Owned(bytes) if self.cur.body.is_empty() && len >= self.limits.max_bytes => {
-                // A line that fills a file by itself becomes the body: no
-                // second copy of a line that may carry large files.
-                self.cur.body = bytes;
-            }
-            bytes => self.cur.body.extend_from_slice(bytes.as_slice()),
-        }
-        self.cur.events += 1;
-        out
     }
 
     /// Bytes the batch being filled holds: its body and its records kept aside.
@@ -504,42 +456,6 @@ mod tests {
         let rest = b.finish().expect("the second record");
         assert_eq!(rest.dead.len(), 1);
         assert_eq!(rest.events, 0);
-    }
-
-    #[test]
-    fn packed_lines_take_their_bytes_in_turn_and_mix_with_owned_lines() {
-        let t = Instant::now();
-        let mut b = Batcher::new(limits(3));
-        let text = |ms: u64| format!("{{\"id\":\"{ms}-0\"}}\n");
-        // Lines 1, 2 and 4 are packed in one buffer; 3 has its own.
-        let buf = [text(1), text(2), text(4)].concat().into_bytes();
-        let items = vec![
-            Item::Packed {
-                id: id(1, 0),
-                len: text(1).len(),
-            },
-            Item::Packed {
-                id: id(2, 0),
-                len: text(2).len(),
-            },
-            line(3, 0),
-            Item::Packed {
-                id: id(4, 0),
-                len: text(4).len(),
-            },
-        ];
-        let mut packed = &buf[..];
-        let mut batches = Vec::new();
-        for item in items {
-            batches.extend(b.push_from(item, &mut packed, t));
-        }
-        assert!(packed.is_empty(), "every packed byte was taken");
-        batches.extend(b.finish());
-        let got: Vec<Vec<String>> = batches.iter().map(ids).collect();
-        // Cut at three events, between ids.
-        assert_eq!(got, [vec!["1-0", "2-0", "3-0"], vec!["4-0"]]);
-        assert_eq!(batches[0].events, 3);
-        assert_eq!(batches[0].last_id, Some(id(3, 0)));
     }
 
     #[test]

@@ -127,10 +127,6 @@ fn prefetch(
     }
 }
 
-/// Bytes a line may take beyond its event's (the `id` and `type` members),
-/// when a chunk's line buffer is sized.
-const LINE_ROOM: usize = 128;
-
 /// Bytes of a unit of work charged to the window.
 fn work_bytes(work: &Work) -> usize {
     match work {
@@ -188,8 +184,6 @@ impl FileFetcher for Prefetched<'_> {
 /// A worker's results not yet handed on to the batcher.
 struct Pending<'a> {
     items: std::cell::RefCell<Vec<Item>>,
-    /// The bytes of the `Item::Packed` lines among `items`, in order.
-    lines: std::cell::RefCell<Vec<u8>>,
     holds: std::cell::RefCell<Vec<Hold>>,
     tx: &'a Sender<Done>,
     /// The batcher is gone.
@@ -209,7 +203,6 @@ impl Pending<'_> {
         }
         let part = Done {
             items: std::mem::take(&mut *self.items.borrow_mut()),
-            lines: std::mem::take(&mut *self.lines.borrow_mut()),
             holds: std::mem::take(&mut *self.holds.borrow_mut()),
             admitted: None,
         };
@@ -225,8 +218,6 @@ impl Pending<'_> {
 /// stored).
 struct Done {
     items: Vec<Item>,
-    /// The bytes of the `Item::Packed` lines among `items`, in order.
-    lines: Vec<u8>,
     holds: Vec<Hold>,
     /// The chunk's room, with its last results only: the end of the chunk
     /// (the batcher then turns to the next worker).
@@ -242,16 +233,8 @@ fn worker(rx: Receiver<Chunk>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
         admitted,
     } in rx
     {
-        // Lines are about as long as their events: one buffer for all but
-        // those with attached files (a buffer of their own each).
-        let room = chunk
-            .iter()
-            .filter(|t| t.files.is_empty())
-            .map(|t| work_bytes(&t.work) + LINE_ROOM)
-            .sum();
         let pending = Pending {
             items: std::cell::RefCell::new(Vec::with_capacity(chunk.len())),
-            lines: std::cell::RefCell::new(Vec::with_capacity(room)),
             holds: std::cell::RefCell::new(Vec::new()),
             tx: &tx,
             closed: std::cell::Cell::new(false),
@@ -264,7 +247,6 @@ fn worker(rx: Receiver<Chunk>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
         }
         let done = Done {
             items: pending.items.into_inner(),
-            lines: pending.lines.into_inner(),
             holds: pending.holds.into_inner(),
             admitted: Some(admitted),
         };
@@ -294,16 +276,14 @@ fn work_item(task: Task, ctx: &WorkerContext, pending: &Pending<'_>) {
                 enabled: ctx.fetching,
                 pending,
             };
-            let result = transform::transform_with_policy(
+            match transform::transform_with_policy(
                 &id,
                 &event,
                 &data,
                 &files,
                 &ctx.policy,
                 ctx.max_line,
-                &pending.lines,
-            );
-            match result {
+            ) {
                 Ok(Transformed::Line(line)) => {
                     ctx.metrics.inc_processed(&event);
                     if line.files_failed > 0 {
@@ -318,16 +298,9 @@ fn work_item(task: Task, ctx: &WorkerContext, pending: &Pending<'_>) {
                         items.push(kept_file_letter(id, &event, kept, &mut holds));
                     }
                     holds.extend(line.holds);
-                    if line.packed > 0 {
-                        Item::Packed {
-                            id,
-                            len: line.packed,
-                        }
-                    } else {
-                        Item::Line {
-                            id,
-                            bytes: line.bytes,
-                        }
+                    Item::Line {
+                        id,
+                        bytes: line.bytes,
                     }
                 }
                 Ok(Transformed::Held(reason)) => {
@@ -653,16 +626,14 @@ fn batcher_loop(
                 let now = Instant::now();
                 let Done {
                     items,
-                    lines,
                     holds: taken,
                     admitted,
                 } = done;
                 if admitted.is_some() {
                     next = (next + 1) % inputs.len();
                 }
-                let mut packed = &lines[..];
                 for item in items {
-                    if let Some(b) = batcher.push_from(item, &mut packed, now) {
+                    if let Some(b) = batcher.push(item, now) {
                         if !out.send(&mut batcher, b, std::mem::take(&mut holds)) {
                             return;
                         }

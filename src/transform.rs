@@ -20,7 +20,6 @@
 //! itself is a [`Reject`].
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -81,13 +80,8 @@ pub(crate) struct KeptFile {
 /// A line ready for a batch, with what the transform noticed on the way.
 #[derive(Debug)]
 pub(crate) struct Line {
-    /// The JSON line, ending with `\n`: a line with file contents, in a
-    /// buffer of its own; empty when the line was packed (appended to the
-    /// caller's buffer, see [`Line::packed`]).
+    /// The JSON line, ending with `\n`.
     pub(crate) bytes: Vec<u8>,
-    /// The length of the line appended to the caller's buffer (0: the line
-    /// is in `bytes`).
-    pub(crate) packed: usize,
     /// Attached files that could not be fetched (their entries keep no `data`).
     pub(crate) files_failed: u32,
     /// Files left out of the line whose bytes must be kept aside.
@@ -279,9 +273,6 @@ fn fetchable(entry: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
 /// No line is longer than `max_line` bytes (`output.max_line_bytes`, the
 /// newline included): a file that would take it past that is left out (and
 /// kept aside); an event over it by itself is a [`Reject`].
-/// Turns one data event into its line, or holds it back by `policy`. A
-/// line without file contents is appended to `packed` (lines waiting for the
-/// batcher share a buffer); one with contents gets its own.
 pub(crate) fn transform_with_policy(
     id: &EventId,
     event: &str,
@@ -289,7 +280,6 @@ pub(crate) fn transform_with_policy(
     files: &dyn FileFetcher,
     policy: &Policy,
     max_line: usize,
-    packed: &RefCell<Vec<u8>>,
 ) -> Result<Transformed, Reject> {
     let text = std::str::from_utf8(data)
         .map_err(|e| reject(format!("event data is not valid UTF-8 ({e})")))?;
@@ -300,8 +290,7 @@ pub(crate) fn transform_with_policy(
     // Only what is copied raw from the event can hold a line break (what
     // the line adds is escaped or base64): one look at the event will do.
     let breaks = memchr::memchr2(b'\n', b'\r', data).is_some();
-    let sink = Sink { packed, max_line };
-    build_line(id, event, data.len(), breaks, fields, files, sink).map(Transformed::Line)
+    build_line(id, event, data.len(), breaks, fields, files, max_line).map(Transformed::Line)
 }
 
 #[derive(serde::Deserialize)]
@@ -318,23 +307,8 @@ pub(crate) fn transform(
     data: &[u8],
     files: &dyn FileFetcher,
 ) -> Result<Line, Reject> {
-    let packed = RefCell::new(Vec::new());
-    match transform_with_policy(
-        id,
-        event,
-        data,
-        files,
-        &Policy::export_all(),
-        usize::MAX,
-        &packed,
-    )? {
-        Transformed::Line(mut line) => {
-            if line.packed > 0 {
-                assert_eq!(line.packed, packed.borrow().len());
-                line.bytes = packed.into_inner();
-            }
-            Ok(line)
-        }
+    match transform_with_policy(id, event, data, files, &Policy::export_all(), usize::MAX)? {
+        Transformed::Line(line) => Ok(line),
         Transformed::Held(_) => unreachable!("an inactive policy holds nothing back"),
     }
 }
@@ -349,12 +323,6 @@ const LINE_SLACK: usize = 1024;
 /// newline; `previous_standard` is counted apart.
 const MEMBERS_SLACK: usize = 96;
 
-/// Where a line without file contents goes, and how long a line may be.
-struct Sink<'a> {
-    packed: &'a RefCell<Vec<u8>>,
-    max_line: usize,
-}
-
 fn build_line(
     id: &EventId,
     event: &str,
@@ -362,9 +330,8 @@ fn build_line(
     breaks: bool,
     fields: Vec<(Cow<'_, str>, &RawValue)>,
     files: &dyn FileFetcher,
-    sink: Sink<'_>,
+    max_line: usize,
 ) -> Result<Line, Reject> {
-    let Sink { packed, max_line } = sink;
     let mut data_raw: Option<&RawValue> = None;
     let mut context_raw: Option<&RawValue> = None;
     for (key, value) in &fields {
@@ -416,19 +383,7 @@ fn build_line(
     if contents_len > 0 {
         holds.extend(files.reserve(capacity));
     }
-    // Borrowed only now: fetching the files above may hand the lines
-    // already packed on to the batcher.
-    let mut own = Vec::new();
-    let mut shared;
-    let out: &mut Vec<u8> = if filled.is_some() {
-        own.reserve_exact(capacity);
-        &mut own
-    } else {
-        shared = packed.borrow_mut();
-        shared.reserve(capacity);
-        &mut shared
-    };
-    let start = out.len();
+    let mut out = Vec::with_capacity(capacity);
     out.push(b'{');
     let mut first = true;
     let mut wrote_type = false;
@@ -441,62 +396,56 @@ fn build_line(
                     continue;
                 }
                 wrote_type = true;
-                push_key(out, &mut first, "type");
-                push_json_str(out, event);
+                push_key(&mut out, &mut first, "type");
+                push_json_str(&mut out, event);
             }
             "data" => {
-                push_key(out, &mut first, key);
+                push_key(&mut out, &mut first, key);
                 match &mut filled {
                     Some((value, contents)) => {
-                        write_with_contents(out, value, std::mem::take(contents))
+                        write_with_contents(&mut out, value, std::mem::take(contents))
                     }
                     None => out.extend_from_slice(value.get().as_bytes()),
                 }
             }
             _ => {
-                push_key(out, &mut first, key);
+                push_key(&mut out, &mut first, key);
                 out.extend_from_slice(value.get().as_bytes());
             }
         }
     }
-    push_key(out, &mut first, "id");
-    id.write_json(out);
+    push_key(&mut out, &mut first, "id");
+    id.write_json(&mut out);
     if !wrote_type {
-        push_key(out, &mut first, "type");
-        push_json_str(out, event);
+        push_key(&mut out, &mut first, "type");
+        push_json_str(&mut out, event);
     }
     if let Some(prev) = previous_standard {
-        push_key(out, &mut first, "previous_standard");
+        push_key(&mut out, &mut first, "previous_standard");
         out.extend_from_slice(prev.as_bytes());
     }
     out.push(b'}');
-    if breaks && memchr::memchr2(b'\n', b'\r', &out[start..]).is_some() {
+    if breaks && memchr::memchr2(b'\n', b'\r', &out).is_some() {
         // Raw line breaks can only be insignificant whitespace between JSON
         // tokens; they would split the line, so re-serialise compactly.
-        let value: Value =
-            serde_json::from_slice(&out[start..]).expect("spliced line is valid JSON");
-        out.truncate(start);
-        serde_json::to_writer(&mut *out, &value).expect("a JSON value serialises");
+        let value: Value = serde_json::from_slice(&out).expect("spliced line is valid JSON");
+        out = serde_json::to_vec(&value).expect("a JSON value serialises");
     }
     out.push(b'\n');
-    let len = out.len() - start;
-    if len > max_line {
-        out.truncate(start);
+    if out.len() > max_line {
         return Err(reject(format!(
-            "its line of {len} bytes exceeds `output.max_line_bytes` ({max_line})"
+            "its line of {} bytes exceeds `output.max_line_bytes` ({max_line})",
+            out.len()
         )));
     }
-    let packed_len = if filled.is_some() {
-        // The line waits in the pipeline's window with many others: give
-        // back the slack (shrinking in place costs no copy).
-        own.shrink_to_fit();
-        0
-    } else {
-        len
-    };
+    // The line waits in the pipeline's window with many others: give back
+    // the slack of a line with files (shrinking in place costs no copy);
+    // the others were sized within a few bytes.
+    if filled.is_some() {
+        out.shrink_to_fit();
+    }
     Ok(Line {
-        bytes: own,
-        packed: packed_len,
+        bytes: out,
         files_failed,
         kept,
         holds,
