@@ -58,8 +58,9 @@ pub fn main_with(cli: cli::Cli) -> i32 {
 /// And two heaps (arenas) in all, not one per thread up to 8 per core:
 /// what one thread allocates another frees (a line made by a worker is
 /// freed by the batcher, an event read by the reader by a worker), so every
-/// heap keeps free memory of its own. Two keep about 4 MiB less at peak in
-/// a 50k-event run with attached files, for no CPU measured.
+/// heap keeps free memory of its own. Two keep 2 to 5 MiB less at peak in
+/// runs with attached files (the more with large ones), for no CPU
+/// measured.
 fn return_large_buffers_at_once() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it is called before

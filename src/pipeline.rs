@@ -240,6 +240,10 @@ fn worker(rx: Receiver<Chunk>, tx: Sender<Done>, ctx: Arc<WorkerContext>) {
             closed: std::cell::Cell::new(false),
         };
         for task in chunk {
+            if pending.closed.get() {
+                // The batcher is gone: the run is ending.
+                return;
+            }
             work_item(task, &ctx, &pending);
         }
         if pending.closed.get() {
