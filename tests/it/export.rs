@@ -215,6 +215,21 @@ fn kill_9_at_any_moment_loses_nothing_and_never_reuses_a_number() {
     );
 }
 
+/// `run --once` to `out_dir` against a simulator that drops its
+/// connections, reconnecting within a second; it must succeed, reconnecting.
+fn export_across_drops(sim: &Sim, root: &Path, out_dir: &Path) -> Outcome {
+    let yaml = dir_config(sim, out_dir, root);
+    let yaml = format!("{yaml}stream:\n  reconnect_max_sec: 1\n");
+    let cfg = write_config(root, &yaml);
+    let out = exporter()
+        .config_file(&cfg)
+        .args(["run", "--once"])
+        .run(LONG);
+    out.assert_success();
+    assert!(out.stderr.contains("reconnecting"), "{out}");
+    out
+}
+
 #[test]
 fn dropped_connections_resume_without_loss() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,18 +242,7 @@ fn dropped_connections_resume_without_loss() {
         "--drop-after",
         "1500",
     ]);
-    let yaml = dir_config(&sim, &out_dir, dir.path()).replace(
-        "live_stream_recover_iso_date: false\n",
-        "live_stream_recover_iso_date: false\n  \n",
-    );
-    let yaml = format!("{yaml}stream:\n  reconnect_max_sec: 1\n");
-    let cfg = write_config(dir.path(), &yaml);
-    let out = exporter()
-        .config_file(&cfg)
-        .args(["run", "--once"])
-        .run(LONG);
-    out.assert_success();
-    assert!(out.stderr.contains("reconnecting"), "{out}");
+    export_across_drops(&sim, dir.path(), &out_dir);
     let files = read_export_lines_dir(&out_dir, "opencti");
     let replayed = assert_no_loss(&all_lines(&files), &dump(8000, &[]));
     assert!(
@@ -263,15 +267,7 @@ fn a_stream_sent_in_one_http_chunk_per_event_exports_the_same() {
         "--drop-after",
         "2500",
     ]);
-    let yaml = dir_config(&sim, &out_dir, dir.path());
-    let yaml = format!("{yaml}stream:\n  reconnect_max_sec: 1\n");
-    let cfg = write_config(dir.path(), &yaml);
-    let out = exporter()
-        .config_file(&cfg)
-        .args(["run", "--once"])
-        .run(LONG);
-    out.assert_success();
-    assert!(out.stderr.contains("reconnecting"), "{out}");
+    let out = export_across_drops(&sim, dir.path(), &out_dir);
     assert!(out.stdout.contains("0 files not fetched"), "{out}");
     let files = read_export_lines_dir(&out_dir, "opencti");
     let lines = all_lines(&files);
