@@ -250,6 +250,18 @@ struct BudgetState {
     waiting: usize,
 }
 
+impl BudgetState {
+    /// Whether `n` more bytes for event `seq` fit: there is room, or `seq`
+    /// is the oldest event not yet batched.
+    fn grants(&self, seq: u64, n: usize, limit: usize) -> bool {
+        self.used + n <= limit
+            || self
+                .outstanding
+                .first_key_value()
+                .is_none_or(|(&s, _)| s >= seq)
+    }
+}
+
 impl Budget {
     /// Charges `n` bytes for event `seq`, waiting up to `wait` for room.
     /// The oldest event not yet batched is always granted.
@@ -257,11 +269,7 @@ impl Budget {
         let until = Instant::now() + wait;
         let mut st = self.state.lock().expect("not poisoned");
         loop {
-            let oldest = st
-                .outstanding
-                .first_key_value()
-                .is_none_or(|(&s, _)| s >= seq);
-            if oldest || st.used + n <= self.limit {
+            if st.grants(seq, n, self.limit) {
                 st.used += n;
                 return true;
             }
@@ -387,6 +395,9 @@ struct Progress {
     attempts: u32,
     first_start: Option<Instant>,
     backoff: Backoff,
+    /// Room in the budget the file needs before it is asked for: one read,
+    /// or its whole base64 once a response announced its length.
+    room: usize,
 }
 
 impl Job {
@@ -420,6 +431,7 @@ impl Ticket {
                 attempts: 0,
                 first_start: None,
                 backoff: Backoff::new(Duration::ZERO, Duration::ZERO),
+                room: 0,
             }),
             result: Mutex::new(Slot {
                 outcome: Some(outcome),
@@ -593,6 +605,7 @@ impl Fetcher {
                 attempts: 0,
                 first_start: None,
                 backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5)),
+                room: b64_len(READ_CHUNK),
             }),
             result: Mutex::new(Slot::default()),
             done: Condvar::new(),
@@ -653,7 +666,12 @@ impl Inner {
             match self.attempt(&job, &mut buf) {
                 Attempt::Done(outcome) => job.finish(outcome),
                 Attempt::Requeue => {
-                    job.progress.lock().expect("not poisoned").first_start = None;
+                    // Not an attempt: waiting for room in the budget must
+                    // not use up `files.retries`, nor the deadline.
+                    let mut p = job.progress.lock().expect("not poisoned");
+                    p.first_start = None;
+                    p.attempts -= 1;
+                    drop(p);
                     self.delay(job, BUDGET_RETRY);
                 }
                 Attempt::Retry(reason) => {
@@ -736,15 +754,27 @@ impl Inner {
     }
 
     fn attempt(&self, job: &Job, buf: &mut [u8]) -> Attempt {
-        let started = {
+        let (started, room) = {
             let mut p = job.progress.lock().expect("not poisoned");
             p.attempts += 1;
-            *p.first_start.get_or_insert_with(Instant::now)
+            (*p.first_start.get_or_insert_with(Instant::now), p.room)
         };
         let deadline = started + self.settings.deadline;
         if Instant::now() >= deadline {
             return Attempt::Done(FileOutcome::failed(self.past_deadline()));
         }
+        // Its room is taken before it is asked for (one read, while its
+        // length is not known): a file received with no room for it would
+        // be dropped and asked for again, as often as the budget stays full.
+        let mut content = FileContent {
+            base64: Vec::new(),
+            size: 0,
+            _charge: Charge::new(self.budget.clone(), job.event),
+        };
+        if !self.budget.charge(job.event, room, Duration::ZERO) {
+            return Attempt::Requeue;
+        }
+        content._charge.bytes = room;
         let url = format!("{}/{}", self.base, job.path);
         let resp = match self.request(&url, deadline) {
             Ok(r) => r,
@@ -754,13 +784,19 @@ impl Inner {
             .header("Content-Length")
             .and_then(|v| v.trim().parse().ok());
         let cap = self.settings.max_bytes;
-        let content = FileContent {
-            base64: Vec::with_capacity(b64_len(
-                announced.unwrap_or(0).min(cap.saturating_add(3)) as usize
-            )),
-            size: 0,
-            _charge: Charge::new(self.budget.clone(), job.event),
-        };
+        content.base64.reserve_exact(b64_len(
+            announced.unwrap_or(0).min(cap.saturating_add(3)) as usize
+        ));
+        // A file of announced length takes its whole room at once or none:
+        // files charged a read at a time could fill the budget together,
+        // each with a part, and all be dropped to be asked for again.
+        if let Some(len) = announced {
+            let whole = b64_len(len.min(cap) as usize);
+            if !self.charge_up_to(job, &mut content, whole) {
+                job.progress.lock().expect("not poisoned").room = whole;
+                return Attempt::Requeue;
+            }
+        }
         let (content, carry, over) =
             match self.receive(job, resp.into_reader(), content, buf, deadline, &url) {
                 Ok(received) => received,
@@ -852,10 +888,10 @@ impl Inner {
             let whole = have / 3 * 3;
             let add = b64_len(whole);
             if add > 0 {
-                if !self.budget.charge(job.event, add, BUDGET_WAIT) {
+                let total = content.base64.len() + add;
+                if !self.charge_up_to(job, &mut content, total) {
                     return Err(Attempt::Requeue);
                 }
-                content._charge.bytes += add;
                 encode_into(&buf[..whole], &mut content.base64);
                 content.size += whole as u64;
             }
@@ -930,12 +966,32 @@ impl Inner {
     fn keep(&self, mut content: FileContent, tail: &[u8]) -> Option<FileContent> {
         if !tail.is_empty() {
             let add = b64_len(tail.len());
-            self.budget.state.lock().expect("not poisoned").used += add;
-            content._charge.bytes += add;
+            let more = (content.base64.len() + add).saturating_sub(content._charge.bytes);
+            self.budget.state.lock().expect("not poisoned").used += more;
+            content._charge.bytes += more;
             encode_into(tail, &mut content.base64);
             content.size += tail.len() as u64;
         }
+        // Room taken for more than came (a shorter body) is given back.
+        let unused = content._charge.bytes - content.base64.len();
+        if unused > 0 {
+            content._charge.bytes -= unused;
+            self.budget.release(unused);
+        }
         (content.size > 0).then_some(content)
+    }
+
+    /// Charges what `content` lacks to hold `total` bytes of base64, waiting
+    /// up to [`BUDGET_WAIT`] for room; `false` when there was none.
+    fn charge_up_to(&self, job: &Job, content: &mut FileContent, total: usize) -> bool {
+        let more = total.saturating_sub(content._charge.bytes);
+        if more > 0 {
+            if !self.budget.charge(job.event, more, BUDGET_WAIT) {
+                return false;
+            }
+            content._charge.bytes += more;
+        }
+        true
     }
 }
 
@@ -946,36 +1002,72 @@ mod tests {
     /// A file server answering every request after `delay`, on kept-alive
     /// connections; returns its address.
     fn slow_server(delay: Duration) -> String {
+        server(move |_, _| {
+            std::thread::sleep(delay);
+            (200, "abc")
+        })
+        .0
+    }
+
+    /// Requests received so far, by path.
+    type Seen = Arc<Mutex<std::collections::HashMap<String, u32>>>;
+
+    /// A file server on kept-alive connections: `answer(path, n)` gives the
+    /// status and body of the `n`th request (from 1) for `path`. Returns its
+    /// address and the requests it received.
+    fn server(
+        answer: impl Fn(&str, u32) -> (u16, &'static str) + Send + Sync + 'static,
+    ) -> (String, Seen) {
+        use std::collections::HashMap;
         use std::io::{BufRead, BufReader, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        let answer = Arc::new(answer);
+        let seen: Seen = Arc::new(Mutex::new(HashMap::new()));
+        let received = seen.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
+                let (answer, seen) = (answer.clone(), seen.clone());
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(conn.try_clone().unwrap());
                     let mut conn = conn;
                     loop {
+                        let mut path = String::new();
                         let mut line = String::new();
                         loop {
                             line.clear();
                             if reader.read_line(&mut line).unwrap_or(0) == 0 {
                                 return;
                             }
+                            if path.is_empty() {
+                                path = line.split(' ').nth(1).unwrap_or("").to_string();
+                            }
                             if line == "\r\n" {
                                 break;
                             }
                         }
-                        std::thread::sleep(delay);
-                        let answer = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
-                        if conn.write_all(answer.as_bytes()).is_err() {
+                        let n = {
+                            let mut seen = seen.lock().unwrap();
+                            let n = seen.entry(path.clone()).or_default();
+                            *n += 1;
+                            *n
+                        };
+                        let (status, body) = answer(&path, n);
+                        let head = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if conn.write_all(head.as_bytes()).is_err()
+                            || conn.write_all(body.as_bytes()).is_err()
+                        {
                             return;
                         }
                     }
                 });
             }
         });
-        format!("http://{addr}")
+        (format!("http://{addr}"), received)
     }
 
     fn threads(f: &Fetcher) -> usize {
@@ -1112,5 +1204,54 @@ mod tests {
         assert_eq!(budget.state.lock().unwrap().used, 0);
         budget.leave(2);
         assert!(budget.state.lock().unwrap().outstanding.is_empty());
+    }
+
+    #[test]
+    fn a_file_waits_for_room_in_the_budget_without_requests_or_retries() {
+        // One retry allowed; a budget that one file fills.
+        let settings = FileSettings {
+            concurrency: 2,
+            retries: 2,
+            buffer_bytes: 10,
+            ..FileSettings::default()
+        };
+        // `b` is refused with a 500 at its first request.
+        let (base, seen) = server(|path, n| match (path, n) {
+            ("/storage/get/b", 1) => (500, "busy"),
+            _ => (200, "0123456789012345678901234567890123456789"),
+        });
+        let f = Fetcher::start(
+            ureq::AgentBuilder::new().build(),
+            &base,
+            "t",
+            settings,
+            Arc::new(Metrics::default()),
+        );
+        // Event 1's file, the oldest, passes and fills the budget while
+        // its ticket is not taken.
+        let a = f
+            .submit_event(&["/storage/get/a".to_string()])
+            .pop()
+            .unwrap();
+        while !a.settled_now() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Event 2's file waits for room, again and again, asking nothing.
+        let b = f
+            .submit_event(&["/storage/get/b".to_string()])
+            .pop()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        assert!(!b.settled_now(), "given up while waiting for room");
+        assert_eq!(seen.lock().unwrap().get("/storage/get/b"), None);
+        // Room: its 500 is its first attempt, and its one retry passes.
+        drop(a.wait());
+        match b.wait() {
+            FileOutcome::Fetched(c) => assert_eq!(c.size(), 40),
+            FileOutcome::Failed { reason, .. } => {
+                panic!("given up after waiting for room: {reason}")
+            }
+        }
+        assert_eq!(seen.lock().unwrap()["/storage/get/b"], 2);
     }
 }

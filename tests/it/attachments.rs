@@ -273,7 +273,7 @@ fn hostile_uris_are_never_requested_and_redirects_never_followed() {
 fn server_errors_are_retried_and_output_keeps_stream_order() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("requests.log");
-    let gen = ["--events", "1500", "--files-ratio", "0.3"];
+    let gen = ["--events", "800", "--files-ratio", "0.3"];
     let mut args = gen.to_vec();
     args.extend([
         "--heartbeat-ms",
@@ -286,7 +286,13 @@ fn server_errors_are_retried_and_output_keeps_stream_order() {
         log.to_str().unwrap(),
     ]);
     let sim = Sim::start(&args);
-    let run = Run::new(&sim, "", "files:\n  retries: 12\n  concurrency: 16\n");
+    // The smallest fetch budget (1 MiB): files wait for room most of the
+    // time, and that waiting must use up neither retries nor requests.
+    let run = Run::new(
+        &sim,
+        "",
+        "files:\n  retries: 12\n  concurrency: 16\n  buffer_bytes: 1048576\n",
+    );
     let outcome = run.once();
     let said = format!("{}{}", outcome.stdout, outcome.stderr);
     assert!(said.contains(" 0 files not fetched"), "{said}");
@@ -310,6 +316,17 @@ fn server_errors_are_retried_and_output_keeps_stream_order() {
     let requests = request_log(&log);
     let failed: Vec<_> = requests.iter().filter(|r| r.3 == 500).collect();
     assert!(!failed.is_empty());
+    // With the budget this small, files wait for room before they are
+    // asked for, not after: each is received about once, not again and
+    // again as long as the budget stays full.
+    let received = requests
+        .iter()
+        .filter(|r| r.1.starts_with("/storage/get/") && r.3 == 200)
+        .count();
+    assert!(
+        received <= checked + checked / 20,
+        "{received} files received for {checked} exported"
+    );
     for f in failed {
         assert!(
             requests.iter().any(|r| r.1 == f.1 && r.3 == 200),
