@@ -771,7 +771,7 @@ impl Inner {
             size: 0,
             _charge: Charge::new(self.budget.clone(), job.event),
         };
-        if !self.budget.charge(job.event, room, Duration::ZERO) {
+        if !self.budget.charge(job.event, room, BUDGET_WAIT) {
             return Attempt::Requeue;
         }
         content._charge.bytes = room;
