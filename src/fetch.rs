@@ -20,10 +20,15 @@
 //! contents, before it is allocated, and the record of a file kept aside.
 //! The charges last until the batch that holds those bytes is stored,
 //! whatever the number of workers. A fetch or a line that would exceed the
-//! budget waits (a fetch waits a little, then gives its thread back and is
-//! tried again later), except for the oldest event whose files or line the
+//! budget waits, except for the oldest event whose files or line the
 //! batcher has not taken yet: the event the batcher waits for always
 //! passes, so memory stays within the budget plus that one event.
+//! A fetch takes its room before its request: one read's worth, then, once
+//! the response announces its length, the whole file's at once. With no
+//! room after a short wait it gives its thread back and is tried again
+//! later, with the room it learnt it needs; that wait is not one of
+//! `files.retries`, and a file is not asked for again and again while the
+//! budget stays full.
 //!
 //! Limits: a file larger than `files.max_bytes`, or not received within
 //! `files.deadline_sec` (the whole download, retries included), is given up;
@@ -890,6 +895,9 @@ impl Inner {
             if add > 0 {
                 let total = content.base64.len() + add;
                 if !self.charge_up_to(job, &mut content, total) {
+                    // Of unknown length: next time, wait for this much.
+                    let mut p = job.progress.lock().expect("not poisoned");
+                    p.room = p.room.max(total);
                     return Err(Attempt::Requeue);
                 }
                 encode_into(&buf[..whole], &mut content.base64);
