@@ -981,7 +981,7 @@ impl Inner {
             content.size += tail.len() as u64;
         }
         // Room taken for more than came (a shorter body) is given back.
-        let unused = content._charge.bytes - content.base64.len();
+        let unused = content._charge.bytes.saturating_sub(content.base64.len());
         if unused > 0 {
             content._charge.bytes -= unused;
             self.budget.release(unused);
