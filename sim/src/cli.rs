@@ -125,6 +125,10 @@ pub struct ServeArgs {
     /// (its Node server writes each event on its own).
     #[arg(long)]
     pub chunked: bool,
+    /// Send files in HTTP/1.1 chunks with no `Content-Length`, as OpenCTI
+    /// does (its `/storage/get/` pipes the stored object into the response).
+    #[arg(long)]
+    pub file_chunked: bool,
     /// Every K-th file request trickles: one byte every `--trickle-ms`.
     #[arg(long, value_name = "K")]
     pub trickle_every: Option<u64>,
@@ -251,6 +255,7 @@ impl ServeArgs {
             file_fail_every: nonzero("file-fail-every", self.file_fail_every)?,
             file_latency: Duration::from_millis(self.file_latency_ms),
             chunked: self.chunked,
+            file_chunked: self.file_chunked,
             trickle: nonzero("trickle-every", self.trickle_every)?
                 .map(|k| (k, Duration::from_millis(self.trickle_ms))),
             request_log: self.request_log.clone(),

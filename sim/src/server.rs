@@ -72,6 +72,9 @@ pub struct Config {
     /// Send the stream with `Transfer-Encoding: chunked`, one HTTP chunk
     /// per message, as OpenCTI (Node's `res.write` per event) does.
     pub chunked: bool,
+    /// Send files with `Transfer-Encoding: chunked` and no length, as
+    /// OpenCTI (a stored object piped into the response) does.
+    pub file_chunked: bool,
     /// Every K-th file request trickles: one byte every `trickle_every.1`.
     pub trickle: Option<(u64, Duration)>,
     /// Append one line per request (`<method> <path> <token|-> <status>`) to
@@ -108,6 +111,7 @@ impl Config {
             file_fail_every: None,
             file_latency: Duration::ZERO,
             chunked: false,
+            file_chunked: false,
             trickle: None,
             request_log: None,
             verbose: false,
@@ -500,19 +504,41 @@ fn serve_file(
         )
     });
     sh.record(req, 200);
+    let chunked = sh.cfg.file_chunked;
+    let length = if chunked {
+        "Transfer-Encoding: chunked\r\n".to_string()
+    } else {
+        format!("Content-Length: {len}\r\n")
+    };
     write!(
         stream,
-        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\n{connection}\r\n"
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n{length}{connection}\r\n"
     )?;
     let mut w = BufWriter::with_capacity(64 << 10, &mut *stream);
+    // One HTTP chunk per piece written, as Node writes each piece it pipes.
+    let piece = |w: &mut BufWriter<&mut TcpStream>, b: &[u8]| -> io::Result<()> {
+        if b.is_empty() {
+            // A chunk of length 0 would end the body.
+            Ok(())
+        } else if chunked {
+            write!(w, "{:x}\r\n", b.len())?;
+            w.write_all(b)?;
+            w.write_all(b"\r\n")
+        } else {
+            w.write_all(b)
+        }
+    };
     match trickle {
         Some(pause) => files::write_served(&sh.cfg.model, &key, 1, &mut |b| {
-            w.write_all(b)?;
+            piece(&mut w, b)?;
             w.flush()?;
             thread::sleep(pause);
             Ok(())
         })?,
-        None => files::write_served(&sh.cfg.model, &key, 64 << 10, &mut |b| w.write_all(b))?,
+        None => files::write_served(&sh.cfg.model, &key, 64 << 10, &mut |b| piece(&mut w, b))?,
+    }
+    if chunked {
+        w.write_all(b"0\r\n\r\n")?;
     }
     w.flush()
 }

@@ -271,10 +271,25 @@ fn hostile_uris_are_never_requested_and_redirects_never_followed() {
 
 #[test]
 fn server_errors_are_retried_and_output_keeps_stream_order() {
+    errors_retried_in_stream_order(&[]);
+}
+
+/// The same with files sent as OpenCTI sends them, chunked with no length:
+/// their room in the budget is only known as they arrive.
+#[test]
+fn server_errors_are_retried_with_files_of_unknown_length() {
+    errors_retried_in_stream_order(&["--file-chunked"]);
+}
+
+/// A run with 1 file request in 3 failing with 500, files 20 ms away and
+/// the smallest fetch budget: every event in order, every file fetched,
+/// each about once; `sim_extra` is added to the simulator's arguments.
+fn errors_retried_in_stream_order(sim_extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("requests.log");
     let gen = ["--events", "800", "--files-ratio", "0.3"];
     let mut args = gen.to_vec();
+    args.extend(sim_extra);
     args.extend([
         "--heartbeat-ms",
         "300",

@@ -75,6 +75,30 @@ fn get(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Client {
     }
 }
 
+/// The data of an HTTP/1.1 chunked body, checked to end with its last
+/// (empty) chunk.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size");
+        let len = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap(), 16).unwrap();
+        if len == 0 {
+            assert_eq!(
+                &raw[eol..],
+                b"\r\n\r\n",
+                "the body ends after its last chunk"
+            );
+            return out;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + len]);
+        assert_eq!(&raw[eol + 2 + len..eol + 4 + len], b"\r\n");
+        raw = &raw[eol + 4 + len..];
+    }
+}
+
 fn auth() -> (&'static str, &'static str) {
     ("Authorization", "Bearer sim-token")
 }
@@ -661,6 +685,31 @@ fn files_are_served_by_percent_encoded_key_with_auth() {
         get(addr, "/storage/get/import/Report/nope/a.pdf", &[auth()]).status,
         404
     );
+
+    // As OpenCTI sends them: chunked, with no length, the same bytes.
+    let mut chunked = cfg.clone();
+    chunked.file_chunked = true;
+    let addr_chunked = start(chunked);
+    for l in lines.iter().take(20) {
+        let key = l["key"].as_str().unwrap();
+        let c = get(
+            addr_chunked,
+            &format!("/storage/get/{}", encode_path(key)),
+            &[auth()],
+        );
+        assert_eq!(c.status, 200, "{key}");
+        assert!(
+            c.headers.contains("transfer-encoding: chunked"),
+            "{}",
+            c.headers
+        );
+        assert!(!c.headers.contains("content-length"), "{}", c.headers);
+        assert_eq!(
+            files::base64(&dechunk(&c.body())),
+            l["base64"].as_str().unwrap(),
+            "{key}"
+        );
+    }
 
     let mut flaky = cfg.clone();
     flaky.file_fail_every = Some(3);
