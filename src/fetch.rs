@@ -255,18 +255,6 @@ struct BudgetState {
     waiting: usize,
 }
 
-impl BudgetState {
-    /// Whether `n` more bytes for event `seq` fit: there is room, or `seq`
-    /// is the oldest event not yet batched.
-    fn grants(&self, seq: u64, n: usize, limit: usize) -> bool {
-        self.used + n <= limit
-            || self
-                .outstanding
-                .first_key_value()
-                .is_none_or(|(&s, _)| s >= seq)
-    }
-}
-
 impl Budget {
     /// Charges `n` bytes for event `seq`, waiting up to `wait` for room.
     /// The oldest event not yet batched is always granted.
@@ -274,7 +262,11 @@ impl Budget {
         let until = Instant::now() + wait;
         let mut st = self.state.lock().expect("not poisoned");
         loop {
-            if st.grants(seq, n, self.limit) {
+            let oldest = st
+                .outstanding
+                .first_key_value()
+                .is_none_or(|(&s, _)| s >= seq);
+            if oldest || st.used + n <= self.limit {
                 st.used += n;
                 return true;
             }
@@ -776,10 +768,9 @@ impl Inner {
             size: 0,
             _charge: Charge::new(self.budget.clone(), job.event),
         };
-        if !self.budget.charge(job.event, room, BUDGET_WAIT) {
+        if !self.charge_up_to(job, &mut content, room) {
             return Attempt::Requeue;
         }
-        content._charge.bytes = room;
         let url = format!("{}/{}", self.base, job.path);
         let resp = match self.request(&url, deadline) {
             Ok(r) => r,
