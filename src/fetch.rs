@@ -117,11 +117,7 @@ impl Reserver {
     /// yet batched), without waiting.
     pub(crate) fn try_reserve(&self, bytes: usize) -> Option<Hold> {
         let mut charge = Charge::new(self.budget.clone(), self.seq);
-        if !self.budget.charge(self.seq, bytes, Duration::ZERO) {
-            return None;
-        }
-        charge.bytes = bytes;
-        Some(Hold(charge))
+        charge.grow_to(bytes, Duration::ZERO).then(|| Hold(charge))
     }
 
     /// Charges `bytes`, waiting for room in the budget unless this is the
@@ -129,8 +125,7 @@ impl Reserver {
     /// for it).
     pub(crate) fn reserve(&self, bytes: usize) -> Hold {
         let mut charge = Charge::new(self.budget.clone(), self.seq);
-        while !self.budget.charge(self.seq, bytes, BUDGET_WAIT) {}
-        charge.bytes = bytes;
+        while !charge.grow_to(bytes, BUDGET_WAIT) {}
         Hold(charge)
     }
 }
@@ -351,6 +346,32 @@ impl Charge {
             budget: Some(budget),
             bytes: 0,
             seq: Some(seq),
+        }
+    }
+
+    /// Charges what lacks for `total` bytes in all, waiting up to `wait`
+    /// for room; `false` when there was none (nothing more is charged).
+    fn grow_to(&mut self, total: usize, wait: Duration) -> bool {
+        let more = total.saturating_sub(self.bytes);
+        if more > 0 {
+            if let (Some(b), Some(seq)) = (&self.budget, self.seq) {
+                if !b.charge(seq, more, wait) {
+                    return false;
+                }
+            }
+            self.bytes += more;
+        }
+        true
+    }
+
+    /// Gives back what was charged beyond `total` bytes.
+    fn trim_to(&mut self, total: usize) {
+        let unused = self.bytes.saturating_sub(total);
+        if unused > 0 {
+            self.bytes -= unused;
+            if let Some(b) = &self.budget {
+                b.release(unused);
+            }
         }
     }
 }
@@ -768,7 +789,7 @@ impl Inner {
             size: 0,
             _charge: Charge::new(self.budget.clone(), job.event),
         };
-        if !self.charge_up_to(job, &mut content, room) {
+        if !content._charge.grow_to(room, BUDGET_WAIT) {
             return Attempt::Requeue;
         }
         let url = format!("{}/{}", self.base, job.path);
@@ -788,7 +809,7 @@ impl Inner {
         // each with a part, and all be dropped to be asked for again.
         if let Some(len) = announced {
             let whole = b64_len(len.min(cap) as usize);
-            if !self.charge_up_to(job, &mut content, whole) {
+            if !content._charge.grow_to(whole, BUDGET_WAIT) {
                 job.progress.lock().expect("not poisoned").room = whole;
                 return Attempt::Requeue;
             }
@@ -885,7 +906,7 @@ impl Inner {
             let add = b64_len(whole);
             if add > 0 {
                 let total = content.base64.len() + add;
-                if !self.charge_up_to(job, &mut content, total) {
+                if !content._charge.grow_to(total, BUDGET_WAIT) {
                     // Of unknown length: next time, wait for this much.
                     let mut p = job.progress.lock().expect("not poisoned");
                     p.room = p.room.max(total);
@@ -972,25 +993,8 @@ impl Inner {
             content.size += tail.len() as u64;
         }
         // Room taken for more than came (a shorter body) is given back.
-        let unused = content._charge.bytes.saturating_sub(content.base64.len());
-        if unused > 0 {
-            content._charge.bytes -= unused;
-            self.budget.release(unused);
-        }
+        content._charge.trim_to(content.base64.len());
         (content.size > 0).then_some(content)
-    }
-
-    /// Charges what `content` lacks to hold `total` bytes of base64, waiting
-    /// up to [`BUDGET_WAIT`] for room; `false` when there was none.
-    fn charge_up_to(&self, job: &Job, content: &mut FileContent, total: usize) -> bool {
-        let more = total.saturating_sub(content._charge.bytes);
-        if more > 0 {
-            if !self.budget.charge(job.event, more, BUDGET_WAIT) {
-                return false;
-            }
-            content._charge.bytes += more;
-        }
-        true
     }
 }
 
