@@ -235,7 +235,6 @@ fn b64_len(n: usize) -> usize {
 struct Budget {
     limit: usize,
     state: Mutex<BudgetState>,
-    cv: Condvar,
 }
 
 #[derive(Default)]
@@ -246,8 +245,27 @@ struct BudgetState {
     /// line made from them) lives and has not been taken by the batcher.
     /// Counts per event.
     outstanding: BTreeMap<u64, usize>,
-    /// Fetches waiting for room (see [`Budget::changed`]).
-    waiting: usize,
+    /// Charges waiting for room (see [`Budget::changed`]).
+    waiters: Vec<Waiter>,
+}
+
+/// A charge waiting for room: its event, its bytes, and what wakes it.
+struct Waiter {
+    seq: u64,
+    n: usize,
+    cv: Arc<Condvar>,
+}
+
+impl BudgetState {
+    /// Whether `n` more bytes for event `seq` pass: there is room, or it is
+    /// the oldest event not yet batched.
+    fn grants(&self, seq: u64, n: usize, limit: usize) -> bool {
+        self.used + n <= limit
+            || self
+                .outstanding
+                .first_key_value()
+                .is_none_or(|(&s, _)| s >= seq)
+    }
 }
 
 impl Budget {
@@ -256,12 +274,9 @@ impl Budget {
     fn charge(&self, seq: u64, n: usize, wait: Duration) -> bool {
         let until = Instant::now() + wait;
         let mut st = self.state.lock().expect("not poisoned");
+        let mut cv: Option<Arc<Condvar>> = None;
         loop {
-            let oldest = st
-                .outstanding
-                .first_key_value()
-                .is_none_or(|(&s, _)| s >= seq);
-            if oldest || st.used + n <= self.limit {
+            if st.grants(seq, n, self.limit) {
                 st.used += n;
                 return true;
             }
@@ -269,13 +284,14 @@ impl Budget {
             if now >= until {
                 return false;
             }
-            st.waiting += 1;
-            st = self
-                .cv
-                .wait_timeout(st, until - now)
-                .expect("not poisoned")
-                .0;
-            st.waiting -= 1;
+            let mine = cv.get_or_insert_with(Default::default).clone();
+            st.waiters.push(Waiter {
+                seq,
+                n,
+                cv: mine.clone(),
+            });
+            st = mine.wait_timeout(st, until - now).expect("not poisoned").0;
+            st.waiters.retain(|w| !Arc::ptr_eq(&w.cv, &mine));
         }
     }
 
@@ -288,13 +304,14 @@ impl Budget {
         self.changed(st);
     }
 
-    /// Wakes the fetches waiting for room after a change, when there are
-    /// any (a wake-up is a system call even with nobody to wake).
+    /// Wakes the charges that may pass after a change, and only those: up
+    /// to `files.concurrency` fetches may wait, and waking them all at each
+    /// release or batched event cost more CPU than the fetches themselves.
     fn changed(&self, st: std::sync::MutexGuard<'_, BudgetState>) {
-        let wake = st.waiting > 0;
-        drop(st);
-        if wake {
-            self.cv.notify_all();
+        for w in &st.waiters {
+            if st.grants(w.seq, w.n, self.limit) {
+                w.cv.notify_one();
+            }
         }
     }
 
@@ -516,8 +533,12 @@ struct Queue {
     /// a job is queued and no thread is free to take it, so an OpenCTI
     /// that answers at once keeps only a few.
     threads: usize,
-    /// Threads waiting for a job.
+    /// Threads waiting for a job, with no time limit.
     idle: usize,
+    /// The one thread waiting for the next delayed job's time, if any:
+    /// until when. The others wait to be woken, so that a job coming due
+    /// wakes one thread, not all the idle ones.
+    timer: Option<Instant>,
 }
 
 struct Inner {
@@ -526,7 +547,10 @@ struct Inner {
     auth: String,
     settings: FileSettings,
     queue: Mutex<Queue>,
+    /// Wakes an idle thread.
     cv: Condvar,
+    /// Wakes the timer thread ([`Queue::timer`]).
+    timer_cv: Condvar,
     budget: Arc<Budget>,
     next_seq: AtomicU64,
     next_event: AtomicU64,
@@ -564,10 +588,10 @@ impl Fetcher {
             settings,
             queue: Mutex::new(Queue::default()),
             cv: Condvar::new(),
+            timer_cv: Condvar::new(),
             budget: Arc::new(Budget {
                 limit: settings.buffer_bytes,
                 state: Mutex::new(BudgetState::default()),
-                cv: Condvar::new(),
             }),
             next_seq: AtomicU64::new(1),
             next_event: AtomicU64::new(1),
@@ -582,7 +606,8 @@ impl Fetcher {
     /// `q`: the jobs ready outnumber the threads free to take them, and
     /// fewer than `files.concurrency` run. Counts it as started.
     fn one_more_thread(&self, q: &mut Queue) -> bool {
-        if q.ready.len() <= q.idle || q.threads >= self.inner.settings.concurrency.max(1) {
+        let free = q.idle + usize::from(q.timer.is_some());
+        if q.ready.len() <= free || q.threads >= self.inner.settings.concurrency.max(1) {
             return false;
         }
         q.threads += 1;
@@ -632,12 +657,9 @@ impl Fetcher {
         let (wake, more) = {
             let mut q = self.inner.queue.lock().expect("not poisoned");
             q.ready.insert(seq, job.clone());
-            (q.idle > 0, self.one_more_thread(&mut q))
+            (Wake::one_for_a_ready_job(&q), self.one_more_thread(&mut q))
         };
-        // A wake-up is a system call even with nobody waiting.
-        if wake {
-            self.inner.cv.notify_one();
-        }
+        self.inner.wake(wake);
         if more {
             self.start_thread();
         }
@@ -652,6 +674,7 @@ impl Drop for Fetcher {
     fn drop(&mut self) {
         self.inner.queue.lock().expect("not poisoned").closed = true;
         self.inner.cv.notify_all();
+        self.inner.timer_cv.notify_all();
     }
 }
 
@@ -662,6 +685,29 @@ fn spawn_fetch_thread(inner: &Arc<Inner>) -> std::io::Result<()> {
         .stack_size(512 << 10)
         .spawn(move || inner.run())
         .map(drop)
+}
+
+/// Which waiting fetch thread a change wakes.
+enum Wake {
+    Nobody,
+    /// One of those waiting with no time limit.
+    Idle,
+    /// The one waiting for the next delayed job's time.
+    Timer,
+}
+
+impl Wake {
+    /// For a job made ready: an idle thread, else the timer, which is free
+    /// to take it too.
+    fn one_for_a_ready_job(q: &Queue) -> Wake {
+        if q.idle > 0 {
+            Wake::Idle
+        } else if q.timer.is_some() {
+            Wake::Timer
+        } else {
+            Wake::Nobody
+        }
+    }
 }
 
 /// What one attempt came to.
@@ -722,14 +768,28 @@ impl Inner {
     }
 
     fn delay(&self, job: Arc<Job>, d: Duration) {
+        let due = Instant::now() + d;
         let wake = {
             let mut q = self.queue.lock().expect("not poisoned");
-            q.delayed.push((Instant::now() + d, job));
-            q.idle > 0
+            q.delayed.push((due, job));
+            match q.timer {
+                // The timer sleeps past this job's time.
+                Some(until) if due < until => Wake::Timer,
+                Some(_) => Wake::Nobody,
+                // An idle thread becomes the timer.
+                None if q.idle > 0 => Wake::Idle,
+                None => Wake::Nobody,
+            }
         };
-        // An idle thread may be sleeping past this job's time.
-        if wake {
-            self.cv.notify_one();
+        self.wake(wake);
+    }
+
+    /// A wake-up is a system call even with nobody waiting: only when due.
+    fn wake(&self, wake: Wake) {
+        match wake {
+            Wake::Nobody => {}
+            Wake::Idle => self.cv.notify_one(),
+            Wake::Timer => self.timer_cv.notify_one(),
         }
     }
 
@@ -753,21 +813,41 @@ impl Inner {
                 }
             }
             if let Some((_, job)) = q.ready.pop_first() {
+                // What is left for others: one more thread goes on (and
+                // wakes the next, or becomes the timer).
+                let wake = if !q.ready.is_empty() {
+                    Wake::one_for_a_ready_job(&q)
+                } else if !q.delayed.is_empty() && q.timer.is_none() && q.idle > 0 {
+                    Wake::Idle
+                } else {
+                    Wake::Nobody
+                };
+                self.wake(wake);
                 return Some(job);
             }
-            let wait = q
-                .delayed
-                .iter()
-                .map(|(t, _)| t.saturating_duration_since(now))
-                .min()
-                .unwrap_or(Duration::from_secs(1));
-            q.idle += 1;
-            q = self
-                .cv
-                .wait_timeout(q, wait.max(Duration::from_millis(1)))
-                .expect("not poisoned")
-                .0;
-            q.idle -= 1;
+            let next_due = q.delayed.iter().map(|(t, _)| *t).min();
+            match next_due {
+                Some(due) if q.timer.is_none() => {
+                    q.timer = Some(due);
+                    let wait = due.saturating_duration_since(now);
+                    q = self
+                        .timer_cv
+                        .wait_timeout(q, wait.max(Duration::from_millis(1)))
+                        .expect("not poisoned")
+                        .0;
+                    q.timer = None;
+                }
+                _ => {
+                    q.idle += 1;
+                    // The time limit is only a safety net.
+                    q = self
+                        .cv
+                        .wait_timeout(q, Duration::from_secs(1))
+                        .expect("not poisoned")
+                        .0;
+                    q.idle -= 1;
+                }
+            }
         }
     }
 
@@ -1161,7 +1241,6 @@ mod tests {
         let budget = Budget {
             limit: 100,
             state: Mutex::new(BudgetState::default()),
-            cv: Condvar::new(),
         };
         budget.enter(1);
         budget.enter(2);
@@ -1178,7 +1257,6 @@ mod tests {
         let budget = Arc::new(Budget {
             limit: 100,
             state: Mutex::new(BudgetState::default()),
-            cv: Condvar::new(),
         });
         // Event 1's ticket, then its content and its line: the ticket goes
         // once the worker has the content, the charges stay.
