@@ -1253,6 +1253,46 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_charge_is_woken_by_the_room_or_the_turn_it_waits_for() {
+        let budget = Arc::new(Budget {
+            limit: 100,
+            state: Mutex::new(BudgetState::default()),
+        });
+        budget.enter(1);
+        budget.enter(2);
+        budget.enter(3);
+        assert!(budget.charge(1, 100, Duration::ZERO));
+        // Long waits: a wake-up that is lost shows as a wait to the end.
+        let long = Duration::from_secs(60);
+        let waiter = |seq, n| {
+            let b = budget.clone();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                (b.charge(seq, n, long), t.elapsed())
+            })
+        };
+        let wait_until_waiting = |count| {
+            while budget.state.lock().unwrap().waiters.len() < count {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        // Event 3 waits for 50 bytes of room, event 2 for 500 (it can only
+        // pass as the oldest).
+        let small = waiter(3, 50);
+        let large = waiter(2, 500);
+        wait_until_waiting(2);
+        budget.release(60);
+        let (passed, waited) = small.join().unwrap();
+        assert!(passed && waited < Duration::from_secs(10), "{waited:?}");
+        // Room for 50 is no turn for 500: still waiting.
+        wait_until_waiting(1);
+        budget.leave(1);
+        let (passed, waited) = large.join().unwrap();
+        assert!(passed && waited < Duration::from_secs(10), "{waited:?}");
+        assert!(budget.state.lock().unwrap().waiters.is_empty());
+    }
+
+    #[test]
     fn an_event_stays_the_oldest_until_what_was_charged_for_it_is_batched() {
         let budget = Arc::new(Budget {
             limit: 100,
